@@ -1,0 +1,1 @@
+"""What api/ and worker/ share: settings, models, job rules, parameters, storage, the Celery app."""

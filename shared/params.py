@@ -1,0 +1,147 @@
+"""The job parameters: one schema, used by the API, the worker, the engine and the CLI.
+
+Every knob has a named default and a range, defined here once. The pydantic
+model validates (and fills defaults); ``openapi.json`` is generated from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared.errors import ParameterError
+
+# Defaults, with their units. Tuned for the classic Gatys look on the Caffe VGG19.
+DEFAULT_SIZE_PX = 512
+MIN_SIZE_PX = 16  # VGG19 pools four times before relu5_1: below 16 px nothing is left
+MAX_SIZE_PX = 2048
+DEFAULT_ITERATIONS = 500  # optimizer steps in all, summed over the coarse-to-fine passes
+MAX_ITERATIONS = 5000
+DEFAULT_OPTIMIZER = "lbfgs"
+DEFAULT_CONTENT_WEIGHT = 1.0
+DEFAULT_STYLE_WEIGHT = 1000.0
+DEFAULT_TV_WEIGHT = 1.0
+MAX_WEIGHT = 1e9
+DEFAULT_STYLE_SCALE = 1.0  # style image size relative to the output size
+MIN_STYLE_SCALE = 0.1
+MAX_STYLE_SCALE = 4.0
+DEFAULT_INIT = "content"
+DEFAULT_PRESERVE_COLORS = False
+DEFAULT_SCALES = 3  # coarse-to-fine passes, each twice the size of the one before
+MAX_SCALES = 6
+DEFAULT_SEED = 0
+MAX_SEED = 2**32 - 1
+MAX_STYLES = 8  # style images per job
+
+
+class StyleParams(BaseModel):
+    """The knobs of one style transfer, as a job stores them (every default filled in)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+    size: int = Field(
+        DEFAULT_SIZE_PX,
+        ge=MIN_SIZE_PX,
+        le=MAX_SIZE_PX,
+        description="Longest side of the output image, in pixels; the aspect ratio is the content's.",
+    )
+    iterations: int = Field(
+        DEFAULT_ITERATIONS,
+        ge=1,
+        le=MAX_ITERATIONS,
+        description="Optimizer iterations in all, summed over the coarse-to-fine passes.",
+    )
+    optimizer: Literal["lbfgs", "adam"] = Field(
+        DEFAULT_OPTIMIZER, description="L-BFGS (sharper, the default) or Adam (less memory)."
+    )
+    content_weight: float = Field(
+        DEFAULT_CONTENT_WEIGHT, ge=0, le=MAX_WEIGHT, description="Weight of the content loss."
+    )
+    style_weight: float = Field(
+        DEFAULT_STYLE_WEIGHT, ge=0, le=MAX_WEIGHT, description="Weight of the style loss."
+    )
+    tv_weight: float = Field(
+        DEFAULT_TV_WEIGHT,
+        ge=0,
+        le=MAX_WEIGHT,
+        description="Weight of the total-variation (smoothness) loss.",
+    )
+    style_blend: list[float] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_STYLES,
+        description="One non-negative weight per style image, in upload order; "
+        "null means equal weights. Normalised to sum to 1.",
+    )
+    style_scale: float = Field(
+        DEFAULT_STYLE_SCALE,
+        ge=MIN_STYLE_SCALE,
+        le=MAX_STYLE_SCALE,
+        description="Size of the style images relative to the output: larger means larger brush strokes.",
+    )
+    init: Literal["content", "noise"] = Field(
+        DEFAULT_INIT, description="Start from the content image or from noise."
+    )
+    preserve_colors: bool = Field(
+        DEFAULT_PRESERVE_COLORS,
+        description="Transfer luminance only and keep the content image's colours.",
+    )
+    scales: int = Field(
+        DEFAULT_SCALES,
+        ge=1,
+        le=MAX_SCALES,
+        description="Coarse-to-fine passes; each starts from the previous result upscaled.",
+    )
+    seed: int = Field(
+        DEFAULT_SEED, ge=0, le=MAX_SEED, description="Random seed (noise init); same seed, same image."
+    )
+
+    def blend_weights(self, n_styles: int) -> list[float]:
+        """The style blend as weights that sum to 1, checked against the number of styles."""
+        check_style_blend(self, n_styles)
+        raw = self.style_blend if self.style_blend is not None else [1.0] * n_styles
+        total = sum(raw)
+        return [w / total for w in raw]
+
+
+def check_style_blend(params: StyleParams, n_styles: int) -> None:
+    """Raise ParameterError unless ``style_blend`` fits ``n_styles`` style images."""
+    if n_styles < 1:
+        raise ParameterError("style", "at least one style image is required")
+    if n_styles > MAX_STYLES:
+        raise ParameterError("style", f"at most {MAX_STYLES} style images are allowed")
+    blend = params.style_blend
+    if blend is None:
+        return
+    if len(blend) != n_styles:
+        raise ParameterError(
+            "style_blend",
+            f"has {len(blend)} weights but there are {n_styles} style images",
+        )
+    if any(w < 0 for w in blend):
+        raise ParameterError("style_blend", "weights must be non-negative")
+    if sum(blend) <= 0:
+        raise ParameterError("style_blend", "weights must not all be zero")
+
+
+def parse_params(raw: Mapping[str, Any] | None) -> StyleParams:
+    """Validate raw parameters (from JSON or the CLI) into StyleParams.
+
+    The first problem becomes a ParameterError naming the field.
+    """
+    try:
+        return StyleParams.model_validate(dict(raw or {}))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"]) or "params"
+        if err["type"] == "extra_forbidden":
+            raise ParameterError(loc, "unknown parameter") from None
+        raise ParameterError(loc, err["msg"], details={"input": _jsonable(err.get("input"))}) from None
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return repr(value)
