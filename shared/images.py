@@ -52,7 +52,9 @@ def decode_image(
             code="image_too_large",
         ) from None
     if img.width < 1 or img.height < 1:
-        raise InvalidInputError(f"{field}: the image has no pixels", field=field, code="invalid_image")
+        raise InvalidInputError(
+            f"{field}: the image has no pixels", field=field, code="invalid_image"
+        )
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

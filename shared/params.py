@@ -95,7 +95,10 @@ class StyleParams(BaseModel):
         description="Coarse-to-fine passes; each starts from the previous result upscaled.",
     )
     seed: int = Field(
-        DEFAULT_SEED, ge=0, le=MAX_SEED, description="Random seed (noise init); same seed, same image."
+        DEFAULT_SEED,
+        ge=0,
+        le=MAX_SEED,
+        description="Random seed (noise init); same seed, same image.",
     )
 
     def blend_weights(self, n_styles: int) -> list[float]:
@@ -138,7 +141,9 @@ def parse_params(raw: Mapping[str, Any] | None) -> StyleParams:
         loc = ".".join(str(p) for p in err["loc"]) or "params"
         if err["type"] == "extra_forbidden":
             raise ParameterError(loc, "unknown parameter") from None
-        raise ParameterError(loc, err["msg"], details={"input": _jsonable(err.get("input"))}) from None
+        raise ParameterError(
+            loc, err["msg"], details={"input": _jsonable(err.get("input"))}
+        ) from None
 
 
 def _jsonable(value: Any) -> Any:
