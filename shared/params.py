@@ -7,7 +7,7 @@ model validates (and fills defaults); ``openapi.json`` is generated from it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -19,7 +19,9 @@ MIN_SIZE_PX = 16  # VGG19 pools four times before relu5_1: below 16 px nothing i
 MAX_SIZE_PX = 2048
 DEFAULT_ITERATIONS = 500  # optimizer steps in all, summed over the coarse-to-fine passes
 MAX_ITERATIONS = 5000
-DEFAULT_OPTIMIZER = "lbfgs"
+Optimizer = Literal["lbfgs", "adam"]
+Init = Literal["content", "noise"]
+DEFAULT_OPTIMIZER: Final[Optimizer] = "lbfgs"
 DEFAULT_CONTENT_WEIGHT = 1.0
 DEFAULT_STYLE_WEIGHT = 1000.0
 DEFAULT_TV_WEIGHT = 1.0
@@ -27,7 +29,7 @@ MAX_WEIGHT = 1e9
 DEFAULT_STYLE_SCALE = 1.0  # style image size relative to the output size
 MIN_STYLE_SCALE = 0.1
 MAX_STYLE_SCALE = 4.0
-DEFAULT_INIT = "content"
+DEFAULT_INIT: Final[Init] = "content"
 DEFAULT_PRESERVE_COLORS = False
 DEFAULT_SCALES = 3  # coarse-to-fine passes, each twice the size of the one before
 MAX_SCALES = 6
@@ -53,7 +55,7 @@ class StyleParams(BaseModel):
         le=MAX_ITERATIONS,
         description="Optimizer iterations in all, summed over the coarse-to-fine passes.",
     )
-    optimizer: Literal["lbfgs", "adam"] = Field(
+    optimizer: Optimizer = Field(
         DEFAULT_OPTIMIZER, description="L-BFGS (sharper, the default) or Adam (less memory)."
     )
     content_weight: float = Field(
@@ -81,9 +83,7 @@ class StyleParams(BaseModel):
         le=MAX_STYLE_SCALE,
         description="Size of the style images relative to the output: larger means larger brush strokes.",
     )
-    init: Literal["content", "noise"] = Field(
-        DEFAULT_INIT, description="Start from the content image or from noise."
-    )
+    init: Init = Field(DEFAULT_INIT, description="Start from the content image or from noise.")
     preserve_colors: bool = Field(
         DEFAULT_PRESERVE_COLORS,
         description="Transfer luminance only and keep the content image's colours.",
