@@ -1,9 +1,329 @@
-"""Placeholder: commands are added by the module's owner."""
+"""The client commands: submit, status, list, cancel, result — over client.StylequeueClient.
+
+They find the server and key in ``STYLEQUEUE_URL`` and ``STYLEQUEUE_API_KEY``.
+Tests (or a wrapper program) pass a ``ClientConfig`` as click's ``obj`` to build
+the client another way, for example over ``httpx.WSGITransport``.
+Output is for people by default and JSON with ``--json``; every error is one
+line on stderr and a non-zero exit (1; 3 when a waited-for job did not succeed).
+"""
 
 from __future__ import annotations
 
+import itertools
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
 import click
+
+from client import Job, JobStatus, StylequeueClient, StylequeueClientError, TransportError
+from client.progress import format_duration, format_progress
+
+ENV_URL = "STYLEQUEUE_URL"
+ENV_API_KEY = "STYLEQUEUE_API_KEY"
+DEFAULT_URL = "http://127.0.0.1:8000"
+DEFAULT_LIST_LIMIT = 20  # jobs that `list` shows unless told otherwise
+LIST_PAGE_SIZE = 50  # jobs per request while `list` pages through
+EXIT_JOB_NOT_SUCCEEDED = 3  # `submit --wait`: the job failed or was canceled
+EXIT_INTERRUPTED = 130  # Ctrl-C while waiting (the job goes on on the server)
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """How the client commands build their client; pass one as click's ``obj``."""
+
+    make_client: Callable[[], StylequeueClient]
+
+
+class JobNotSucceeded(click.ClickException):
+    """Raised when ``submit --wait`` sees the job end failed or canceled."""
+
+    exit_code = EXIT_JOB_NOT_SUCCEEDED
+
+
+class WaitInterrupted(click.ClickException):
+    """Raised when Ctrl-C stops ``submit --wait``; the job itself goes on."""
+
+    exit_code = EXIT_INTERRUPTED
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"stopped waiting; job {job_id} goes on (stylequeue status {job_id})")
+
+
+def client_from_env(environ: Mapping[str, str]) -> StylequeueClient:
+    """A client for ``STYLEQUEUE_URL`` with ``STYLEQUEUE_API_KEY``; a bad value names its variable."""
+    url = environ.get(ENV_URL, "").strip() or DEFAULT_URL
+    if not url.startswith(("http://", "https://")):
+        raise click.ClickException(f"{ENV_URL}: expected an http:// or https:// URL, got {url!r}")
+    key = environ.get(ENV_API_KEY, "").strip()
+    if not key:
+        raise click.ClickException(
+            f"{ENV_API_KEY} is not set (create a key with `stylequeue keys create NAME`)"
+        )
+    return StylequeueClient(url, key)
+
+
+def parse_param(item: str) -> tuple[str, Any]:
+    """``k=v`` → ``(k, v)``; ``v`` is parsed as JSON when it parses, else kept as a string.
+
+    So ``size=256`` is 256, ``style_blend=[1,2]`` a list, ``optimizer=adam`` the
+    string "adam". The server validates names and ranges.
+    """
+    name, sep, text = item.partition("=")
+    name = name.strip()
+    if not sep or not name:
+        raise click.BadParameter(f"expected NAME=VALUE, got {item!r}", param_hint="--param")
+    try:
+        # NaN and Infinity parse in Python's json but are not JSON: keep them as text.
+        value: Any = json.loads(text, parse_constant=_reject_constant)
+    except ValueError:
+        value = text
+    return name, value
+
+
+def parse_params(items: Iterable[str]) -> dict[str, Any]:
+    """Every ``--param`` into one dict; a name given twice keeps the last value."""
+    return dict(parse_param(item) for item in items)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(name)
+
+
+def _make_client(ctx: click.Context) -> StylequeueClient:
+    config = ctx.find_object(ClientConfig)
+    return config.make_client() if config is not None else client_from_env(os.environ)
+
+
+def _fail(exc: StylequeueClientError | OSError) -> click.ClickException:
+    if isinstance(exc, OSError):
+        return click.ClickException(f"{exc.filename or 'file'}: {exc.strerror or exc}")
+    if isinstance(exc, TransportError):
+        return click.ClickException(f"cannot reach the server ({ENV_URL}?): {exc}")
+    return click.ClickException(str(exc))
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+def _when(job_time: Any) -> str:
+    return "-" if job_time is None else job_time.isoformat(sep=" ", timespec="seconds")
+
+
+def describe_job(job: Job) -> str:
+    """A few lines about one job, for people."""
+    lines = [
+        f"id        {job.id}",
+        f"status    {job.status.value}",
+        f"progress  {format_progress(job)}",
+        f"attempts  {job.attempts}" + (f"  (worker {job.worker})" if job.worker else ""),
+        f"created   {_when(job.created_at)}",
+        f"started   {_when(job.started_at)}",
+        f"finished  {_when(job.finished_at)}",
+        f"waited    {format_duration(job.queue_seconds)}   ran {format_duration(job.run_seconds)}",
+    ]
+    if job.error is not None:
+        lines.append(f"error     {job.error.code}: {job.error.message}")
+    return "\n".join(lines)
+
+
+def job_table(jobs: Sequence[Job]) -> str:
+    """One line per job: id, status, percent, created time."""
+    rows = [("ID", "STATUS", "PROGRESS", "CREATED")]
+    rows += [
+        (job.id, job.status.value, f"{job.progress.percent:.0f}%", _when(job.created_at))
+        for job in jobs
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True))
+        + "  "
+        + row[3]
+        for row in rows
+    )
+
+
+class _ProgressLine:
+    """Draws a job's progress on stderr: redrawn in place on a terminal, a line per change elsewhere."""
+
+    def __init__(self) -> None:
+        self._tty = sys.stderr.isatty()
+        self._drawn = False
+
+    def __call__(self, job: Job) -> None:
+        line = format_progress(job)
+        if self._tty:
+            click.echo("\r\x1b[K" + line, err=True, nl=False)
+        else:
+            click.echo(line, err=True)
+        self._drawn = True
+
+    def close(self) -> None:
+        if self._tty and self._drawn:
+            click.echo("", err=True)
+
+
+@click.command("submit")
+@click.argument("content", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument(
+    "styles", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--param",
+    "-p",
+    "param_items",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A job parameter (repeatable); VALUE is JSON when it parses, else a string.",
+)
+@click.option(
+    "--wait", "wait_", is_flag=True, help="Show progress until the job ends, then save the result."
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --wait: where to save the PNG (default: <job id>.png).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="With --wait: give up waiting after this long (the job goes on).",
+)
+@click.option("--idempotency-key", help="Submitting again with the same key returns the first job.")
+@click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
+@click.pass_context
+def submit_cmd(
+    ctx: click.Context,
+    content: Path,
+    styles: tuple[Path, ...],
+    param_items: tuple[str, ...],
+    wait_: bool,
+    output: Path | None,
+    timeout: float | None,
+    idempotency_key: str | None,
+    as_json: bool,
+) -> None:
+    """Submit CONTENT styled after STYLE...; print the job id, or with --wait the saved file."""
+    if not wait_ and (output is not None or timeout is not None):
+        raise click.UsageError("-o/--output and --timeout need --wait")
+    params = parse_params(param_items)
+    try:
+        with _make_client(ctx) as client:
+            job = client.submit(content, styles, params or None, idempotency_key=idempotency_key)
+            if not wait_:
+                _echo_json(job.to_json()) if as_json else click.echo(job.id)
+                return
+            click.echo(f"submitted job {job.id}", err=True)
+            job = _wait_with_progress(client, job.id, timeout)
+            if job.status is not JobStatus.SUCCEEDED:
+                if as_json:
+                    _echo_json(job.to_json())
+                reason = f": {job.error.message} ({job.error.code})" if job.error else ""
+                raise JobNotSucceeded(f"job {job.id} {job.status.value}{reason}")
+            saved = client.download(job.id, output or Path(f"{job.id}.png"))
+    except (StylequeueClientError, OSError) as exc:
+        raise _fail(exc) from exc
+    _echo_json({**job.to_json(), "output": str(saved)}) if as_json else click.echo(saved)
+
+
+def _wait_with_progress(client: StylequeueClient, job_id: str, timeout: float | None) -> Job:
+    bar = _ProgressLine()
+    try:
+        return client.wait(job_id, timeout=timeout, on_progress=bar)
+    except KeyboardInterrupt:
+        raise WaitInterrupted(job_id) from None
+    finally:
+        bar.close()
+
+
+@click.command("status")
+@click.argument("job_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
+@click.pass_context
+def status_cmd(ctx: click.Context, job_id: str, as_json: bool) -> None:
+    """Show one job: status, progress, times, error."""
+    try:
+        with _make_client(ctx) as client:
+            job = client.get(job_id)
+    except (StylequeueClientError, OSError) as exc:
+        raise _fail(exc) from exc
+    _echo_json(job.to_json()) if as_json else click.echo(describe_job(job))
+
+
+@click.command("list")
+@click.option(
+    "--status",
+    "status",
+    type=click.Choice([s.value for s in JobStatus]),
+    help="Only jobs in this status.",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=DEFAULT_LIST_LIMIT,
+    show_default=True,
+    help="Show at most this many jobs, newest first.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of jobs.")
+@click.pass_context
+def list_cmd(ctx: click.Context, status: str | None, limit: int, as_json: bool) -> None:
+    """List your jobs, newest first."""
+    try:
+        with _make_client(ctx) as client:
+            pages = client.iter_jobs(status=status, page_size=min(limit, LIST_PAGE_SIZE))
+            jobs = list(itertools.islice(pages, limit))
+    except (StylequeueClientError, OSError) as exc:
+        raise _fail(exc) from exc
+    if as_json:
+        _echo_json([job.to_json() for job in jobs])
+    elif jobs:
+        click.echo(job_table(jobs))
+    else:
+        click.echo("no jobs", err=True)
+
+
+@click.command("cancel")
+@click.argument("job_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
+@click.pass_context
+def cancel_cmd(ctx: click.Context, job_id: str, as_json: bool) -> None:
+    """Cancel a queued or running job (a finished job stays as it is)."""
+    try:
+        with _make_client(ctx) as client:
+            job = client.cancel(job_id)
+    except (StylequeueClientError, OSError) as exc:
+        raise _fail(exc) from exc
+    _echo_json(job.to_json()) if as_json else click.echo(f"job {job.id} {job.status.value}")
+
+
+@click.command("result")
+@click.argument("job_id", metavar="ID")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to save the PNG.",
+)
+@click.pass_context
+def result_cmd(ctx: click.Context, job_id: str, output: Path) -> None:
+    """Save the result PNG of a succeeded job."""
+    try:
+        with _make_client(ctx) as client:
+            saved = client.download(job_id, output)
+    except (StylequeueClientError, OSError) as exc:
+        raise _fail(exc) from exc
+    click.echo(saved)
 
 
 def register(group: click.Group) -> None:
-    """Add this module's commands to the ``stylequeue`` group."""
+    """Add the client commands to the ``stylequeue`` group."""
+    for command in (submit_cmd, status_cmd, list_cmd, cancel_cmd, result_cmd):
+        group.add_command(command)

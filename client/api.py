@@ -1,0 +1,260 @@
+"""StylequeueClient: the API of DESIGN.md v1 as Python methods, over httpx."""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from client.errors import (
+    InvalidResponseError,
+    RateLimitedError,
+    ServerError,
+    TransportError,
+    WaitTimeoutError,
+    api_error_from_response,
+)
+from client.models import Job, JobPage, JobStatus
+from client.polling import (
+    DEFAULT_POLL_INTERVAL_S,
+    MAX_POLL_INTERVAL_S,
+    next_poll_delay,
+    remaining_s,
+)
+
+DEFAULT_TIMEOUT_S = 30.0  # per request; uploads of a few MB over a slow link fit in it
+MAX_POLL_FAILURES = 3  # wait() rides out this many failed polls in a row (restarts, blips)
+USER_AGENT = "stylequeue-client"
+
+# An image to upload: a path to read, or the encoded bytes themselves.
+ImageSource = str | os.PathLike[str] | bytes
+ProgressCallback = Callable[[Job], None]
+
+
+class StylequeueClient:
+    """A connection to one stylequeue server, authenticated with one API key.
+
+    ``transport`` replaces httpx's network transport, for example
+    ``httpx.WSGITransport(app=create_app(...))`` to talk to an app in-process.
+    Use it as a context manager, or call close(), to release connections.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        if not api_key:
+            raise ValueError("api_key is empty")
+        self.base_url = base_url
+        self._http = httpx.Client(
+            base_url=base_url,
+            headers={"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT},
+            transport=transport,
+            timeout=timeout,
+        )
+
+    def __enter__(self) -> StylequeueClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self._http.close()
+
+    # -- jobs -----------------------------------------------------------------
+
+    def submit(
+        self,
+        content: ImageSource,
+        styles: Sequence[ImageSource],
+        params: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Job:
+        """Upload a content image and one or more style images; return the queued job.
+
+        With ``idempotency_key``, submitting the same key again returns the
+        first job instead of creating a second one (safe to retry).
+        """
+        if isinstance(styles, str | bytes | os.PathLike):
+            raise TypeError("styles must be a sequence of images, not one image")
+        files = [_upload_part("content", content, "content")]
+        files += [
+            _upload_part("style", style, f"style-{n}") for n, style in enumerate(styles, start=1)
+        ]
+        data = {"params": json.dumps(dict(params))} if params else None
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        response = self._request("POST", "/v1/jobs", files=files, data=data, headers=headers)
+        return Job.from_json(_json(response))
+
+    def get(self, job_id: str) -> Job:
+        """The job as it is now."""
+        return Job.from_json(_json(self._request("GET", _job_path(job_id))))
+
+    def list(
+        self,
+        status: JobStatus | str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """One page of this key's jobs, newest first; pass ``next_cursor`` on for the next."""
+        query: dict[str, str | int] = {}
+        if status is not None:
+            query["status"] = JobStatus(status).value
+        if limit is not None:
+            query["limit"] = limit
+        if cursor is not None:
+            query["cursor"] = cursor
+        return JobPage.from_json(_json(self._request("GET", "/v1/jobs", params=query)))
+
+    def iter_jobs(
+        self, status: JobStatus | str | None = None, page_size: int | None = None
+    ) -> Iterator[Job]:
+        """Every job of this key, newest first, fetching pages as it goes."""
+        cursor: str | None = None
+        while True:
+            page = self.list(status=status, limit=page_size, cursor=cursor)
+            yield from page.jobs
+            if page.next_cursor is None or not page.jobs:
+                return
+            cursor = page.next_cursor
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a queued or running job; a finished job is returned unchanged."""
+        return Job.from_json(_json(self._request("POST", f"{_job_path(job_id)}/cancel")))
+
+    def result(self, job_id: str) -> bytes:
+        """The output PNG of a succeeded job (ConflictError while it is not)."""
+        return self._request("GET", f"{_job_path(job_id)}/result").content
+
+    def preview(self, job_id: str) -> bytes:
+        """The latest intermediate image of a running job."""
+        return self._request("GET", f"{_job_path(job_id)}/preview").content
+
+    def download(self, job_id: str, path: str | os.PathLike[str]) -> Path:
+        """Save the result PNG to ``path``; a failed download leaves no partial file."""
+        target = Path(path)
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                self._stream_to(f"{_job_path(job_id)}/result", out)
+            os.replace(tmp_name, target)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+        return target
+
+    def wait(
+        self,
+        job_id: str,
+        *,
+        poll_interval: float = DEFAULT_POLL_INTERVAL_S,
+        max_poll_interval: float = MAX_POLL_INTERVAL_S,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> Job:
+        """Poll until the job is succeeded, failed or canceled, and return it.
+
+        ``on_progress`` is called with the job on the first poll and whenever
+        its status or progress changes. Polls back off from ``poll_interval``
+        to ``max_poll_interval`` while nothing changes. A few failed polls in a
+        row (server restarting, 5xx, 429) are retried; ``timeout`` (seconds)
+        raises WaitTimeoutError carrying the last job seen.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last: Job | None = None
+        delay: float | None = None
+        failures = 0
+        while True:
+            try:
+                job = self.get(job_id)
+                failures = 0
+            except (TransportError, ServerError, RateLimitedError):
+                failures += 1
+                if failures > MAX_POLL_FAILURES or last is None:
+                    raise
+                job = last
+            changed = last is None or (job.status, job.progress) != (last.status, last.progress)
+            if changed and on_progress is not None:
+                on_progress(job)
+            if job.status.is_final:
+                return job
+            delay = next_poll_delay(
+                delay,
+                initial_s=poll_interval,
+                maximum_s=max_poll_interval,
+                job_changed=changed and last is not None,
+            )
+            left = remaining_s(deadline, time.monotonic())
+            if left is not None and left <= 0:
+                raise WaitTimeoutError(job, timeout or 0.0)
+            time.sleep(delay if left is None else min(delay, left))
+            last = job
+
+    # -- plumbing -------------------------------------------------------------
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise TransportError(f"{method} {self.base_url}{path}: {exc}") from exc
+        _raise_for_error(response)
+        return response
+
+    def _stream_to(self, path: str, out: Any) -> None:
+        try:
+            with self._http.stream("GET", path) as response:
+                if response.is_error:
+                    response.read()
+                    _raise_for_error(response)
+                for chunk in response.iter_bytes():
+                    out.write(chunk)
+        except httpx.TransportError as exc:
+            raise TransportError(f"GET {self.base_url}{path}: {exc}") from exc
+
+
+def _raise_for_error(response: httpx.Response) -> None:
+    if not response.is_error:
+        return
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    raise api_error_from_response(response.status_code, body)
+
+
+def _json(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        raise InvalidResponseError(
+            f"{response.request.method} {response.request.url.path}: the body is not JSON"
+        ) from None
+
+
+def _job_path(job_id: str) -> str:
+    if not job_id:
+        raise ValueError("job_id is empty")
+    # Quote everything: an id is a path segment, never a path.
+    return f"/v1/jobs/{quote(str(job_id), safe='')}"
+
+
+def _upload_part(field: str, source: ImageSource, default_name: str) -> tuple[str, Any]:
+    if isinstance(source, bytes):
+        return field, (default_name, source, "application/octet-stream")
+    path = Path(source)
+    content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return field, (path.name, path.read_bytes(), content_type)

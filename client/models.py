@@ -1,0 +1,220 @@
+"""What the API returns, as frozen dataclasses parsed from its JSON (DESIGN.md, "A job").
+
+Parsing is strict about the fields the API promises (a missing or mistyped one
+raises InvalidResponseError naming it) and ignores fields it does not know, so
+that an older client keeps working against a newer server.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any
+
+from client.errors import InvalidResponseError
+
+
+class JobStatus(enum.StrEnum):
+    """The states of a job: queued → running → succeeded | failed | canceled."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def is_final(self) -> bool:
+        """True when the job will not change any more."""
+        return self in _FINAL_STATUSES
+
+
+_FINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED})
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """How far a job's optimization is: iterations done, of how many, and an estimate."""
+
+    iteration: int
+    iterations: int
+    percent: float
+    eta_seconds: float | None
+
+
+@dataclass(frozen=True)
+class JobError:
+    """Why a job failed: a machine code and a message for humans."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class JobUrls:
+    """The job's links, as the server gave them (paths or absolute URLs)."""
+
+    self: str
+    result: str
+    preview: str
+    cancel: str
+
+
+@dataclass(frozen=True)
+class Job:
+    """One style-transfer job, as the API returned it at one moment."""
+
+    id: str
+    status: JobStatus
+    params: Mapping[str, Any] = field(hash=False)
+    progress: JobProgress
+    attempts: int
+    worker: str | None
+    error: JobError | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    queue_seconds: float | None
+    run_seconds: float | None
+    urls: JobUrls
+
+    @classmethod
+    def from_json(cls, data: Any) -> Job:
+        """Parse the job JSON of the API; raise InvalidResponseError naming a bad field."""
+        obj = _Fields(data, "job")
+        progress = _Fields(obj.get("progress", Mapping, optional=True) or {}, "job.progress")
+        error = obj.get("error", Mapping, optional=True)
+        error_fields = _Fields(error, "job.error") if error is not None else None
+        urls = _Fields(obj.get("urls", Mapping), "job.urls")
+        status = obj.get("status", str)
+        try:
+            job_status = JobStatus(status)
+        except ValueError:
+            raise InvalidResponseError(f"job.status: unknown status {status!r}") from None
+        return cls(
+            id=str(obj.get("id", str | int)),
+            status=job_status,
+            params=MappingProxyType(dict(obj.get("params", Mapping))),
+            progress=JobProgress(
+                iteration=progress.get("iteration", int, optional=True) or 0,
+                iterations=progress.get("iterations", int, optional=True) or 0,
+                percent=float(progress.get("percent", int | float, optional=True) or 0.0),
+                eta_seconds=_float_or_none(progress.get("eta_seconds", int | float, optional=True)),
+            ),
+            attempts=obj.get("attempts", int, optional=True) or 0,
+            worker=obj.get("worker", str, optional=True),
+            error=None
+            if error_fields is None
+            else JobError(
+                code=error_fields.get("code", str), message=error_fields.get("message", str)
+            ),
+            created_at=obj.required_timestamp("created_at"),
+            started_at=obj.timestamp("started_at", optional=True),
+            finished_at=obj.timestamp("finished_at", optional=True),
+            queue_seconds=_float_or_none(obj.get("queue_seconds", int | float, optional=True)),
+            run_seconds=_float_or_none(obj.get("run_seconds", int | float, optional=True)),
+            urls=JobUrls(
+                self=urls.get("self", str),
+                result=urls.get("result", str),
+                preview=urls.get("preview", str),
+                cancel=urls.get("cancel", str),
+            ),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The job as the API's JSON shape again (for ``--json`` output and logs)."""
+        return {
+            "id": self.id,
+            "status": self.status.value,
+            "params": dict(self.params),
+            "progress": {
+                "iteration": self.progress.iteration,
+                "iterations": self.progress.iterations,
+                "percent": self.progress.percent,
+                "eta_seconds": self.progress.eta_seconds,
+            },
+            "attempts": self.attempts,
+            "worker": self.worker,
+            "error": None
+            if self.error is None
+            else {"code": self.error.code, "message": self.error.message},
+            "created_at": self.created_at.isoformat(),
+            "started_at": _iso_or_none(self.started_at),
+            "finished_at": _iso_or_none(self.finished_at),
+            "queue_seconds": self.queue_seconds,
+            "run_seconds": self.run_seconds,
+            "urls": {
+                "self": self.urls.self,
+                "result": self.urls.result,
+                "preview": self.urls.preview,
+                "cancel": self.urls.cancel,
+            },
+        }
+
+
+@dataclass(frozen=True)
+class JobPage:
+    """One page of a job listing, newest first; ``next_cursor`` is None on the last page."""
+
+    jobs: tuple[Job, ...]
+    next_cursor: str | None
+
+    @classmethod
+    def from_json(cls, data: Any) -> JobPage:
+        """Parse ``{"jobs": [...], "next_cursor": ...}``."""
+        obj = _Fields(data, "page")
+        jobs = obj.get("jobs", list)
+        return cls(
+            jobs=tuple(Job.from_json(item) for item in jobs),
+            next_cursor=obj.get("next_cursor", str, optional=True),
+        )
+
+
+class _Fields:
+    """Typed access to one JSON object's fields, with errors that name the field."""
+
+    def __init__(self, data: Any, where: str) -> None:
+        if not isinstance(data, Mapping):
+            raise InvalidResponseError(f"{where}: expected an object, got {type(data).__name__}")
+        self._data = data
+        self._where = where
+
+    def get(self, name: str, kind: Any, *, optional: bool = False) -> Any:
+        if name not in self._data or self._data[name] is None:
+            if optional:
+                return None
+            raise InvalidResponseError(f"{self._where}.{name}: missing")
+        value = self._data[name]
+        # bool is an int in Python, but never a valid count or measure in this API.
+        if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+            raise InvalidResponseError(
+                f"{self._where}.{name}: unexpected {type(value).__name__} {value!r}"
+            )
+        return value
+
+    def required_timestamp(self, name: str) -> datetime:
+        stamp = self.timestamp(name)
+        assert stamp is not None  # timestamp() raises for a missing required field
+        return stamp
+
+    def timestamp(self, name: str, *, optional: bool = False) -> datetime | None:
+        text = self.get(name, str, optional=optional)
+        if text is None:
+            return None
+        try:
+            return datetime.fromisoformat(text)
+        except ValueError:
+            raise InvalidResponseError(
+                f"{self._where}.{name}: not an ISO 8601 time: {text!r}"
+            ) from None
+
+
+def _float_or_none(value: int | float | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def _iso_or_none(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
