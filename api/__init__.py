@@ -1,0 +1,25 @@
+"""The HTTP API: ``create_app(settings)`` builds a Flask app; views stay thin."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from api import errors, health, jobs, openapi
+from api.services import Services
+from shared.settings import Settings
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """The API for ``settings`` (default: from the environment)."""
+    settings = settings or Settings.from_env()
+    app = Flask(__name__)
+    # Werkzeug answers 413 for a body over this before any view runs; the
+    # per-file limit is checked again in the view with a clearer message.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    Services.init_app(app, settings)
+    errors.init_app(app)
+    app.register_blueprint(health.blueprint)
+    app.register_blueprint(jobs.blueprint)
+    app.register_blueprint(openapi.blueprint)
+    return app

@@ -1,9 +1,246 @@
-"""Placeholder: commands are added by the module's owner."""
+"""Operator commands: api, worker, scheduler, db upgrade, keys create, up."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from urllib.parse import urlparse
+
 import click
+
+from shared.celery_app import JOBS_QUEUE, MAINTENANCE_QUEUE
+from shared.errors import ConfigError
+from shared.settings import Settings
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+DEFAULT_API_WORKERS = 2  # gunicorn processes; one per core is a fair start
+API_APP = "api:create_app()"
+CELERY_APP = "worker.celery_worker"
+REDIS_START_WAIT_SECONDS = 5.0
 
 
 def register(group: click.Group) -> None:
     """Add this module's commands to the ``stylequeue`` group."""
+    for command in (api, worker, scheduler, db, keys, up):
+        group.add_command(command)
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def api_argv(host: str, port: int, workers: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--bind",
+        f"{host}:{port}",
+        "--workers",
+        str(workers),
+        "--access-logfile",
+        "-",
+        API_APP,
+    ]
+
+
+def worker_argv(loglevel: str = "INFO") -> list[str]:
+    # Prefork with one child: the model loads in the child (worker_process_init),
+    # after the fork, and a crashing job takes only the child down.
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        CELERY_APP,
+        "worker",
+        "--queues",
+        JOBS_QUEUE,
+        "--concurrency",
+        "1",
+        "--pool",
+        "prefork",
+        "--loglevel",
+        loglevel,
+    ]
+
+
+def scheduler_argv(settings: Settings, loglevel: str = "INFO") -> list[str]:
+    # Beat embedded in a small solo worker that consumes only the maintenance
+    # queue: the reconciler never waits behind a long style-transfer job, and a
+    # solo pool never forks, so it never loads the model.
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        CELERY_APP,
+        "worker",
+        "--beat",
+        "--schedule",
+        str(settings.data_dir / "celerybeat-schedule"),
+        "--queues",
+        MAINTENANCE_QUEUE,
+        "--pool",
+        "solo",
+        "--loglevel",
+        loglevel,
+    ]
+
+
+@click.command()
+@click.option("--host", default=DEFAULT_HOST, show_default=True)
+@click.option("--port", default=DEFAULT_PORT, show_default=True, type=int)
+@click.option("--workers", default=DEFAULT_API_WORKERS, show_default=True, type=int)
+@click.option("--dev", is_flag=True, help="Flask's development server instead of gunicorn.")
+def api(host: str, port: int, workers: int, dev: bool) -> None:
+    """Serve the HTTP API (gunicorn)."""
+    settings = _settings()
+    if dev:
+        from api import create_app
+
+        create_app(settings).run(host=host, port=port)
+        return
+    os.execv(sys.executable, api_argv(host, port, workers))
+
+
+@click.command()
+@click.option("--loglevel", default="INFO", show_default=True)
+def worker(loglevel: str) -> None:
+    """Run a Celery worker: one style-transfer job at a time (one per GPU)."""
+    _settings()
+    os.execv(sys.executable, worker_argv(loglevel))
+
+
+@click.command()
+@click.option("--loglevel", default="INFO", show_default=True)
+def scheduler(loglevel: str) -> None:
+    """Run the periodic reconciler (celery beat): re-enqueues queued jobs the broker lost."""
+    settings = _settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    os.execv(sys.executable, scheduler_argv(settings, loglevel))
+
+
+@click.group()
+def db() -> None:
+    """Database schema commands."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Build or migrate the schema (Alembic) to REVISION."""
+    import migrations
+
+    settings = _settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    migrations.upgrade(settings.database_url, revision)
+    click.echo(f"database at revision {revision}")
+
+
+@click.group()
+def keys() -> None:
+    """API key commands."""
+
+
+@keys.command("create")
+@click.argument("name")
+@click.option("--admin", is_flag=True, help="The key may use the admin endpoints.")
+def keys_create(name: str, admin: bool) -> None:
+    """Create an API client NAME and print its new key (alone, on the last line)."""
+    from shared.auth import create_client
+    from shared.db import Database
+
+    database = Database(_settings().database_url)
+    try:
+        with database.session() as session:
+            client, key = create_client(session, name, is_admin=admin)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        database.dispose()
+    kind = "admin client" if admin else "client"
+    click.echo(f"created {kind} {client.name!r} (id {client.id}); its key, shown only now:")
+    click.echo(key)
+
+
+@click.command()
+@click.option("--host", default=DEFAULT_HOST, show_default=True)
+@click.option("--port", default=DEFAULT_PORT, show_default=True, type=int)
+def up(host: str, port: int) -> None:
+    """The whole stack on one machine: Redis (if none answers), migrations, API, one worker."""
+    import migrations
+
+    settings = _settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    children: list[subprocess.Popen[bytes]] = []
+    redis_process = _ensure_redis(settings)
+    if redis_process is not None:
+        children.append(redis_process)
+    try:
+        migrations.upgrade(settings.database_url)
+        click.echo("schema up to date")
+        children.append(subprocess.Popen(api_argv(host, port, DEFAULT_API_WORKERS)))
+        children.append(subprocess.Popen(worker_argv()))
+        children.append(subprocess.Popen(scheduler_argv(settings)))
+        click.echo(f"stylequeue is up: http://{host}:{port}/docs (Ctrl-C stops everything)")
+        while all(child.poll() is None for child in children):
+            time.sleep(0.5)
+        click.echo("a process exited; stopping the others", err=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        _stop(children)
+
+
+def _ensure_redis(settings: Settings) -> subprocess.Popen[bytes] | None:
+    url = urlparse(settings.redis_url)
+    host, port = url.hostname or "127.0.0.1", url.port or 6379
+    if _reachable(host, port):
+        return None
+    server = shutil.which("redis-server")
+    if server is None or host not in ("127.0.0.1", "localhost"):
+        raise click.ClickException(
+            f"Redis at {host}:{port} does not answer and cannot be started here "
+            "(install redis-server, or set STYLEQUEUE_REDIS_URL)"
+        )
+    process = subprocess.Popen(
+        [server, "--port", str(port), "--bind", host, "--dir", str(settings.data_dir)]
+    )
+    deadline = time.monotonic() + REDIS_START_WAIT_SECONDS
+    while not _reachable(host, port):
+        if time.monotonic() > deadline or process.poll() is not None:
+            process.terminate()
+            raise click.ClickException("redis-server did not start")
+        time.sleep(0.1)
+    click.echo(f"started redis-server on {host}:{port}")
+    return process
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _stop(children: list[subprocess.Popen[bytes]]) -> None:
+    # Reverse order: API and workers first, Redis last.
+    for child in reversed(children):
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    for child in reversed(children):
+        try:
+            child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()

@@ -134,3 +134,12 @@ class EngineError(StylequeueError):
     """
 
     code = "engine_error"
+
+
+class LeaseLostError(StylequeueError):
+    """Raised when a worker's claim on a job has expired or was taken over by another worker.
+
+    The worker must stop working on the job at once and write nothing more.
+    """
+
+    code = "lease_lost"

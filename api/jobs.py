@@ -1,0 +1,136 @@
+"""The client endpoints: submit, get, list, cancel, result, preview (DESIGN.md v1)."""
+
+from __future__ import annotations
+
+import uuid
+
+from flask import Blueprint, Response, jsonify, request, send_file
+
+from api.auth import current_principal
+from api.schemas import JobList, JobOut
+from api.services import db_session, services
+from api.uploads import read_idempotency_key, read_submission
+from shared import jobs
+from shared.celery_app import enqueue_job
+from shared.errors import ConflictError, InvalidInputError, NotFoundError
+from shared.models import Job, JobStatus
+from shared.pagination import Cursor, parse_limit
+from shared.storage import PREVIEW_FILE, RESULT_FILE
+
+blueprint = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
+
+
+def _job_response(job: Job, status: int = 200) -> Response:
+    response = jsonify(JobOut.from_job(job).to_json())
+    response.status_code = status
+    return response
+
+
+@blueprint.post("")
+def submit_job() -> Response:
+    principal = current_principal()
+    svc = services()
+    session = db_session()
+    key = read_idempotency_key(request.headers.get("Idempotency-Key"))
+    if key is not None:
+        replay = jobs.find_by_idempotency_key(session, principal.client_id, key)
+        if replay is not None:
+            return _replayed(replay)
+    submission = read_submission(
+        request.files,
+        request.form,
+        max_upload_bytes=svc.settings.max_upload_bytes,
+        max_image_pixels=svc.settings.max_image_pixels,
+    )
+    job, created = jobs.create_job(
+        session,
+        svc.storage,
+        client_id=principal.client_id,
+        params=submission.params,
+        content=submission.content,
+        styles=submission.styles,
+        idempotency_key=key,
+        enqueue=lambda job_id: enqueue_job(svc.celery, job_id),
+    )
+    if not created:
+        return _replayed(job)
+    response = _job_response(job, 202)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return response
+
+
+def _replayed(job: Job) -> Response:
+    # The same Idempotency-Key again: the original job, created nothing.
+    response = _job_response(job, 200)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+@blueprint.get("")
+def list_jobs() -> Response:
+    principal = current_principal()
+    raw_status = request.args.get("status")
+    status = None
+    if raw_status:
+        try:
+            status = JobStatus(raw_status)
+        except ValueError:
+            raise InvalidInputError(
+                f"status: must be one of {', '.join(s.value for s in JobStatus)}",
+                field="status",
+                code="invalid_status",
+            ) from None
+    raw_cursor = request.args.get("cursor")
+    page = jobs.list_jobs(
+        db_session(),
+        client_id=principal.client_id,
+        status=status,
+        limit=parse_limit(request.args.get("limit")),
+        cursor=Cursor.decode(raw_cursor) if raw_cursor else None,
+    )
+    body = JobList(jobs=[JobOut.from_job(j) for j in page.jobs], next_cursor=page.next_cursor)
+    return jsonify(body.model_dump(mode="json", by_alias=True))
+
+
+@blueprint.get("/<job_id>")
+def get_job(job_id: str) -> Response:
+    principal = current_principal()
+    job = jobs.get_job(db_session(), jobs.parse_job_id(job_id), client_id=principal.client_id)
+    return _job_response(job)
+
+
+@blueprint.post("/<job_id>/cancel")
+def cancel_job(job_id: str) -> Response:
+    principal = current_principal()
+    job = jobs.cancel_job(db_session(), jobs.parse_job_id(job_id), client_id=principal.client_id)
+    return _job_response(job)
+
+
+@blueprint.get("/<job_id>/result")
+def get_result(job_id: str) -> Response:
+    principal = current_principal()
+    job = jobs.get_job(db_session(), jobs.parse_job_id(job_id), client_id=principal.client_id)
+    if job.status is not JobStatus.SUCCEEDED:
+        raise ConflictError(
+            f"job {job.id} is {job.status.value}; a result exists only once it has succeeded",
+            code="job_not_succeeded",
+            details={"status": job.status.value},
+        )
+    return _png(job.id, RESULT_FILE, missing_code="result_missing")
+
+
+@blueprint.get("/<job_id>/preview")
+def get_preview(job_id: str) -> Response:
+    principal = current_principal()
+    job = jobs.get_job(db_session(), jobs.parse_job_id(job_id), client_id=principal.client_id)
+    return _png(job.id, PREVIEW_FILE, missing_code="no_preview")
+
+
+def _png(job_id: uuid.UUID, name: str, *, missing_code: str) -> Response:
+    path = services().storage.path(job_id, name)
+    if not path.is_file():
+        raise NotFoundError(
+            f"job {job_id} has no {name.removesuffix('.png')} yet", code=missing_code
+        )
+    return send_file(path, mimetype="image/png", max_age=0, download_name=f"{job_id}-{name}")

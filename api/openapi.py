@@ -1,0 +1,226 @@
+"""``/openapi.json``, generated from the pydantic models that validate and serialise, and ``/docs``."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, render_template
+from pydantic.json_schema import models_json_schema
+
+from api.schemas import ErrorResponse, Health, JobList, JobOut
+from api.uploads import IDEMPOTENCY_KEY_MAX_LENGTH
+from shared.models import JobStatus
+from shared.pagination import DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT
+from shared.params import MAX_STYLES, StyleParams
+
+blueprint = Blueprint("openapi", __name__)
+
+API_TITLE = "stylequeue"
+API_VERSION = "1.0.0"
+REF = "#/components/schemas/{model}"
+PNG = {"image/png": {"schema": {"type": "string", "format": "binary"}}}
+JOB_ID = {
+    "name": "job_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "format": "uuid"},
+}
+
+
+@blueprint.get("/openapi.json")
+def openapi_json() -> Response:
+    return jsonify(openapi_spec())
+
+
+@blueprint.get("/docs")
+def docs() -> str:
+    """The spec as a self-contained HTML page (rendered here: nothing is fetched from a CDN)."""
+    return render_template("docs.html", spec=openapi_spec())
+
+
+@cache
+def openapi_spec() -> dict[str, Any]:
+    """The OpenAPI 3.1 document; its schemas are the pydantic models' own JSON schemas."""
+    _, top = models_json_schema(
+        [
+            (StyleParams, "validation"),
+            (JobOut, "serialization"),
+            (JobList, "serialization"),
+            (ErrorResponse, "serialization"),
+            (Health, "serialization"),
+        ],
+        ref_template=REF,
+    )
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": API_TITLE,
+            "version": API_VERSION,
+            "description": "Neural style transfer as asynchronous jobs. Submit a content photo and "
+            "style images, poll the job, download the result.",
+        },
+        "components": {
+            "schemas": top["$defs"],
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearerAuth": []}],
+        "paths": _paths(),
+    }
+
+
+def _ref(model: str) -> dict[str, str]:
+    return {"$ref": REF.format(model=model)}
+
+
+def _json(model: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(model)}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    descriptions = {
+        400: "Bad input; details.field names the field.",
+        401: "No API key, or an unknown one.",
+        404: "No such job for this client.",
+        409: "The job is not in a state that allows this.",
+        413: "An upload or the request is over its size limit.",
+        503: "The database or Redis is unavailable.",
+    }
+    return {str(s): _json("ErrorResponse", descriptions[s]) for s in statuses}
+
+
+def _paths() -> dict[str, Any]:
+    job = _json("JobOut", "The job.")
+    return {
+        "/v1/jobs": {
+            "post": {
+                "operationId": "submitJob",
+                "summary": "Submit a style-transfer job",
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string", "maxLength": IDEMPOTENCY_KEY_MAX_LENGTH},
+                        "description": "The same key again returns the original job (200).",
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"multipart/form-data": _submission()},
+                },
+                "responses": {
+                    "202": {**job, "description": "Accepted: stored durably and queued."},
+                    "200": {**job, "description": "The job created earlier with this key."},
+                    **_errors(400, 401, 413),
+                },
+            },
+            "get": {
+                "operationId": "listJobs",
+                "summary": "The caller's jobs, newest first",
+                "parameters": [
+                    {
+                        "name": "status",
+                        "in": "query",
+                        "schema": {"type": "string", "enum": [s.value for s in JobStatus]},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": MAX_PAGE_LIMIT,
+                            "default": DEFAULT_PAGE_LIMIT,
+                        },
+                    },
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "schema": {"type": "string"},
+                        "description": "next_cursor of the previous page.",
+                    },
+                ],
+                "responses": {"200": _json("JobList", "A page of jobs."), **_errors(400, 401)},
+            },
+        },
+        "/v1/jobs/{job_id}": {
+            "get": {
+                "operationId": "getJob",
+                "summary": "A job",
+                "parameters": [JOB_ID],
+                "responses": {"200": job, **_errors(401, 404)},
+            }
+        },
+        "/v1/jobs/{job_id}/cancel": {
+            "post": {
+                "operationId": "cancelJob",
+                "summary": "Cancel a queued or running job (idempotent)",
+                "parameters": [JOB_ID],
+                "responses": {"200": job, **_errors(401, 404)},
+            }
+        },
+        "/v1/jobs/{job_id}/result": {
+            "get": {
+                "operationId": "getResult",
+                "summary": "The stylized image, once the job has succeeded",
+                "parameters": [JOB_ID],
+                "responses": {
+                    "200": {"description": "The result PNG.", "content": PNG},
+                    **_errors(401, 404, 409),
+                },
+            }
+        },
+        "/v1/jobs/{job_id}/preview": {
+            "get": {
+                "operationId": "getPreview",
+                "summary": "The latest intermediate image of a running job",
+                "parameters": [JOB_ID],
+                "responses": {
+                    "200": {"description": "The preview PNG.", "content": PNG},
+                    **_errors(401, 404),
+                },
+            }
+        },
+        "/healthz": {
+            "get": {
+                "operationId": "healthz",
+                "summary": "Liveness",
+                "security": [],
+                "responses": {"200": _json("Health", "The process is up.")},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "operationId": "readyz",
+                "summary": "Readiness: the database and Redis answer",
+                "security": [],
+                "responses": {"200": _json("Health", "Ready."), **_errors(503)},
+            }
+        },
+    }
+
+
+def _submission() -> dict[str, Any]:
+    binary = {"type": "string", "format": "binary"}
+    return {
+        "schema": {
+            "type": "object",
+            "required": ["content", "style"],
+            "properties": {
+                "content": {**binary, "description": "The content photo."},
+                "style": {
+                    "type": "array",
+                    "items": binary,
+                    "minItems": 1,
+                    "maxItems": MAX_STYLES,
+                    "description": "Style images, in style_blend order.",
+                },
+                "params": {
+                    **_ref("StyleParams"),
+                    "description": "JSON text; omitted fields get their defaults.",
+                },
+            },
+        },
+        "encoding": {"params": {"contentType": "application/json"}},
+    }

@@ -1,0 +1,125 @@
+"""The API's JSON shapes as pydantic models; ``/openapi.json`` is generated from them."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.models import Job, JobStatus, utcnow
+from shared.params import StyleParams
+
+
+class Progress(BaseModel):
+    iteration: int = Field(description="Optimizer iterations done, over all passes.")
+    iterations: int = Field(description="Optimizer iterations in all.")
+    percent: float = Field(ge=0, le=100)
+    eta_seconds: float | None = Field(description="Estimated seconds left; null until known.")
+
+
+class JobErrorInfo(BaseModel):
+    code: str = Field(description="Machine-readable, e.g. out_of_memory, invalid_image.")
+    message: str
+
+
+class JobUrls(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    self_: str = Field(alias="self")
+    result: str
+    preview: str
+    cancel: str
+
+
+class JobOut(BaseModel):
+    """A job as the API shows it."""
+
+    id: uuid.UUID
+    status: JobStatus
+    params: StyleParams = Field(description="The job's parameters, every default filled in.")
+    progress: Progress
+    attempts: int = Field(description="How many times a worker has claimed the job.")
+    worker: str | None = Field(description="The worker that ran it last.")
+    error: JobErrorInfo | None = Field(description="Why it failed; null unless failed.")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    queue_seconds: float = Field(description="Seconds from submit to start (so far, if queued).")
+    run_seconds: float | None = Field(description="Seconds running (so far, if running).")
+    urls: JobUrls
+
+    @classmethod
+    def from_job(cls, job: Job) -> JobOut:
+        now = utcnow()
+        base = f"/v1/jobs/{job.id}"
+        queue_end = job.started_at or job.finished_at or now
+        run_seconds = None
+        if job.started_at is not None:
+            run_seconds = ((job.finished_at or now) - job.started_at).total_seconds()
+        error = None
+        if job.error_code is not None:
+            error = JobErrorInfo(code=job.error_code, message=job.error_message or "")
+        return cls(
+            id=job.id,
+            status=job.status,
+            params=StyleParams.model_validate(job.params),
+            progress=Progress(
+                iteration=job.iteration,
+                iterations=job.iterations,
+                percent=job.percent,
+                eta_seconds=job.eta_seconds,
+            ),
+            attempts=job.attempts,
+            worker=job.worker,
+            error=error,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            queue_seconds=max(0.0, (queue_end - job.created_at).total_seconds()),
+            run_seconds=run_seconds,
+            urls=JobUrls.model_validate(
+                {
+                    "self": base,
+                    "result": f"{base}/result",
+                    "preview": f"{base}/preview",
+                    "cancel": f"{base}/cancel",
+                }
+            ),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class JobList(BaseModel):
+    jobs: list[JobOut]
+    next_cursor: str | None = Field(
+        description="Pass as ?cursor= for the next page; null at the end."
+    )
+
+
+class ErrorInfo(BaseModel):
+    code: str = Field(description="Machine-readable error code.")
+    message: str = Field(description="For humans.")
+    details: dict[str, Any] = Field(description="e.g. the field that is wrong.")
+
+
+class ErrorResponse(BaseModel):
+    """Every error the API returns."""
+
+    error: ErrorInfo
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, str] = Field(default_factory=dict)
+
+
+class JobSubmission(BaseModel):
+    """The multipart form of ``POST /v1/jobs`` (documentation only: files are read by Flask)."""
+
+    content: bytes = Field(description="The content photo (any format Pillow reads).")
+    style: list[bytes] = Field(description="One or more style images, in blend order.")
+    params: StyleParams | None = Field(None, description="JSON text; omitted fields get defaults.")

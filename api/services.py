@@ -1,0 +1,65 @@
+"""What the views use, built once per app: database, storage, Celery, Redis."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+from celery import Celery
+from flask import Flask, current_app, g
+from sqlalchemy.orm import Session
+
+from shared.celery_app import create_celery
+from shared.db import Database
+from shared.settings import Settings
+from shared.storage import LocalStorage
+
+EXTENSION_KEY = "stylequeue"
+REDIS_TIMEOUT_SECONDS = 1.0  # readiness must answer fast, up or down
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    storage: LocalStorage
+    celery: Celery
+    redis: redis.Redis
+
+    @classmethod
+    def init_app(cls, app: Flask, settings: Settings) -> Services:
+        services = cls(
+            settings=settings,
+            db=Database(settings.database_url),
+            storage=LocalStorage(settings.data_dir),
+            celery=create_celery(settings),
+            redis=redis.Redis.from_url(
+                settings.redis_url,
+                socket_timeout=REDIS_TIMEOUT_SECONDS,
+                socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+            ),
+        )
+        app.extensions[EXTENSION_KEY] = services
+        app.teardown_appcontext(_close_session)
+        return services
+
+
+def services() -> Services:
+    """The current app's services."""
+    found: Services = current_app.extensions[EXTENSION_KEY]
+    return found
+
+
+def db_session() -> Session:
+    """This request's database session, opened on first use and closed at teardown."""
+    session: Session | None = g.get("db_session")
+    if session is None:
+        session = services().db.sessions()
+        g.db_session = session
+    return session
+
+
+def _close_session(_exc: BaseException | None) -> None:
+    session: Session | None = g.pop("db_session", None)
+    if session is not None:
+        session.close()

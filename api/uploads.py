@@ -1,0 +1,123 @@
+"""Reading and validating the parts of a job submission, before anything is stored."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from werkzeug.datastructures import FileStorage, ImmutableMultiDict
+
+from shared.errors import InvalidInputError, PayloadTooLargeError
+from shared.images import decode_image
+from shared.params import MAX_STYLES, StyleParams, check_style_blend, parse_params
+
+IDEMPOTENCY_KEY_MAX_LENGTH = 200
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A validated job submission: inputs that decode, parameters in range."""
+
+    params: StyleParams
+    content: bytes
+    styles: list[bytes]
+
+
+def read_submission(
+    files: ImmutableMultiDict[str, FileStorage],
+    form: ImmutableMultiDict[str, str],
+    *,
+    max_upload_bytes: int,
+    max_image_pixels: int,
+) -> Submission:
+    """Validate every part or raise the first problem as a 4xx naming the field."""
+    contents = files.getlist("content")
+    styles = files.getlist("style")
+    if not contents:
+        raise InvalidInputError(
+            "content: a content image is required", field="content", code="missing_content"
+        )
+    if len(contents) > 1:
+        raise InvalidInputError(
+            "content: send exactly one content image", field="content", code="too_many_contents"
+        )
+    if not styles:
+        raise InvalidInputError(
+            "style: at least one style image is required", field="style", code="missing_style"
+        )
+    if len(styles) > MAX_STYLES:
+        raise InvalidInputError(
+            f"style: at most {MAX_STYLES} style images are allowed, got {len(styles)}",
+            field="style",
+            code="too_many_styles",
+            details={"max_styles": MAX_STYLES},
+        )
+    params = parse_params(_params_object(form.getlist("params")))
+    check_style_blend(params, len(styles))
+    content = _read_image(contents[0], "content", max_upload_bytes, max_image_pixels)
+    style_bytes = [
+        _read_image(f, f"style[{i}]", max_upload_bytes, max_image_pixels)
+        for i, f in enumerate(styles)
+    ]
+    return Submission(params=params, content=content, styles=style_bytes)
+
+
+def _params_object(raw_values: list[str]) -> dict[str, Any]:
+    if not raw_values:
+        return {}
+    if len(raw_values) > 1:
+        raise InvalidInputError(
+            "params: send one params field", field="params", code="invalid_params"
+        )
+    raw = raw_values[0]
+    if raw.strip() == "":
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidInputError(
+            f"params: not valid JSON ({exc.msg} at position {exc.pos})"
+            if isinstance(exc, json.JSONDecodeError)
+            else "params: not valid JSON",
+            field="params",
+            code="invalid_params",
+        ) from None
+    if not isinstance(value, dict):
+        raise InvalidInputError(
+            f"params: must be a JSON object, got {type(value).__name__}",
+            field="params",
+            code="invalid_params",
+        )
+    return value
+
+
+def _read_image(upload: FileStorage, field: str, max_bytes: int, max_pixels: int) -> bytes:
+    data = upload.stream.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise PayloadTooLargeError(
+            f"{field}: the file is over the limit of {max_bytes} bytes",
+            code="file_too_large",
+            details={"field": field, "max_bytes": max_bytes},
+        )
+    decode_image(data, field=field, max_pixels=max_pixels)
+    return data
+
+
+def read_idempotency_key(raw: str | None) -> str | None:
+    """The Idempotency-Key header: 1..200 visible ASCII characters, or absent."""
+    if raw is None:
+        return None
+    key = raw.strip()
+    if (
+        not key
+        or len(key) > IDEMPOTENCY_KEY_MAX_LENGTH
+        or not key.isascii()
+        or not key.isprintable()
+    ):
+        raise InvalidInputError(
+            f"Idempotency-Key: must be 1 to {IDEMPOTENCY_KEY_MAX_LENGTH} printable ASCII characters",
+            field="Idempotency-Key",
+            code="invalid_idempotency_key",
+        )
+    return key

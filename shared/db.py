@@ -1,0 +1,87 @@
+"""Database engines and sessions, one ``Database`` per process (created after any fork)."""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.errors import ServiceUnavailableError
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000  # API and worker processes write the same file
+POOL_PRE_PING = True  # a PostgreSQL restart costs one failed ping, not a failed request
+
+
+def normalize_database_url(url: str) -> str:
+    """Use the psycopg 3 driver for plain ``postgresql://`` (and Heroku-style ``postgres://``) URLs."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite gets WAL mode and a busy timeout so processes can share it."""
+    url = normalize_database_url(url)
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False})
+        event.listen(engine, "connect", _configure_sqlite)
+        return engine
+    return create_engine(url, pool_pre_ping=POOL_PRE_PING)
+
+
+def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _dispose_after_fork(engine_ref: weakref.ref[Engine]) -> None:
+    engine = engine_ref()
+    if engine is not None:
+        engine.dispose(close=False)
+
+
+class Database:
+    """An engine and its session factory."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = make_engine(url)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # A forked child (gunicorn, Celery prefork) must not reuse the parent's sockets.
+        os.register_at_fork(after_in_child=partial(_dispose_after_fork, weakref.ref(self.engine)))
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session that rolls back on error and is always closed; the caller commits."""
+        session = self.sessions()
+        try:
+            yield session
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def ping(self) -> None:
+        """Raise ServiceUnavailableError unless the database answers ``SELECT 1``."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except SQLAlchemyError as exc:
+            raise ServiceUnavailableError(
+                "the database cannot be reached",
+                details={"database": exc.__class__.__name__},
+            ) from None
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,422 @@
+"""The job state machine and every business rule on jobs, called by both api/ and worker/.
+
+    queued ──claim──▶ running ──finish──▶ succeeded
+      │                 │ ├────fail────▶ failed
+      │                 │ └──(cancel requested, worker stops)──▶ canceled
+      └─────cancel──────┴──────────────────────────────────────▶ canceled
+
+Every transition is a conditional UPDATE on the row's current state, so two
+processes racing for the same job cannot both win: a worker claims a job only if
+it is queued (or its lease expired), and writes progress or an outcome only
+while it still holds the lease (same owner, same attempt number).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from shared.errors import LeaseLostError, NotFoundError
+from shared.models import Job, JobEvent, JobStatus, utcnow
+from shared.pagination import Cursor
+from shared.params import StyleParams
+from shared.storage import CONTENT_FILE, LocalStorage, style_file
+
+log = logging.getLogger(__name__)
+
+Enqueue = Callable[[uuid.UUID], None]
+
+
+class EventKind:
+    """The kinds of ``job_events`` rows."""
+
+    CREATED = "created"
+    ENQUEUE_FAILED = "enqueue_failed"
+    REQUEUED = "requeued"
+    CLAIMED = "claimed"
+    CHECKPOINT = "checkpoint"
+    CANCEL_REQUESTED = "cancel_requested"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+# ---------------------------------------------------------------- client side
+
+
+def parse_job_id(raw: str) -> uuid.UUID:
+    """A job id from a URL; a malformed one is simply a job that does not exist."""
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise NotFoundError(f"no job {raw!r}", code="job_not_found") from None
+
+
+def create_job(
+    session: Session,
+    storage: LocalStorage,
+    *,
+    client_id: int,
+    params: StyleParams,
+    content: bytes,
+    styles: Sequence[bytes],
+    idempotency_key: str | None,
+    enqueue: Enqueue,
+) -> tuple[Job, bool]:
+    """Store a validated job durably, then enqueue its id. Returns (job, created).
+
+    The input files are fsync'ed and the row committed before the id goes to
+    Redis. If the enqueue fails the job stays queued for the reconciler: the
+    client has its 202 either way. With an ``idempotency_key`` already used by
+    this client, the original job is returned and nothing is created.
+    """
+    if idempotency_key is not None:
+        existing = find_by_idempotency_key(session, client_id, idempotency_key)
+        if existing is not None:
+            return existing, False
+    job_id = uuid.uuid4()
+    files = {CONTENT_FILE: content} | {style_file(i): data for i, data in enumerate(styles)}
+    try:
+        storage.put_many(job_id, files)
+        job = Job(
+            id=job_id,
+            client_id=client_id,
+            status=JobStatus.QUEUED,
+            params=params.model_dump(mode="json"),
+            n_styles=len(styles),
+            idempotency_key=idempotency_key,
+            iterations=params.iterations,
+        )
+        session.add(job)
+        session.add(JobEvent(job_id=job_id, kind=EventKind.CREATED))
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        storage.delete_job_files(job_id)
+        if idempotency_key is None:
+            raise
+        # Another request with the same key committed first: that one is the job.
+        existing = find_by_idempotency_key(session, client_id, idempotency_key)
+        if existing is None:
+            raise
+        return existing, False
+    except BaseException:
+        session.rollback()
+        storage.delete_job_files(job_id)
+        raise
+    _enqueue_or_leave_queued(session, job_id, enqueue)
+    return job, True
+
+
+def _enqueue_or_leave_queued(session: Session, job_id: uuid.UUID, enqueue: Enqueue) -> None:
+    try:
+        enqueue(job_id)
+    except Exception as exc:  # the broker is down: the reconciler will enqueue it later
+        log.warning("job %s committed but not enqueued (%s); left for the reconciler", job_id, exc)
+        try:
+            session.add(
+                JobEvent(job_id=job_id, kind=EventKind.ENQUEUE_FAILED, data={"error": repr(exc)})
+            )
+            session.commit()
+        except Exception:
+            session.rollback()
+            log.exception("could not record the failed enqueue of job %s", job_id)
+
+
+def find_by_idempotency_key(session: Session, client_id: int, key: str) -> Job | None:
+    """The job this client created with this Idempotency-Key, if any."""
+    return session.scalars(
+        select(Job).where(Job.client_id == client_id, Job.idempotency_key == key)
+    ).one_or_none()
+
+
+def get_job(session: Session, job_id: uuid.UUID, *, client_id: int | None) -> Job:
+    """The job, if it exists and belongs to ``client_id`` (None: any client, for admins)."""
+    job = session.get(Job, job_id)
+    if job is None or (client_id is not None and job.client_id != client_id):
+        # Another client's job is indistinguishable from a missing one.
+        raise NotFoundError(f"no job {job_id}", code="job_not_found")
+    return job
+
+
+@dataclass(frozen=True)
+class JobPage:
+    jobs: list[Job]
+    next_cursor: str | None
+
+
+def list_jobs(
+    session: Session,
+    *,
+    client_id: int,
+    status: JobStatus | None,
+    limit: int,
+    cursor: Cursor | None,
+) -> JobPage:
+    """A client's jobs, newest first, one keyset page at a time."""
+    query = select(Job).where(Job.client_id == client_id)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if cursor is not None:
+        query = query.where(
+            or_(
+                Job.created_at < cursor.created_at,
+                and_(Job.created_at == cursor.created_at, Job.id < cursor.job_id),
+            )
+        )
+    query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+    rows = list(session.scalars(query))
+    if len(rows) <= limit:
+        return JobPage(rows, None)
+    last = rows[limit - 1]
+    return JobPage(rows[:limit], Cursor(last.created_at, last.id).encode())
+
+
+def cancel_job(session: Session, job_id: uuid.UUID, *, client_id: int | None) -> Job:
+    """Cancel a job; idempotent. Queued: canceled at once. Running: the worker is told to stop.
+
+    A finished job is returned unchanged.
+    """
+    get_job(session, job_id, client_id=client_id)  # 404 before anything changes
+    now = utcnow()
+    canceled_queued = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+        .values(status=JobStatus.CANCELED, finished_at=now, updated_at=now)
+    )
+    if _rowcount(canceled_queued):
+        session.add(JobEvent(job_id=job_id, kind=EventKind.CANCELED, data={"while": "queued"}))
+    else:
+        flagged = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.RUNNING, ~Job.cancel_requested)
+            .values(cancel_requested=True, updated_at=now)
+        )
+        if _rowcount(flagged):
+            session.add(JobEvent(job_id=job_id, kind=EventKind.CANCEL_REQUESTED))
+    session.commit()
+    job = get_job(session, job_id, client_id=client_id)
+    session.refresh(job)
+    return job
+
+
+# ---------------------------------------------------------------- worker side
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A worker's hold on a job: valid while the row has this owner and attempt number."""
+
+    job_id: uuid.UUID
+    worker: str
+    attempt: int
+    params: dict[str, Any]
+    n_styles: int
+
+
+def claim_job(
+    session: Session, job_id: uuid.UUID, *, worker: str, lease_seconds: float
+) -> Claim | None:
+    """Take a queued job (or one whose lease expired) for ``worker``; None if it is not claimable.
+
+    None covers a job that is running under a live lease, finished, or unknown:
+    a redelivered message for it is a no-op.
+    """
+    now = utcnow()
+    claimed = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            or_(
+                Job.status == JobStatus.QUEUED,
+                and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now),
+            ),
+        )
+        .values(
+            status=JobStatus.RUNNING,
+            attempts=Job.attempts + 1,
+            worker=worker,
+            lease_owner=worker,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            started_at=func.coalesce(Job.started_at, now),
+            updated_at=now,
+        )
+        .returning(Job.attempts, Job.params, Job.n_styles)
+    ).one_or_none()
+    if claimed is None:
+        session.rollback()
+        return None
+    attempt, params, n_styles = claimed
+    session.add(JobEvent(job_id=job_id, kind=EventKind.CLAIMED, attempt=attempt, worker=worker))
+    session.commit()
+    return Claim(job_id, worker, attempt, dict(params), n_styles)
+
+
+def _held_by(claim: Claim) -> Any:
+    return and_(
+        Job.id == claim.job_id,
+        Job.status == JobStatus.RUNNING,
+        Job.lease_owner == claim.worker,
+        Job.attempts == claim.attempt,
+    )
+
+
+def heartbeat(
+    session: Session,
+    claim: Claim,
+    *,
+    iteration: int,
+    iterations: int,
+    eta_seconds: float | None,
+    lease_seconds: float,
+) -> bool:
+    """Write progress and renew the lease in one statement; returns whether cancel was requested.
+
+    Raises LeaseLostError if the worker no longer holds the job: it must stop.
+    """
+    now = utcnow()
+    row = session.execute(
+        update(Job)
+        .where(_held_by(claim))
+        .values(
+            iteration=iteration,
+            iterations=iterations,
+            percent=progress_percent(iteration, iterations),
+            eta_seconds=eta_seconds,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            updated_at=now,
+        )
+        .returning(Job.cancel_requested)
+    ).one_or_none()
+    session.commit()
+    if row is None:
+        raise LeaseLostError(f"{claim.worker} lost its lease on job {claim.job_id}")
+    return bool(row[0])
+
+
+def progress_percent(iteration: int, iterations: int) -> float:
+    """Iterations done as a percentage, 0..100, rounded to 0.01."""
+    if iterations <= 0:
+        return 0.0
+    return round(100.0 * min(max(iteration, 0), iterations) / iterations, 2)
+
+
+def record_checkpoint(session: Session, claim: Claim, *, iteration: int) -> None:
+    session.add(
+        JobEvent(
+            job_id=claim.job_id,
+            kind=EventKind.CHECKPOINT,
+            attempt=claim.attempt,
+            worker=claim.worker,
+            data={"iteration": iteration},
+        )
+    )
+    session.commit()
+
+
+def finish_job(session: Session, claim: Claim) -> None:
+    """running → succeeded (the result file is already stored). LeaseLostError if not held."""
+    now = utcnow()
+    _end(session, claim, JobStatus.SUCCEEDED, EventKind.SUCCEEDED, {"eta_seconds": 0.0}, now)
+
+
+def fail_job(session: Session, claim: Claim, *, code: str, message: str) -> None:
+    """running → failed, with an error code and message the client can read."""
+    values = {"error_code": code, "error_message": message}
+    _end(session, claim, JobStatus.FAILED, EventKind.FAILED, values, utcnow())
+
+
+def cancel_running_job(session: Session, claim: Claim, *, iteration: int) -> None:
+    """running → canceled, once the worker has stopped the engine for a cancel request."""
+    _end(
+        session,
+        claim,
+        JobStatus.CANCELED,
+        EventKind.CANCELED,
+        {"iteration": iteration},
+        utcnow(),
+    )
+
+
+def _end(
+    session: Session,
+    claim: Claim,
+    status: JobStatus,
+    kind: str,
+    values: dict[str, Any],
+    now: datetime,
+) -> None:
+    if status is JobStatus.SUCCEEDED:
+        values = values | {"iteration": Job.iterations, "percent": 100.0}
+    ended = session.execute(
+        update(Job)
+        .where(_held_by(claim))
+        .values(
+            status=status,
+            finished_at=now,
+            updated_at=now,
+            lease_owner=None,
+            lease_expires_at=None,
+            **values,
+        )
+    )
+    if not _rowcount(ended):
+        session.rollback()
+        raise LeaseLostError(f"{claim.worker} lost its lease on job {claim.job_id}")
+    data = {k: v for k, v in values.items() if isinstance(v, str | int | float)}
+    session.add(
+        JobEvent(
+            job_id=claim.job_id, kind=kind, attempt=claim.attempt, worker=claim.worker, data=data
+        )
+    )
+    session.commit()
+
+
+# ---------------------------------------------------------------- reconciler
+
+
+def requeue_stale_jobs(
+    session: Session, *, older_than_seconds: float, enqueue: Enqueue, limit: int = 1000
+) -> list[uuid.UUID]:
+    """Enqueue again the queued jobs untouched for ``older_than_seconds`` (lost by the broker).
+
+    A job still in the broker gets a second message; that is harmless, the
+    second claim is a no-op. ``updated_at`` is touched so each job is re-sent at
+    most once per period.
+    """
+    now = utcnow()
+    cutoff = now - timedelta(seconds=older_than_seconds)
+    stale = list(
+        session.scalars(
+            select(Job.id)
+            .where(Job.status == JobStatus.QUEUED, Job.updated_at < cutoff)
+            .order_by(Job.created_at)
+            .limit(limit)
+        )
+    )
+    requeued = []
+    for job_id in stale:
+        touched = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.QUEUED, Job.updated_at < cutoff)
+            .values(updated_at=now)
+        )
+        if not _rowcount(touched):
+            continue
+        session.add(JobEvent(job_id=job_id, kind=EventKind.REQUEUED))
+        session.commit()
+        enqueue(job_id)
+        requeued.append(job_id)
+    return requeued
+
+
+def _rowcount(result: Any) -> int:
+    return int(getattr(result, "rowcount", 0))

@@ -1,0 +1,164 @@
+"""Settings from the environment, parsed once, failing loudly with the variable's name.
+
+Every default is a named constant with its unit. ``Settings.from_env`` is the
+only place that reads ``STYLEQUEUE_*`` variables; everything else takes a
+``Settings``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, TypeVar, cast
+
+from shared.errors import ConfigError
+from shared.images import DEFAULT_MAX_IMAGE_PIXELS
+
+ENV_PREFIX = "STYLEQUEUE_"
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_DATA_DIR = "./var"
+SQLITE_FILE_NAME = "stylequeue.sqlite3"  # the default database, inside the data dir
+DEFAULT_REDIS_PREFIX = "stylequeue:"
+DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # per uploaded file
+DEFAULT_LEASE_SECONDS = 120.0  # a claimed job is the worker's until then, unless renewed
+DEFAULT_HEARTBEAT_SECONDS = 1.0  # progress write + lease renewal + cancel check, at most this often
+DEFAULT_PREVIEW_SECONDS = 5.0  # a preview PNG at most this often
+DEFAULT_CHECKPOINT_SECONDS = 30.0  # a resumable engine checkpoint at most this often
+DEFAULT_REQUEUE_AFTER_SECONDS = 300.0  # a queued job untouched this long is enqueued again
+DEFAULT_RECONCILE_SECONDS = 60.0  # how often the scheduler runs the reconciler
+
+Device = Literal["auto", "cpu", "cuda"]
+Weights = Literal["caffe", "torchvision"]
+DEVICES: tuple[Device, ...] = ("auto", "cpu", "cuda")
+WEIGHTS: tuple[Weights, ...] = ("caffe", "torchvision")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable about a stylequeue process."""
+
+    database_url: str
+    redis_url: str = DEFAULT_REDIS_URL
+    data_dir: Path = Path(DEFAULT_DATA_DIR)
+    admin_key: str | None = None
+    redis_prefix: str = DEFAULT_REDIS_PREFIX
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    device: Device = "auto"
+    weights: Weights = "caffe"
+    torchvision_weights_path: Path | None = None
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
+    heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS
+    preview_seconds: float = DEFAULT_PREVIEW_SECONDS
+    checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS
+    requeue_after_seconds: float = DEFAULT_REQUEUE_AFTER_SECONDS
+    reconcile_seconds: float = DEFAULT_RECONCILE_SECONDS
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build the settings from ``environ`` (default: ``os.environ``).
+
+        Raises ConfigError naming the variable when a value is malformed.
+        """
+        env = os.environ if environ is None else environ
+        reader = _EnvReader(env)
+        data_dir = Path(reader.get("DATA_DIR", DEFAULT_DATA_DIR, str))
+        default_db = f"sqlite:///{(data_dir / SQLITE_FILE_NAME).resolve()}"
+        tv_path = reader.get("TORCHVISION_WEIGHTS", "", str)
+        return cls(
+            database_url=reader.get("DATABASE_URL", default_db, _url),
+            redis_url=reader.get("REDIS_URL", DEFAULT_REDIS_URL, _redis_url),
+            data_dir=data_dir,
+            admin_key=reader.get("ADMIN_KEY", "", str) or None,
+            redis_prefix=reader.get("REDIS_PREFIX", DEFAULT_REDIS_PREFIX, str),
+            max_upload_bytes=reader.get(
+                "MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD_BYTES, _positive_int
+            ),
+            max_image_pixels=reader.get(
+                "MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS, _positive_int
+            ),
+            device=cast(Device, reader.get("DEVICE", "auto", _choice(DEVICES))),
+            weights=cast(Weights, reader.get("WEIGHTS", "caffe", _choice(WEIGHTS))),
+            torchvision_weights_path=Path(tv_path) if tv_path else None,
+            lease_seconds=reader.get("LEASE_SECONDS", DEFAULT_LEASE_SECONDS, _positive_float),
+            heartbeat_seconds=reader.get(
+                "HEARTBEAT_SECONDS", DEFAULT_HEARTBEAT_SECONDS, _positive_float
+            ),
+            preview_seconds=reader.get("PREVIEW_SECONDS", DEFAULT_PREVIEW_SECONDS, _positive_float),
+            checkpoint_seconds=reader.get(
+                "CHECKPOINT_SECONDS", DEFAULT_CHECKPOINT_SECONDS, _positive_float
+            ),
+            requeue_after_seconds=reader.get(
+                "REQUEUE_AFTER_SECONDS", DEFAULT_REQUEUE_AFTER_SECONDS, _positive_float
+            ),
+            reconcile_seconds=reader.get(
+                "RECONCILE_SECONDS", DEFAULT_RECONCILE_SECONDS, _positive_float
+            ),
+        )
+
+    @property
+    def max_request_bytes(self) -> int:
+        """The whole multipart request: every file at its limit plus room for the form fields."""
+        from shared.params import MAX_STYLES
+
+        return self.max_upload_bytes * (MAX_STYLES + 1) + FORM_OVERHEAD_BYTES
+
+
+FORM_OVERHEAD_BYTES = 1024 * 1024  # multipart boundaries, headers and the params JSON
+
+
+class _EnvReader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def get(self, name: str, default: T, parse: Callable[[str], T]) -> T:
+        variable = ENV_PREFIX + name
+        raw = self._env.get(variable)
+        if raw is None or raw.strip() == "":
+            return default
+        try:
+            return parse(raw.strip())
+        except ValueError as exc:
+            raise ConfigError(
+                f"{variable}={raw!r} is malformed: {exc}", details={"variable": variable}
+            ) from None
+
+
+def _url(raw: str) -> str:
+    if "://" not in raw:
+        raise ValueError("expected a URL such as postgresql+psycopg://user@host/db")
+    return raw
+
+
+def _redis_url(raw: str) -> str:
+    if not raw.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("expected a redis:// URL")
+    return raw
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0:
+        raise ValueError("must be a positive number")
+    return value
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return raw
+
+    return parse

@@ -1,0 +1,122 @@
+"""Job files on the local filesystem under the data dir, written atomically.
+
+Per job: ``jobs/<id>/content.png``, ``style-<i>.png``, ``preview.png``,
+``checkpoint.bin``, ``result.png``. The interface is small (put, get, exists,
+path, delete_job_files) so that an object-store backend can replace it.
+
+Uploaded inputs are kept byte for byte as the client sent them (after they
+decoded as images): re-encoding a photo as PNG would cost more than the rest of
+a submit. Pillow reads them by content, not by name.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+
+from shared.errors import NotFoundError
+
+CONTENT_FILE = "content.png"
+PREVIEW_FILE = "preview.png"
+CHECKPOINT_FILE = "checkpoint.bin"
+RESULT_FILE = "result.png"
+JOBS_DIR = "jobs"
+
+
+def style_file(index: int) -> str:
+    """The name of the ``index``-th (0-based) style image of a job."""
+    return f"style-{index}.png"
+
+
+ALLOWED_NAMES = frozenset({CONTENT_FILE, PREVIEW_FILE, CHECKPOINT_FILE, RESULT_FILE})
+
+
+class LocalStorage:
+    """Files of jobs, under ``root/jobs/<job id>/``."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def job_dir(self, job_id: uuid.UUID) -> Path:
+        return self.root / JOBS_DIR / str(job_id)
+
+    def path(self, job_id: uuid.UUID, name: str) -> Path:
+        """Where file ``name`` of a job lives (it may not exist)."""
+        _check_name(name)
+        return self.job_dir(job_id) / name
+
+    def put(self, job_id: uuid.UUID, name: str, data: bytes, *, durable: bool = True) -> None:
+        """Write a job file atomically: a temp file, fsync'ed (if ``durable``), then renamed.
+
+        Readers see the old file or the new one, never half of one. Previews are
+        written with ``durable=False``: losing one in a crash costs nothing.
+        """
+        self.put_many(job_id, {name: data}, durable=durable)
+
+    def put_many(
+        self, job_id: uuid.UUID, files: Mapping[str, bytes], *, durable: bool = True
+    ) -> None:
+        """Write several job files atomically each, with one directory fsync at the end."""
+        directory = self.job_dir(job_id)
+        created = not directory.is_dir()
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, data in files.items():
+            _write_atomically(self.path(job_id, name), data, durable=durable)
+        if durable:
+            _fsync_dir(directory)
+            if created:  # the new job directory's own entry
+                _fsync_dir(directory.parent)
+
+    def get(self, job_id: uuid.UUID, name: str) -> bytes:
+        """The bytes of a job file; NotFoundError if there is none."""
+        try:
+            return self.path(job_id, name).read_bytes()
+        except FileNotFoundError:
+            raise NotFoundError(f"job {job_id} has no {name}") from None
+
+    def exists(self, job_id: uuid.UUID, name: str) -> bool:
+        return self.path(job_id, name).is_file()
+
+    def delete(self, job_id: uuid.UUID, name: str) -> None:
+        self.path(job_id, name).unlink(missing_ok=True)
+
+    def delete_job_files(self, job_id: uuid.UUID) -> None:
+        """Remove every file of a job (used when a submit fails half way, and by retention)."""
+        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+
+
+def _check_name(name: str) -> None:
+    # Names come from this module's constants; refuse anything else so that a
+    # bug can never turn into a path outside the job's directory.
+    if name in ALLOWED_NAMES:
+        return
+    if name.startswith("style-") and name.endswith(".png") and name[6:-4].isdigit():
+        return
+    raise ValueError(f"not a job file name: {name!r}")
+
+
+def _write_atomically(target: Path, data: bytes, *, durable: bool) -> None:
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as tmp:
+            tmp.write(data)
+            if durable:
+                tmp.flush()
+                os.fsync(tmp.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def _fsync_dir(directory: Path) -> None:
+    # The rename itself must survive a crash too: fsync the directory entry.
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

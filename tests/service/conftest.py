@@ -1,0 +1,66 @@
+"""Helpers for the service tests: submitting a job the way a client does."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
+
+from api.services import EXTENSION_KEY
+from shared.models import Job, JobEvent
+from shared.settings import Settings
+
+# Small enough that a stray job could never hurt: the API tests have no worker anyway.
+TINY_PARAMS = {"size": 32, "iterations": 2, "scales": 1}
+
+Submit = Callable[..., TestResponse]
+
+
+@pytest.fixture
+def submit(http: FlaskClient, auth: dict[str, str], image_bytes: Callable[[str], bytes]) -> Submit:
+    """POST /v1/jobs with tubingen + starry_night and TINY_PARAMS unless told otherwise."""
+
+    def post(
+        *,
+        content: bytes | None = None,
+        styles: list[bytes] | None = None,
+        params: dict[str, Any] | str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> TestResponse:
+        data: dict[str, Any] = {
+            "content": (io.BytesIO(content or image_bytes("tubingen")), "content.png"),
+            "style": [
+                (io.BytesIO(s), f"style{i}.png")
+                for i, s in enumerate(styles or [image_bytes("starry_night")])
+            ],
+            "params": params if isinstance(params, str) else json.dumps(params or TINY_PARAMS),
+        }
+        return http.post(
+            "/v1/jobs",
+            data=data,
+            headers={**auth, **(headers or {})},
+            content_type="multipart/form-data",
+        )
+
+    return post
+
+
+@pytest.fixture
+def counts(app: Any, settings: Settings) -> Callable[[], tuple[int, int, int]]:
+    """(jobs rows, job_events rows, job directories): to prove a bad request wrote nothing."""
+
+    def count() -> tuple[int, int, int]:
+        db = app.extensions[EXTENSION_KEY].db
+        with db.session() as session:
+            jobs = session.query(Job).count()
+            events = session.query(JobEvent).count()
+        jobs_dir = settings.data_dir / "jobs"
+        dirs = len(list(jobs_dir.iterdir())) if jobs_dir.is_dir() else 0
+        return jobs, events, dirs
+
+    return count

@@ -1,0 +1,253 @@
+"""The glue that runs the engine for one job: claim, load inputs, transfer, report, store, finish.
+
+The engine is pure compute; everything that touches the database or storage
+for a run is here, and every state change goes through ``shared.jobs``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import torch
+from sqlalchemy.orm import Session
+
+from shared import jobs
+from shared.db import Database
+from shared.errors import ClientError, EngineError, LeaseLostError
+from shared.images import decode_image
+from shared.jobs import Claim
+from shared.params import StyleParams
+from shared.settings import Settings
+from shared.storage import (
+    CHECKPOINT_FILE,
+    CONTENT_FILE,
+    PREVIEW_FILE,
+    RESULT_FILE,
+    LocalStorage,
+    style_file,
+)
+from worker.engine import (
+    EngineInterrupted,
+    EngineState,
+    Network,
+    Progress,
+    default_device,
+    encode_png,
+    get_network,
+    load_network,
+    pil_to_tensor,
+    transfer,
+)
+
+log = logging.getLogger(__name__)
+
+UNEXPECTED_ERROR_CODE = "internal_error"
+
+
+class Outcome(StrEnum):
+    """How one delivery of a job's message ended, for logs and tests."""
+
+    SKIPPED = "skipped"  # not claimable: running elsewhere, finished, or unknown
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    LEASE_LOST = "lease_lost"  # another worker owns the job now; we wrote nothing more
+
+
+@dataclass
+class WorkerContext:
+    """What one worker process holds for all its jobs (built after the fork)."""
+
+    settings: Settings
+    db: Database
+    storage: LocalStorage
+    name: str
+    _network: Network | None = field(default=None, repr=False)
+
+    def network(self) -> Network:
+        """The VGG19 network, loaded on first use and kept for every later job."""
+        if self._network is None:
+            device = self.settings.device
+            chosen = default_device() if device == "auto" else torch.device(device)
+            path = self.settings.torchvision_weights_path
+            if self.settings.weights == "torchvision" and path is not None:
+                self._network = load_network("torchvision", chosen, torchvision_path=path)
+            else:
+                self._network = get_network(self.settings.weights, chosen)
+            log.info("loaded %s VGG19 on %s", self.settings.weights, chosen)
+        return self._network
+
+
+def worker_name() -> str:
+    """Unique per process: the lease owner and the ``worker`` a job shows."""
+    return f"{socket.gethostname()}/{os.getpid()}"
+
+
+def make_context(settings: Settings) -> WorkerContext:
+    return WorkerContext(
+        settings=settings,
+        db=Database(settings.database_url),
+        storage=LocalStorage(settings.data_dir),
+        name=worker_name(),
+    )
+
+
+def run_job(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
+    """Run one delivery of a job's message to its end. Never raises for a job's own failure."""
+    with ctx.db.session() as session:
+        claim = jobs.claim_job(
+            session, job_id, worker=ctx.name, lease_seconds=ctx.settings.lease_seconds
+        )
+        if claim is None:
+            log.info("job %s is not claimable (running elsewhere, finished or unknown)", job_id)
+            return Outcome.SKIPPED
+        log.info("job %s claimed by %s, attempt %d", job_id, ctx.name, claim.attempt)
+        reporter = JobReporter(ctx, session, claim)
+        try:
+            return _run_claimed(ctx, session, claim, reporter)
+        except LeaseLostError:
+            log.warning("job %s: lease lost; stopping without writing", job_id)
+            return Outcome.LEASE_LOST
+
+
+def _run_claimed(
+    ctx: WorkerContext, session: Session, claim: Claim, reporter: JobReporter
+) -> Outcome:
+    try:
+        params = StyleParams.model_validate(claim.params)
+        content, styles = _load_inputs(ctx, claim)
+        output = transfer(
+            ctx.network(),
+            content,
+            styles,
+            params,
+            on_progress=reporter.on_progress,
+            should_stop=reporter.should_stop,
+            resume=_load_checkpoint(ctx, claim),
+        )
+        ctx.storage.put(claim.job_id, RESULT_FILE, encode_png(output))
+    except EngineInterrupted as exc:
+        if reporter.lease_lost:
+            raise LeaseLostError(f"lost the lease on job {claim.job_id}") from None
+        jobs.cancel_running_job(session, claim, iteration=exc.state.iteration)
+        ctx.storage.delete(claim.job_id, CHECKPOINT_FILE)
+        log.info("job %s canceled at iteration %d", claim.job_id, exc.state.iteration)
+        return Outcome.CANCELED
+    except (EngineError, ClientError) as exc:
+        return _fail(session, claim, exc.code, exc.message)
+    except LeaseLostError:
+        raise
+    except Exception as exc:
+        log.exception("job %s: unexpected error", claim.job_id)
+        return _fail(
+            session,
+            claim,
+            UNEXPECTED_ERROR_CODE,
+            f"the worker hit an unexpected error ({exc.__class__.__name__}); it has been logged",
+        )
+    jobs.finish_job(session, claim)
+    ctx.storage.delete(claim.job_id, CHECKPOINT_FILE)
+    log.info("job %s succeeded", claim.job_id)
+    return Outcome.SUCCEEDED
+
+
+def _fail(session: Session, claim: Claim, code: str, message: str) -> Outcome:
+    session.rollback()  # whatever the failed step left half-done in the session
+    jobs.fail_job(session, claim, code=code, message=message)
+    log.info("job %s failed: %s: %s", claim.job_id, code, message)
+    return Outcome.FAILED
+
+
+def _load_inputs(ctx: WorkerContext, claim: Claim) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    max_pixels = ctx.settings.max_image_pixels
+
+    def load(name: str, field_name: str) -> torch.Tensor:
+        data = ctx.storage.get(claim.job_id, name)
+        return pil_to_tensor(decode_image(data, field=field_name, max_pixels=max_pixels))
+
+    content = load(CONTENT_FILE, "content")
+    styles = [load(style_file(i), f"style[{i}]") for i in range(claim.n_styles)]
+    return content, styles
+
+
+def _load_checkpoint(ctx: WorkerContext, claim: Claim) -> EngineState | None:
+    if claim.attempt <= 1 or not ctx.storage.exists(claim.job_id, CHECKPOINT_FILE):
+        return None
+    try:
+        state = EngineState.from_bytes(ctx.storage.get(claim.job_id, CHECKPOINT_FILE))
+    except ClientError as exc:  # a torn or foreign checkpoint: start over rather than fail
+        log.warning("job %s: ignoring its checkpoint (%s)", claim.job_id, exc.message)
+        return None
+    log.info("job %s: resuming from iteration %d", claim.job_id, state.iteration)
+    return state
+
+
+class JobReporter:
+    """The engine's callbacks for one claimed job.
+
+    ``on_progress`` runs every iteration but touches the database at most once
+    per heartbeat interval (progress + lease renewal + reading cancel_requested
+    in one statement), writes a preview every few seconds and a checkpoint every
+    so often. ``should_stop`` is then a free check of what the last heartbeat saw.
+    """
+
+    def __init__(
+        self,
+        ctx: WorkerContext,
+        session: Session,
+        claim: Claim,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._ctx = ctx
+        self._session = session
+        self._claim = claim
+        self._clock = clock
+        started = clock()
+        self._last_heartbeat = float("-inf")  # the first iteration reports at once
+        self._last_preview = started
+        self._last_checkpoint = started
+        self.cancel_requested = False
+        self.lease_lost = False
+
+    def should_stop(self) -> bool:
+        return self.cancel_requested or self.lease_lost
+
+    def on_progress(self, progress: Progress) -> None:
+        now = self._clock()
+        settings = self._ctx.settings
+        if now - self._last_heartbeat >= settings.heartbeat_seconds:
+            self._last_heartbeat = now
+            self._heartbeat(progress)
+        if self.should_stop():
+            return
+        if now - self._last_preview >= settings.preview_seconds:
+            self._last_preview = now
+            preview = encode_png(progress.image())
+            self._ctx.storage.put(self._claim.job_id, PREVIEW_FILE, preview, durable=False)
+        if now - self._last_checkpoint >= settings.checkpoint_seconds:
+            self._last_checkpoint = now
+            self._ctx.storage.put(self._claim.job_id, CHECKPOINT_FILE, progress.state().to_bytes())
+            jobs.record_checkpoint(self._session, self._claim, iteration=progress.iteration)
+
+    def _heartbeat(self, progress: Progress) -> None:
+        try:
+            self.cancel_requested = jobs.heartbeat(
+                self._session,
+                self._claim,
+                iteration=progress.iteration,
+                iterations=progress.iterations,
+                eta_seconds=progress.eta_seconds,
+                lease_seconds=self._ctx.settings.lease_seconds,
+            )
+        except LeaseLostError:
+            self.lease_lost = True
+        except Exception:  # a database hiccup: keep computing, the next heartbeat retries
+            self._session.rollback()
+            log.warning("job %s: heartbeat failed", self._claim.job_id, exc_info=True)
