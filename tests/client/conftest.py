@@ -1,11 +1,24 @@
-"""Fixtures for the client tests: a job's JSON as the API of DESIGN.md shapes it."""
+"""Fixtures for the client tests.
+
+Pure tests use ``job_json`` (a job as DESIGN.md's API shapes it). API tests
+talk to the real app (``app`` of tests/conftest.py: real PostgreSQL or SQLite
+and Redis) through ``httpx.WSGITransport``; ``driver`` moves a job through its
+states with shared.jobs, as a worker would, where a test needs it to progress.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import io
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
+from client_job_driver import JobDriver
+from flask import Flask
+from PIL import Image
+
+from client import StylequeueClient
 
 JobJsonFactory = Callable[..., dict[str, Any]]
 
@@ -40,3 +53,46 @@ def make_job_json(**overrides: Any) -> dict[str, Any]:
 @pytest.fixture
 def job_json() -> JobJsonFactory:
     return make_job_json
+
+
+# -- the client against the real API app (fixtures of tests/conftest.py) -----------------
+
+MakeClient = Callable[..., StylequeueClient]
+BASE_URL = "http://stylequeue.test"
+
+
+@pytest.fixture
+def make_client(app: Flask) -> Iterator[MakeClient]:
+    """Makes StylequeueClients that talk to the real app in-process, each with a given key."""
+    made: list[StylequeueClient] = []
+
+    def make(api_key: str) -> StylequeueClient:
+        client = StylequeueClient(BASE_URL, api_key, transport=httpx.WSGITransport(app=app))
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()
+
+
+@pytest.fixture
+def sq(make_client: MakeClient, api_key: str) -> StylequeueClient:
+    return make_client(api_key)
+
+
+@pytest.fixture
+def png() -> Callable[[int, int], bytes]:
+    """A real PNG of the given size (what a worker would store as the result)."""
+
+    def make(width: int, height: int) -> bytes:
+        buffer = io.BytesIO()
+        Image.new("RGB", (width, height), (200, 30, 90)).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    return make
+
+
+@pytest.fixture
+def driver(app: Flask) -> JobDriver:
+    return JobDriver(app)
