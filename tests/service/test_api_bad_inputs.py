@@ -1,0 +1,276 @@
+"""Every bad input is a 4xx JSON error with its own code, and writes nothing (no row, no file)."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+from PIL import Image
+from werkzeug.test import TestResponse
+
+from shared.params import MAX_STYLES
+
+MAX_UPLOAD_BYTES = 256 * 1024  # tests/conftest.py's service_env
+MAX_IMAGE_PIXELS = 1_000_000
+
+Images = Callable[[str], bytes]
+
+
+def png_of(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 100, 50)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims to be ``width`` x ``height`` but carries no pixels: a decompression bomb's header."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+
+
+def incompressible(n_bytes: int) -> bytes:
+    # Random-looking bytes that still start like a PNG: only the size is wrong.
+    return png_of(8, 8) + bytes((i * 7919) % 251 for i in range(n_bytes))
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    status: int
+    code: str
+    field: str | None
+    send: Callable[[FlaskClient, dict[str, str], Images, str], TestResponse]
+
+
+def multipart(
+    http: FlaskClient,
+    headers: dict[str, str],
+    *,
+    content: list[bytes] | None,
+    styles: list[bytes] | None,
+    params: str | None = '{"size": 32, "iterations": 2, "scales": 1}',
+) -> TestResponse:
+    data: dict[str, Any] = {}
+    if content is not None:
+        data["content"] = [(io.BytesIO(c), f"c{i}.png") for i, c in enumerate(content)]
+    if styles is not None:
+        data["style"] = [(io.BytesIO(s), f"s{i}.png") for i, s in enumerate(styles)]
+    if params is not None:
+        data["params"] = params
+    return http.post("/v1/jobs", data=data, headers=headers, content_type="multipart/form-data")
+
+
+def submit_with(
+    **overrides: Any,
+) -> Callable[[FlaskClient, dict[str, str], Images, str], TestResponse]:
+    """A submission of good parts except for ``overrides`` (values may be callables of the images)."""
+
+    def send(http: FlaskClient, auth: dict[str, str], images: Images, _job: str) -> TestResponse:
+        parts: dict[str, Any] = {
+            "content": [images("tubingen")],
+            "styles": [images("starry_night")],
+        }
+        headers = dict(auth)
+        for key, value in overrides.items():
+            value = value(images) if callable(value) else value
+            if key == "headers":
+                headers = {**headers, **value} if value is not None else {}
+            else:
+                parts[key] = value
+        return multipart(http, headers, **parts)
+
+    return send
+
+
+def params(value: Any) -> Any:
+    return submit_with(params=value if isinstance(value, str) else json.dumps(value))
+
+
+def get(path: str) -> Callable[..., TestResponse]:
+    def send(http: FlaskClient, auth: dict[str, str], _images: Images, job: str) -> TestResponse:
+        return http.get(path.format(job=job), headers=auth)
+
+    return send
+
+
+CASES = [
+    Case("no auth", 401, "missing_api_key", None, submit_with(headers=None)),
+    Case(
+        "unknown key",
+        401,
+        "invalid_api_key",
+        None,
+        submit_with(headers={"Authorization": "Bearer sq_not-a-key"}),
+    ),
+    Case(
+        "not a bearer key",
+        401,
+        "invalid_api_key",
+        None,
+        submit_with(headers={"Authorization": "Basic dXNlcjpwYXNz"}),
+    ),
+    Case("missing content", 400, "missing_content", "content", submit_with(content=None)),
+    Case(
+        "two contents",
+        400,
+        "too_many_contents",
+        "content",
+        submit_with(content=lambda im: [im("tubingen"), im("chelsea")]),
+    ),
+    Case("missing style", 400, "missing_style", "style", submit_with(styles=None)),
+    Case(
+        "too many styles",
+        400,
+        "too_many_styles",
+        "style",
+        submit_with(styles=lambda im: [im("starry_night")] * (MAX_STYLES + 1)),
+    ),
+    Case("empty content file", 400, "invalid_image", "content", submit_with(content=[b""])),
+    Case(
+        "content not an image",
+        400,
+        "invalid_image",
+        "content",
+        submit_with(content=[b"%PDF-1.4 this is not an image"]),
+    ),
+    Case(
+        "truncated style image",
+        400,
+        "invalid_image",
+        "style[0]",
+        submit_with(styles=lambda im: [im("starry_night")[:300]]),
+    ),
+    Case(
+        "over the pixel limit",
+        400,
+        "image_too_large",
+        "content",
+        submit_with(content=lambda _: [png_of(1001, 1000)]),
+    ),
+    Case(
+        "decompression bomb header",
+        400,
+        "image_too_large",
+        "style[0]",
+        submit_with(styles=lambda _: [png_header_only(100_000, 100_000)]),
+    ),
+    Case(
+        "file over the byte limit",
+        413,
+        "file_too_large",
+        "content",
+        submit_with(content=lambda _: [incompressible(MAX_UPLOAD_BYTES + 1)]),
+    ),
+    Case(
+        "request over the body limit",
+        413,
+        "request_too_large",
+        None,
+        submit_with(content=lambda _: [incompressible(4 * 1024 * 1024)]),
+    ),
+    Case("params not JSON", 400, "invalid_params", "params", params("{size: 32")),
+    Case("params not an object", 400, "invalid_params", "params", params("[1, 2]")),
+    Case("unknown parameter", 400, "invalid_parameter", "colour", params({"colour": "red"})),
+    Case("size 0", 400, "invalid_parameter", "size", params({"size": 0})),
+    Case("size too large", 400, "invalid_parameter", "size", params({"size": 100_000})),
+    Case(
+        "negative weight",
+        400,
+        "invalid_parameter",
+        "style_weight",
+        params({"style_weight": -1}),
+    ),
+    Case("bad optimizer", 400, "invalid_parameter", "optimizer", params({"optimizer": "sgd"})),
+    Case(
+        "iterations not an integer",
+        400,
+        "invalid_parameter",
+        "iterations",
+        params({"iterations": "many"}),
+    ),
+    Case(
+        "style_blend length mismatch",
+        400,
+        "invalid_parameter",
+        "style_blend",
+        params({"style_blend": [0.5, 0.5]}),
+    ),
+    Case(
+        "bad Idempotency-Key",
+        400,
+        "invalid_idempotency_key",
+        "Idempotency-Key",
+        submit_with(headers={"Idempotency-Key": "k" * 201}),
+    ),
+    Case(
+        "unknown job",
+        404,
+        "job_not_found",
+        None,
+        get("/v1/jobs/00000000-0000-4000-8000-000000000000"),
+    ),
+    Case("malformed job id", 404, "job_not_found", None, get("/v1/jobs/not-a-uuid")),
+    Case(
+        "result of an unfinished job", 409, "job_not_succeeded", None, get("/v1/jobs/{job}/result")
+    ),
+    Case("bad status filter", 400, "invalid_status", "status", get("/v1/jobs?status=done")),
+    Case("limit 0", 400, "invalid_limit", "limit", get("/v1/jobs?limit=0")),
+    Case("limit not a number", 400, "invalid_limit", "limit", get("/v1/jobs?limit=ten")),
+    Case("bad cursor", 400, "invalid_cursor", "cursor", get("/v1/jobs?cursor=bm90LWEtY3Vyc29y")),
+    Case(
+        "wrong method",
+        405,
+        "method_not_allowed",
+        None,
+        lambda http, auth, _im, _job: http.delete("/v1/jobs", headers=auth),
+    ),
+    Case("unknown route", 404, "route_not_found", None, get("/v2/jobs")),
+]
+
+
+@pytest.fixture
+def existing_job(submit: Any) -> str:
+    """A queued job of the caller (for the cases that need one), made before counting."""
+    response = submit()
+    assert response.status_code == 202
+    job_id: str = response.json["id"]
+    return job_id
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input_is_a_json_4xx_and_changes_nothing(
+    case: Case,
+    http: FlaskClient,
+    auth: dict[str, str],
+    image_bytes: Images,
+    existing_job: str,
+    counts: Callable[[], tuple[int, int, int]],
+) -> None:
+    before = counts()
+    response = case.send(http, auth, image_bytes, existing_job)
+    assert response.status_code == case.status, response.get_data(as_text=True)[:500]
+    assert response.mimetype == "application/json"
+    error = response.json["error"]
+    assert error["code"] == case.code
+    assert error["message"]
+    if case.field is not None:
+        assert error["details"]["field"] == case.field
+    assert counts() == before, "a rejected request must leave no row and no file"
+
+
+def test_the_table_covers_at_least_fifteen_bad_inputs() -> None:
+    assert len(CASES) >= 15
+    assert len({c.name for c in CASES}) == len(CASES)
