@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import uuid
 
-from flask import Blueprint, Response, jsonify, request, send_file
+from flask import Blueprint, Response, request, send_file
 
 from api.auth import current_principal
 from api.schemas import JobList, JobOut
-from api.services import db_session, services
+from api.services import db_session, read_session, services
 from api.uploads import read_idempotency_key, read_submission
 from shared import jobs
 from shared.celery_app import enqueue_job
@@ -21,9 +21,9 @@ blueprint = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
 
 def _job_response(job: Job, status: int = 200) -> Response:
-    response = jsonify(JobOut.from_job(job).to_json())
-    response.status_code = status
-    return response
+    # Serialised by pydantic in one step (the hottest path: every poll).
+    body = JobOut.from_job(job).model_dump_json(by_alias=True)
+    return Response(body, status=status, mimetype="application/json")
 
 
 @blueprint.post("")
@@ -33,7 +33,7 @@ def submit_job() -> Response:
     session = db_session()
     key = read_idempotency_key(request.headers.get("Idempotency-Key"))
     if key is not None:
-        replay = jobs.find_by_idempotency_key(session, principal.client_id, key)
+        replay = jobs.find_by_idempotency_key(read_session(), principal.client_id, key)
         if replay is not None:
             return _replayed(replay)
     submission = read_submission(
@@ -83,20 +83,20 @@ def list_jobs() -> Response:
             ) from None
     raw_cursor = request.args.get("cursor")
     page = jobs.list_jobs(
-        db_session(),
+        read_session(),
         client_id=principal.client_id,
         status=status,
         limit=parse_limit(request.args.get("limit")),
         cursor=Cursor.decode(raw_cursor) if raw_cursor else None,
     )
     body = JobList(jobs=[JobOut.from_job(j) for j in page.jobs], next_cursor=page.next_cursor)
-    return jsonify(body.model_dump(mode="json", by_alias=True))
+    return Response(body.model_dump_json(by_alias=True), mimetype="application/json")
 
 
 @blueprint.get("/<job_id>")
 def get_job(job_id: str) -> Response:
     principal = current_principal()
-    job = jobs.get_job(db_session(), jobs.parse_job_id(job_id), client_id=principal.client_id)
+    job = jobs.get_job(read_session(), jobs.parse_job_id(job_id), client_id=principal.client_id)
     return _job_response(job)
 
 
@@ -110,7 +110,7 @@ def cancel_job(job_id: str) -> Response:
 @blueprint.get("/<job_id>/result")
 def get_result(job_id: str) -> Response:
     principal = current_principal()
-    job = jobs.get_job(db_session(), jobs.parse_job_id(job_id), client_id=principal.client_id)
+    job = jobs.get_job(read_session(), jobs.parse_job_id(job_id), client_id=principal.client_id)
     if job.status is not JobStatus.SUCCEEDED:
         raise ConflictError(
             f"job {job.id} is {job.status.value}; a result exists only once it has succeeded",
@@ -123,7 +123,7 @@ def get_result(job_id: str) -> Response:
 @blueprint.get("/<job_id>/preview")
 def get_preview(job_id: str) -> Response:
     principal = current_principal()
-    job = jobs.get_job(db_session(), jobs.parse_job_id(job_id), client_id=principal.client_id)
+    job = jobs.get_job(read_session(), jobs.parse_job_id(job_id), client_id=principal.client_id)
     return _png(job.id, PREVIEW_FILE, missing_code="no_preview")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -51,15 +52,25 @@ def services() -> Services:
 
 
 def db_session() -> Session:
-    """This request's database session, opened on first use and closed at teardown."""
-    session: Session | None = g.get("db_session")
+    """This request's database session for writes, opened on first use, closed at teardown."""
+    return _session("db_session", services().db.sessions)
+
+
+def read_session() -> Session:
+    """This request's autocommit session for reads (one round trip per query)."""
+    return _session("db_read_session", services().db.read_sessions)
+
+
+def _session(name: str, factory: Callable[[], Session]) -> Session:
+    session: Session | None = g.get(name)
     if session is None:
-        session = services().db.sessions()
-        g.db_session = session
+        session = factory()
+        setattr(g, name, session)
     return session
 
 
 def _close_session(_exc: BaseException | None) -> None:
-    session: Session | None = g.pop("db_session", None)
-    if session is not None:
-        session.close()
+    for name in ("db_session", "db_read_session"):
+        session: Session | None = g.pop(name, None)
+        if session is not None:
+            session.close()

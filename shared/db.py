@@ -16,7 +16,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.errors import ServiceUnavailableError
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000  # API and worker processes write the same file
-POOL_PRE_PING = True  # a PostgreSQL restart costs one failed ping, not a failed request
+# No pre-ping: it would cost a round trip on every request. After a PostgreSQL
+# restart the first query on a dead connection fails (a 503), and SQLAlchemy
+# then drops every pooled connection at once.
+POOL_RECYCLE_SECONDS = 3600
 
 
 def normalize_database_url(url: str) -> str:
@@ -34,7 +37,7 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False})
         event.listen(engine, "connect", _configure_sqlite)
         return engine
-    return create_engine(url, pool_pre_ping=POOL_PRE_PING)
+    return create_engine(url, pool_recycle=POOL_RECYCLE_SECONDS)
 
 
 def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
@@ -52,11 +55,17 @@ def _dispose_after_fork(engine_ref: weakref.ref[Engine]) -> None:
 
 
 class Database:
-    """An engine and its session factory."""
+    """An engine and its session factories: ``sessions`` for writes, ``read_sessions`` for reads.
+
+    A read session runs each statement in autocommit mode: a poll costs one
+    round trip (the SELECT) instead of three (BEGIN, SELECT, ROLLBACK).
+    """
 
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        read_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.read_sessions = sessionmaker(read_engine, expire_on_commit=False)
         # A forked child (gunicorn, Celery prefork) must not reuse the parent's sockets.
         os.register_at_fork(after_in_child=partial(_dispose_after_fork, weakref.ref(self.engine)))
 
