@@ -1,0 +1,253 @@
+"""Service benchmark: submit and poll throughput and latency, and dispatch latency, over HTTP.
+
+    python bench/service_http.py [--workers 2 --threads 4] [--quick] [--json]
+
+Starts its own stack (service_stack.py: a fresh PostgreSQL database, a Redis
+key prefix, gunicorn serving ``api:create_app()``), loads it from this machine
+over loopback only (service_load.py), prints the figures against the targets
+of issue 3, and removes everything it made. Every phase is bounded in count and
+time. Phases, in this order so that no worker drains the submit backlog:
+
+1. dispatch: one idle Celery worker (``-c 1``); ~20 tiny jobs one at a time;
+   from the 202 to the first poll that sees ``running`` (polling every 5 ms),
+   and the server's own ``started_at - created_at``. The worker is then stopped.
+2. submit: ~64 KB content + one ~64 KB style per request (random pixels, so PNG
+   cannot shrink them); closed loop for the most it sustains, then open loop at
+   the target rate for the latency a client sees at that rate.
+3. poll: ``GET /v1/jobs/{id}`` over the jobs just submitted, the same two ways.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import random
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: find the siblings
+
+from service_cpu import CpuMeter  # noqa: E402
+from service_load import LoadResult, http_request, multipart_body, run_load  # noqa: E402
+from service_stack import GunicornConfig, Stack, running_stack  # noqa: E402
+
+from client import JobStatus, StylequeueClient  # noqa: E402
+
+SUBMITS_PER_S_TARGET = 300.0
+SUBMIT_P99_MS_TARGET = 50.0
+POLLS_PER_S_TARGET = 2000.0
+POLL_P99_MS_TARGET = 20.0
+DISPATCH_P50_MS_TARGET = 100.0
+
+INPUT_SIDE_PX = 148  # 148 x 148 x 3 bytes of noise ≈ 64 KB as a PNG
+TINY_JOB_PARAMS = {"size": 32, "iterations": 1, "scales": 1}
+DISPATCH_POLL_S = 0.005
+WORKER_WARMUP_TIMEOUT_S = 180.0  # the first job loads torch and VGG19 on a busy CPU
+JOB_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much load each phase sends; ``--quick`` shrinks it for a smoke run."""
+
+    dispatch_jobs: int = 20
+    closed_total: int = 3000
+    closed_time_s: float = 10.0
+    open_time_s: float = 5.0
+    poll_total: int = 40000
+    submit_concurrency: int = 8
+    poll_concurrency: int = 16
+    open_concurrency: int = 64
+
+    @classmethod
+    def quick(cls) -> Plan:
+        return cls(dispatch_jobs=3, closed_total=300, closed_time_s=3.0, open_time_s=2.0,
+                   poll_total=3000)  # fmt: skip
+
+
+def noise_png(seed: int) -> bytes:
+    """A PNG of random pixels, about 64 KB: incompressible, so the upload really is that big."""
+    raw = random.Random(seed).randbytes(INPUT_SIDE_PX * INPUT_SIDE_PX * 3)
+    buffer = io.BytesIO()
+    Image.frombytes("RGB", (INPUT_SIDE_PX, INPUT_SIDE_PX), raw).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def measure_dispatch(stack: Stack, jobs: int) -> dict[str, Any]:
+    """Submit tiny jobs one at a time to an idle worker; time the 202 → running step."""
+    content = (Path(__file__).resolve().parents[1] / "tests/data/tubingen.png").read_bytes()
+    style = (Path(__file__).resolve().parents[1] / "tests/data/starry_night.png").read_bytes()
+    stack.start_worker()
+    client_ms: list[float] = []
+    server_ms: list[float] = []
+    with StylequeueClient(stack.base_url, stack.api_key) as client:
+        # Warm-up: the first job pays for importing torch and loading the network.
+        warm = client.submit(content, [style], TINY_JOB_PARAMS)
+        done = client.wait(warm.id, poll_interval=0.2, timeout=WORKER_WARMUP_TIMEOUT_S)
+        if done.status is not JobStatus.SUCCEEDED:
+            raise RuntimeError(f"warm-up job ended {done.status.value}: {done.error}")
+        for _ in range(jobs):
+            job = client.submit(content, [style], TINY_JOB_PARAMS)
+            accepted = time.perf_counter()
+            while job.status is JobStatus.QUEUED:
+                time.sleep(DISPATCH_POLL_S)
+                job = client.get(job.id)
+            client_ms.append((time.perf_counter() - accepted) * 1000.0)
+            if job.started_at is not None:
+                server_ms.append((job.started_at - job.created_at).total_seconds() * 1000.0)
+            # One job at a time: the worker must be idle again before the next submit.
+            client.wait(job.id, poll_interval=0.02, timeout=JOB_TIMEOUT_S)
+    stack.stop("worker")
+    return {
+        "jobs": jobs,
+        "client_p50_ms": statistics.median(client_ms),
+        "client_max_ms": max(client_ms),
+        "server_p50_ms": statistics.median(server_ms) if server_ms else None,
+    }
+
+
+def submit_requests(stack: Stack, variants: int = 8) -> list[bytes]:
+    """A few distinct multipart submits (content + one style), cycled through by the load."""
+    requests = []
+    for n in range(variants):
+        body, content_type = multipart_body(
+            [("content", "content.png", noise_png(2 * n)),
+             ("style", "style.png", noise_png(2 * n + 1)),
+             ("params", None, json.dumps(TINY_JOB_PARAMS).encode())],
+            boundary=f"sqbench{n:04d}",
+        )  # fmt: skip
+        headers = {"Authorization": f"Bearer {stack.api_key}", "Content-Type": content_type}
+        requests.append(
+            http_request("POST", "/v1/jobs", host=stack.host, headers=headers, body=body)
+        )
+    return requests
+
+
+def poll_requests(stack: Stack, submit_bodies: list[bytes]) -> list[bytes]:
+    headers = {"Authorization": f"Bearer {stack.api_key}", "Accept": "application/json"}
+    ids = [json.loads(body)["id"] for body in submit_bodies]
+    if not ids:
+        raise RuntimeError("no job ids to poll: every submit failed")
+    return [http_request("GET", f"/v1/jobs/{i}", host=stack.host, headers=headers) for i in ids]
+
+
+def _load(stack: Stack, label: str, requests: list[bytes], **kwargs: Any) -> LoadResult:
+    """One load run; prints its figures and the cores each process group used meanwhile."""
+    meter = CpuMeter(
+        trees={"gunicorn": stack.processes["api"].pid},
+        names={"postgres": ["postgres"], "redis": ["redis-server"]},
+    )
+    before = meter.snapshot()
+    result = asyncio.run(
+        run_load(stack.host, stack.port, lambda i: requests[i % len(requests)], **kwargs)
+    )
+    cores = CpuMeter.cores_used(before, meter.snapshot())
+    _print(label, result.summary())
+    _print("  cores used", ", ".join(f"{group} {n:.2f}" for group, n in cores.items()))
+    return result
+
+
+def run(plan: Plan, gunicorn: GunicornConfig, dispatch: bool) -> dict[str, Any]:
+    figures: dict[str, Any] = {"server": gunicorn.describe(), "cpus": os.cpu_count()}
+    with running_stack(gunicorn) as stack:
+        if dispatch:
+            figures["dispatch"] = measure_dispatch(stack, plan.dispatch_jobs)
+            _print("dispatch", figures["dispatch"])
+        submits = submit_requests(stack)
+        closed = _load(
+            stack, f"submit, closed loop, {plan.submit_concurrency} connections", submits,
+            total=plan.closed_total, time_limit_s=plan.closed_time_s,
+            concurrency=plan.submit_concurrency, expect_status=202, keep_bodies=2000,
+        )  # fmt: skip
+        steady = _load(
+            stack, f"submit, open loop at {SUBMITS_PER_S_TARGET:g}/s", submits,
+            total=10**9, time_limit_s=plan.open_time_s, concurrency=plan.open_concurrency,
+            rate=SUBMITS_PER_S_TARGET, expect_status=202,
+        )  # fmt: skip
+        polls = poll_requests(stack, closed.bodies)
+        poll_closed = _load(
+            stack, f"poll, closed loop, {plan.poll_concurrency} connections", polls,
+            total=plan.poll_total, time_limit_s=plan.closed_time_s,
+            concurrency=plan.poll_concurrency,
+        )  # fmt: skip
+        poll_steady = _load(
+            stack, f"poll, open loop at {POLLS_PER_S_TARGET:g}/s", polls,
+            total=10**9, time_limit_s=plan.open_time_s, concurrency=plan.open_concurrency,
+            rate=POLLS_PER_S_TARGET,
+        )  # fmt: skip
+    figures["submit"] = _figures(closed, steady)
+    figures["poll"] = _figures(poll_closed, poll_steady)
+    return figures
+
+
+def _figures(closed: LoadResult, steady: LoadResult) -> dict[str, Any]:
+    return {
+        "max_per_s": round(closed.per_second, 1),
+        "closed_p50_ms": round(closed.ms(50), 2),
+        "closed_p99_ms": round(closed.ms(99), 2),
+        "at_target_per_s": round(steady.per_second, 1),
+        "at_target_p50_ms": round(steady.ms(50), 2),
+        "at_target_p99_ms": round(steady.ms(99), 2),
+        "errors": sum(n for s, n in closed.statuses.items() if s >= 400)
+        + closed.connection_errors
+        + sum(n for s, n in steady.statuses.items() if s >= 400)
+        + steady.connection_errors,
+    }
+
+
+def verdicts(figures: dict[str, Any]) -> list[str]:
+    """One line per target: the figure, the target, met or missed."""
+    lines = []
+
+    def check(name: str, value: float | None, target: float, higher_is_better: bool) -> None:
+        if value is None:
+            return
+        met = value >= target if higher_is_better else value <= target
+        sign = ">=" if higher_is_better else "<="
+        lines.append(
+            f"{'MET   ' if met else 'MISSED'} {name}: {value:,.1f} (target {sign} {target:g})"
+        )
+
+    submit, poll = figures["submit"], figures["poll"]
+    check("submits/s (closed loop)", submit["max_per_s"], SUBMITS_PER_S_TARGET, True)
+    check("submit p99 ms at 300/s", submit["at_target_p99_ms"], SUBMIT_P99_MS_TARGET, False)
+    check("polls/s (closed loop)", poll["max_per_s"], POLLS_PER_S_TARGET, True)
+    check("poll p99 ms at 2000/s", poll["at_target_p99_ms"], POLL_P99_MS_TARGET, False)
+    if "dispatch" in figures:
+        check("dispatch p50 ms (202 -> running)", figures["dispatch"]["client_p50_ms"],
+              DISPATCH_P50_MS_TARGET, False)  # fmt: skip
+    return lines
+
+
+def _print(label: str, value: Any) -> None:
+    print(f"{label}: {value}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=GunicornConfig.workers)
+    parser.add_argument("--threads", type=int, default=GunicornConfig.threads)
+    parser.add_argument("--quick", action="store_true", help="a small smoke run")
+    parser.add_argument("--no-dispatch", action="store_true", help="skip the Celery worker phase")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON at the end")
+    args = parser.parse_args()
+    plan = Plan.quick() if args.quick else Plan()
+    gunicorn = GunicornConfig(workers=args.workers, threads=args.threads)
+    print(f"{gunicorn.describe()} on {os.cpu_count()} CPUs; load generator on loopback", flush=True)
+    figures = run(plan, gunicorn, dispatch=not args.no_dispatch)
+    print("\n".join(verdicts(figures)))
+    if args.json:
+        print(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
