@@ -1,0 +1,131 @@
+"""docker-compose.yml against the Compose Specification's schema, and what the schema cannot see.
+
+The schema is vendored (tests/data/compose-spec.json; see the README beside it):
+Docker cannot run here and nothing may download during the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import jsonschema_rs
+import pytest
+import yaml
+
+from cli.main import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = json.loads((ROOT / "tests/data/compose-spec.json").read_text())
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+GO_DURATION = re.compile(r"^(\d+(\.\d+)?(ns|us|ms|s|m|h))+$")  # what "format: duration" means
+OUR_SERVICES = ("migrate", "api", "worker", "scheduler", "flower")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return loaded
+
+
+def schema_errors(document: dict[str, Any]) -> list[str]:
+    validator = jsonschema_rs.validator_for(SCHEMA)
+    return [
+        f"{'/'.join(map(str, e.instance_path))}: {e.message}"
+        for e in validator.iter_errors(document)
+    ]
+
+
+def test_the_compose_file_is_valid_against_the_spec(compose: dict[str, Any]) -> None:
+    assert schema_errors(compose) == []
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("services", "worker", "deploy", "resources", "reservations", "devices"), "gpu"),
+        (("services", "api", "healthcheck", "retries"), "three"),
+        (("services", "api", "depends_on", "redis", "condition"), "service_ready"),
+        (("services", "api", "no_such_key"), True),
+    ],
+)
+def test_the_schema_rejects_a_broken_file(
+    compose: dict[str, Any], path: tuple[str, ...], value: object
+) -> None:
+    broken = json.loads(json.dumps(compose))  # a deep copy
+    node = broken
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    assert schema_errors(broken) != []
+
+
+def test_redis_never_evicts_a_queued_job(compose: dict[str, Any]) -> None:
+    command = compose["services"]["redis"]["command"]
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+
+
+def test_workers_reserve_nvidia_gpus(compose: dict[str, Any]) -> None:
+    worker = compose["services"]["worker"]
+    (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    # The script that gives each replica its own GPU is in the image.
+    assert worker["command"] == ["stylequeue-gpu-worker"]
+    assert "/usr/local/bin/stylequeue-gpu-worker" in DOCKERFILE
+    assert "gpu-locks:/var/lock/stylequeue-gpus" in worker["volumes"]
+
+
+def test_the_api_healthcheck_uses_healthz_and_readyz(compose: dict[str, Any]) -> None:
+    test = " ".join(compose["services"]["api"]["healthcheck"]["test"])
+    assert "/healthz" in test and "/readyz" in test
+
+
+def test_every_healthcheck_duration_is_a_go_duration(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        for key in ("interval", "timeout", "start_period"):
+            value = service.get("healthcheck", {}).get(key)
+            assert value is None or GO_DURATION.match(value), f"{name}.healthcheck.{key}={value!r}"
+
+
+def test_flower_is_optional(compose: dict[str, Any]) -> None:
+    assert compose["services"]["flower"]["profiles"] == ["monitoring"]
+    assert all("profiles" not in s for n, s in compose["services"].items() if n != "flower")
+
+
+def test_one_image_for_api_worker_and_scheduler(compose: dict[str, Any]) -> None:
+    images = {
+        compose["services"][name]["image"] for name in ("migrate", "api", "worker", "scheduler")
+    }
+    assert images == {"stylequeue:latest"}
+
+
+def test_build_targets_exist_in_the_dockerfile(compose: dict[str, Any]) -> None:
+    stages = set(re.findall(r"^FROM \S+ AS (\S+)$", DOCKERFILE, flags=re.MULTILINE))
+    for name in OUR_SERVICES:
+        assert compose["services"][name]["build"]["target"] in stages, name
+
+
+def test_dependencies_and_volumes_are_declared(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    declared_volumes = set(compose["volumes"])
+    for name, service in services.items():
+        for dependency in service.get("depends_on", {}):
+            assert dependency in services, f"{name} depends on unknown {dependency}"
+        for mount in service.get("volumes", []):
+            source = mount.split(":")[0]
+            assert source in declared_volumes, f"{name} mounts undeclared volume {source}"
+
+
+def test_stylequeue_commands_in_the_file_exist(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        command = service.get("command")
+        if not command or command[0] != "stylequeue":
+            continue
+        group: Any = cli
+        for word in command[1:]:
+            if word.startswith("-"):
+                break
+            group = group.get_command(None, word)
+            assert group is not None, f"{name}: `{' '.join(command)}` is not a stylequeue command"
