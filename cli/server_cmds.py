@@ -20,6 +20,7 @@ from shared.settings import Settings
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 DEFAULT_API_WORKERS = 2  # gunicorn processes; one per core is a fair start
+DEFAULT_API_THREADS = 4  # per process: a submit spends much of its time waiting on fsync
 API_APP = "api:create_app()"
 CELERY_APP = "worker.celery_worker"
 REDIS_START_WAIT_SECONDS = 5.0
@@ -47,6 +48,10 @@ def api_argv(host: str, port: int, workers: int) -> list[str]:
         f"{host}:{port}",
         "--workers",
         str(workers),
+        "--worker-class",
+        "gthread",
+        "--threads",
+        str(DEFAULT_API_THREADS),
         "--access-logfile",
         "-",
         API_APP,
@@ -182,6 +187,8 @@ def up(host: str, port: int) -> None:
 
     settings = _settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # SIGTERM (docker stop, systemd, timeout) stops the children too, like Ctrl-C.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     children: list[subprocess.Popen[bytes]] = []
     redis_process = _ensure_redis(settings)
     if redis_process is not None:
@@ -200,6 +207,10 @@ def up(host: str, port: int) -> None:
         pass
     finally:
         _stop(children)
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _ensure_redis(settings: Settings) -> subprocess.Popen[bytes] | None:

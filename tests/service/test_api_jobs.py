@@ -247,3 +247,24 @@ def test_openapi_spec_and_docs_page(http: FlaskClient):
 
 def _file(data: bytes) -> io.BytesIO:
     return io.BytesIO(data)
+
+
+def test_the_admin_key_from_the_environment_authenticates_as_an_admin_client(
+    settings: Settings, image_bytes
+):
+    from dataclasses import replace
+
+    from api import create_app
+    from shared.auth import authenticate
+
+    admin_app = create_app(replace(settings, admin_key="sq_admin-from-env"))
+    headers = {"Authorization": "Bearer sq_admin-from-env"}
+    listed = admin_app.test_client().get("/v1/jobs", headers=headers)
+    assert listed.status_code == 200
+    db = admin_app.extensions[EXTENSION_KEY].db
+    with db.session() as session:
+        principal = authenticate(session, "sq_admin-from-env")  # now a stored (hashed) client
+    assert principal.is_admin and principal.name == "admin"
+    wrong = admin_app.test_client().get("/v1/jobs", headers={"Authorization": "Bearer sq_admin"})
+    assert wrong.status_code == 401
+    db.dispose()

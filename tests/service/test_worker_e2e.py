@@ -115,6 +115,20 @@ def test_cancel_a_running_job_stops_it_and_progress_and_preview_are_visible(
     assert result.json["error"]["details"] == {"status": "canceled"}
 
 
+def test_an_engine_error_fails_the_job_with_a_code_and_message_the_client_can_read(
+    stack_http: FlaskClient, stack_auth: dict[str, str], image_bytes: Callable[[str], bytes]
+) -> None:
+    # Valid for the schema, impossible for VGG19: tubingen (64x48) at 16 px is 16x12.
+    job = _submit(stack_http, stack_auth, image_bytes, {"size": 16, "iterations": 2, "scales": 1})
+    done = _poll_until(
+        stack_http, stack_auth, job["id"], lambda j: j["status"] not in ("queued", "running")
+    )
+    assert done["status"] == "failed", done
+    assert done["error"]["code"] == "invalid_parameter"
+    assert "size" in done["error"]["message"]
+    assert done["finished_at"] is not None
+
+
 def _poll_until_preview(http: FlaskClient, auth: dict[str, str], job_id: str) -> bytes:
     deadline = time.monotonic() + JOB_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
