@@ -43,6 +43,7 @@ class EventKind:
     REQUEUED = "requeued"
     CLAIMED = "claimed"
     CHECKPOINT = "checkpoint"
+    RESUMED = "resumed"
     CANCEL_REQUESTED = "cancel_requested"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
@@ -310,10 +311,20 @@ def progress_percent(iteration: int, iterations: int) -> float:
 
 
 def record_checkpoint(session: Session, claim: Claim, *, iteration: int) -> None:
+    """A checkpoint of the run after ``iteration`` is in storage."""
+    _record(session, claim, EventKind.CHECKPOINT, iteration)
+
+
+def record_resumed(session: Session, claim: Claim, *, iteration: int) -> None:
+    """This attempt continues from a checkpoint taken after ``iteration``."""
+    _record(session, claim, EventKind.RESUMED, iteration)
+
+
+def _record(session: Session, claim: Claim, kind: str, iteration: int) -> None:
     session.add(
         JobEvent(
             job_id=claim.job_id,
-            kind=EventKind.CHECKPOINT,
+            kind=kind,
             attempt=claim.attempt,
             worker=claim.worker,
             data={"iteration": iteration},

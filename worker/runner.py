@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from shared import jobs
 from shared.db import Database
-from shared.errors import ClientError, EngineError, LeaseLostError
+from shared.errors import ClientError, EngineError, LeaseLostError, ParameterError
 from shared.images import decode_image
 from shared.jobs import Claim
 from shared.params import StyleParams
@@ -123,15 +123,7 @@ def _run_claimed(
     try:
         params = StyleParams.model_validate(claim.params)
         content, styles = _load_inputs(ctx, claim)
-        output = transfer(
-            ctx.network(),
-            content,
-            styles,
-            params,
-            on_progress=reporter.on_progress,
-            should_stop=reporter.should_stop,
-            resume=_load_checkpoint(ctx, claim),
-        )
+        output = _transfer(ctx, session, claim, reporter, params, content, styles)
         ctx.storage.put(claim.job_id, RESULT_FILE, encode_png(output))
     except EngineInterrupted as exc:
         if reporter.lease_lost:
@@ -158,6 +150,39 @@ def _run_claimed(
     return Outcome.SUCCEEDED
 
 
+def _transfer(
+    ctx: WorkerContext,
+    session: Session,
+    claim: Claim,
+    reporter: JobReporter,
+    params: StyleParams,
+    content: torch.Tensor,
+    styles: list[torch.Tensor],
+) -> torch.Tensor:
+    def run(resume: EngineState | None) -> torch.Tensor:
+        return transfer(
+            ctx.network(),
+            content,
+            styles,
+            params,
+            on_progress=reporter.on_progress,
+            should_stop=reporter.should_stop,
+            resume=resume,
+        )
+
+    resume = _load_checkpoint(ctx, session, claim)
+    if resume is None:
+        return run(None)
+    try:
+        return run(resume)
+    except ParameterError as exc:
+        if exc.field != "resume":
+            raise
+        # Saved by a worker with other weights or another engine version: start over.
+        log.warning("job %s: checkpoint does not fit (%s); starting over", claim.job_id, exc)
+        return run(None)
+
+
 def _fail(session: Session, claim: Claim, code: str, message: str) -> Outcome:
     session.rollback()  # whatever the failed step left half-done in the session
     jobs.fail_job(session, claim, code=code, message=message)
@@ -177,7 +202,7 @@ def _load_inputs(ctx: WorkerContext, claim: Claim) -> tuple[torch.Tensor, list[t
     return content, styles
 
 
-def _load_checkpoint(ctx: WorkerContext, claim: Claim) -> EngineState | None:
+def _load_checkpoint(ctx: WorkerContext, session: Session, claim: Claim) -> EngineState | None:
     if claim.attempt <= 1 or not ctx.storage.exists(claim.job_id, CHECKPOINT_FILE):
         return None
     try:
@@ -186,6 +211,7 @@ def _load_checkpoint(ctx: WorkerContext, claim: Claim) -> EngineState | None:
         log.warning("job %s: ignoring its checkpoint (%s)", claim.job_id, exc.message)
         return None
     log.info("job %s: resuming from iteration %d", claim.job_id, state.iteration)
+    jobs.record_resumed(session, claim, iteration=state.iteration)
     return state
 
 

@@ -1,0 +1,127 @@
+"""The worker's glue, in-process with the real engine: a lost lease stops a run, and the next
+attempt resumes from the last checkpoint instead of starting over (DESIGN rules 3 and 6)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+
+from shared import jobs
+from shared.auth import create_client
+from shared.models import Job, JobEvent, JobStatus, utcnow
+from shared.params import parse_params
+from shared.settings import Settings
+from shared.storage import CHECKPOINT_FILE
+from worker.runner import Outcome, WorkerContext, make_context, run_job
+
+pytestmark = pytest.mark.slow
+
+WAIT_SECONDS = 60.0
+
+
+@pytest.fixture
+def ctx(database_url: str, tmp_path: Path) -> Iterator[WorkerContext]:
+    settings = Settings(
+        database_url=database_url,
+        data_dir=tmp_path,
+        device="cpu",
+        heartbeat_seconds=0.05,
+        checkpoint_seconds=0.3,
+        preview_seconds=0.3,
+        lease_seconds=30.0,
+    )
+    context = make_context(settings)
+    yield context
+    context.db.dispose()
+
+
+class Background:
+    """run_job in a thread, as the Celery task would run it."""
+
+    def __init__(self, ctx: WorkerContext, job_id: uuid.UUID) -> None:
+        self.outcome: Outcome | None = None
+        self._thread = threading.Thread(target=self._run, args=(ctx, job_id))
+        self._thread.start()
+
+    def _run(self, ctx: WorkerContext, job_id: uuid.UUID) -> None:
+        self.outcome = run_job(ctx, job_id)
+
+    def join(self) -> Outcome | None:
+        self._thread.join(WAIT_SECONDS)
+        assert not self._thread.is_alive(), "the run did not stop"
+        return self.outcome
+
+
+def wait_for(what: str, found: Callable[[], Any]) -> Any:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while time.monotonic() < deadline:
+        value = found()
+        if value:
+            return value
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def test_lost_lease_stops_the_run_and_the_next_attempt_resumes_from_the_checkpoint(
+    ctx: WorkerContext, image_bytes: Callable[[str], bytes]
+) -> None:
+    with ctx.db.session() as session:
+        client, _ = create_client(session, "runner")
+        job, _ = jobs.create_job(
+            session,
+            ctx.storage,
+            client_id=client.id,
+            params=parse_params({"size": 32, "iterations": 3000, "scales": 1}),
+            content=image_bytes("tubingen"),
+            styles=[image_bytes("starry_night")],
+            idempotency_key=None,
+            enqueue=lambda _id: None,
+        )
+
+    def event(kind: str) -> JobEvent | None:
+        with ctx.db.session() as s:
+            query = select(JobEvent).where(JobEvent.job_id == job.id, JobEvent.kind == kind)
+            return s.scalars(query.order_by(JobEvent.id.desc())).first()
+
+    def expire_lease() -> None:
+        with ctx.db.session() as s:
+            past = utcnow() - timedelta(seconds=1)
+            s.execute(update(Job).where(Job.id == job.id).values(lease_expires_at=past))
+            s.commit()
+
+    first = Background(ctx, job.id)
+    checkpoint = wait_for("a checkpoint", lambda: event("checkpoint"))
+    assert ctx.storage.exists(job.id, CHECKPOINT_FILE)
+    # Another worker takes the job over (as if this one had stalled past its lease).
+    expire_lease()
+    with ctx.db.session() as s:
+        thief = jobs.claim_job(s, job.id, worker="thief", lease_seconds=30.0)
+    assert thief is not None and thief.attempt == 2
+    assert first.join() is Outcome.LEASE_LOST
+    with ctx.db.session() as s:
+        row = s.get(Job, job.id)
+        assert row is not None
+        assert row.status is JobStatus.RUNNING and row.lease_owner == "thief"
+
+    # The thief dies in turn; the next attempt continues from the checkpoint.
+    expire_lease()
+    second = Background(ctx, job.id)
+    resumed = wait_for("the resumed attempt", lambda: event("resumed"))
+    assert resumed.attempt == 3
+    assert resumed.data["iteration"] >= checkpoint.data["iteration"] > 0
+    with ctx.db.session() as s:
+        jobs.cancel_job(s, job.id, client_id=None)
+    assert second.join() is Outcome.CANCELED
+    with ctx.db.session() as s:
+        row = s.get(Job, job.id)
+        assert row is not None and row.status is JobStatus.CANCELED
+        assert row.iteration >= resumed.data["iteration"]
+    assert not ctx.storage.exists(job.id, CHECKPOINT_FILE), "a finished job keeps no checkpoint"
