@@ -21,7 +21,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 DEFAULT_API_WORKERS = 2  # gunicorn processes; one per core is a fair start
 DEFAULT_API_THREADS = 4  # per process: a submit spends much of its time waiting on fsync
-API_APP = "api:create_app()"
+API_APP = "api.wsgi:app"
 CELERY_APP = "worker.celery_worker"
 REDIS_START_WAIT_SECONDS = 5.0
 
@@ -112,7 +112,9 @@ def api(host: str, port: int, workers: int, dev: bool) -> None:
     settings = _settings()
     if dev:
         from api import create_app
+        from shared.logging import configure_logging
 
+        configure_logging()
         create_app(settings).run(host=host, port=port)
         return
     os.execv(sys.executable, api_argv(host, port, workers))

@@ -397,28 +397,29 @@ def _end(
 def requeue_stale_jobs(
     session: Session, *, older_than_seconds: float, enqueue: Enqueue, limit: int = 1000
 ) -> list[uuid.UUID]:
-    """Enqueue again the queued jobs untouched for ``older_than_seconds`` (lost by the broker).
+    """Enqueue again the jobs that nothing has touched for ``older_than_seconds``.
 
-    A job still in the broker gets a second message; that is harmless, the
-    second claim is a no-op. ``updated_at`` is touched so each job is re-sent at
-    most once per period.
+    That is a queued job whose message the broker lost, or a running job whose
+    worker died (its lease expired and no heartbeat came). A job still in the
+    broker gets a second message: harmless, the second claim is a no-op.
+    ``updated_at`` is touched so each job is re-sent at most once per period.
     """
     now = utcnow()
     cutoff = now - timedelta(seconds=older_than_seconds)
+    stale_condition = and_(
+        Job.updated_at < cutoff,
+        or_(
+            Job.status == JobStatus.QUEUED,
+            and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now),
+        ),
+    )
     stale = list(
-        session.scalars(
-            select(Job.id)
-            .where(Job.status == JobStatus.QUEUED, Job.updated_at < cutoff)
-            .order_by(Job.created_at)
-            .limit(limit)
-        )
+        session.scalars(select(Job.id).where(stale_condition).order_by(Job.created_at).limit(limit))
     )
     requeued = []
     for job_id in stale:
         touched = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == JobStatus.QUEUED, Job.updated_at < cutoff)
-            .values(updated_at=now)
+            update(Job).where(Job.id == job_id, stale_condition).values(updated_at=now)
         )
         if not _rowcount(touched):
             continue

@@ -54,7 +54,7 @@ def run_job(self: Task, job_id: str) -> str:
 
 @shared_task(bind=True, name=RECONCILE_TASK, ignore_result=True)
 def reconcile(self: Task) -> int:
-    """Re-enqueue queued jobs the broker lost (issue 4 extends this to expired leases)."""
+    """Re-enqueue queued jobs the broker lost and running jobs whose worker died."""
     from shared.db import Database
 
     settings = settings_of(self.app)

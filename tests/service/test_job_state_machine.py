@@ -224,6 +224,25 @@ def test_the_reconciler_requeues_stale_queued_jobs_once_per_period(session, stor
     assert events(session, stale.id)[-1] == "requeued"
 
 
+def test_the_reconciler_requeues_a_running_job_whose_worker_died(session, storage, client_id):
+    dead = new_job(session, storage, client_id)
+    alive = new_job(session, storage, client_id)
+    for job in (dead, alive):
+        assert jobs.claim_job(session, job.id, worker="w", lease_seconds=LEASE)
+    long_ago = utcnow() - timedelta(hours=1)
+    session.execute(
+        update(Job).where(Job.id == dead.id).values(updated_at=long_ago, lease_expires_at=long_ago)
+    )
+    session.execute(update(Job).where(Job.id == alive.id).values(updated_at=long_ago))
+    session.commit()
+    sent: list[uuid.UUID] = []
+    jobs.requeue_stale_jobs(session, older_than_seconds=60, enqueue=sent.append)
+    assert dead.id in sent, "an expired lease with no heartbeat: the worker is gone"
+    assert alive.id not in sent, "a live lease: the worker is still on it"
+    claim = jobs.claim_job(session, dead.id, worker="w2", lease_seconds=LEASE)
+    assert claim is not None and claim.attempt == 2
+
+
 @pytest.mark.parametrize(
     ("iteration", "iterations", "percent"),
     [(0, 10, 0.0), (1, 3, 33.33), (10, 10, 100.0), (12, 10, 100.0), (-1, 10, 0.0), (5, 0, 0.0)],
