@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 import torch
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from shared import jobs
@@ -255,12 +256,26 @@ class JobReporter:
             return
         if now - self._last_preview >= settings.preview_seconds:
             self._last_preview = now
-            preview = encode_png(progress.image())
-            self._ctx.storage.put(self._claim.job_id, PREVIEW_FILE, preview, durable=False)
+            self._best_effort("preview", self._save_preview, progress)
         if now - self._last_checkpoint >= settings.checkpoint_seconds:
             self._last_checkpoint = now
-            self._ctx.storage.put(self._claim.job_id, CHECKPOINT_FILE, progress.state().to_bytes())
-            jobs.record_checkpoint(self._session, self._claim, iteration=progress.iteration)
+            self._best_effort("checkpoint", self._save_checkpoint, progress)
+
+    def _save_preview(self, progress: Progress) -> None:
+        preview = encode_png(progress.image())
+        self._ctx.storage.put(self._claim.job_id, PREVIEW_FILE, preview, durable=False)
+
+    def _save_checkpoint(self, progress: Progress) -> None:
+        self._ctx.storage.put(self._claim.job_id, CHECKPOINT_FILE, progress.state().to_bytes())
+        jobs.record_checkpoint(self._session, self._claim, iteration=progress.iteration)
+
+    def _best_effort(self, what: str, save: Callable[[Progress], None], progress: Progress) -> None:
+        # A full disk or a database hiccup costs a preview or a checkpoint, not the job.
+        try:
+            save(progress)
+        except (OSError, SQLAlchemyError):
+            self._session.rollback()
+            log.warning("job %s: could not save a %s", self._claim.job_id, what, exc_info=True)
 
     def _heartbeat(self, progress: Progress) -> None:
         try:
