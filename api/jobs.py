@@ -8,19 +8,19 @@ from flask import Blueprint, Response, request, send_file
 
 from api.auth import current_principal
 from api.schemas import JobList, JobOut
-from api.services import db_session, read_session, services
+from api.services import db_session, read_connection, read_session, services
 from api.uploads import read_idempotency_key, read_submission
 from shared import jobs
 from shared.celery_app import enqueue_job
 from shared.errors import ConflictError, InvalidInputError, NotFoundError
-from shared.models import Job, JobStatus
+from shared.models import Job, JobRecord, JobStatus
 from shared.pagination import Cursor, parse_limit
 from shared.storage import PREVIEW_FILE, RESULT_FILE
 
 blueprint = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
 
-def _job_response(job: Job, status: int = 200) -> Response:
+def _job_response(job: JobRecord, status: int = 200) -> Response:
     # Serialised by pydantic in one step (the hottest path: every poll).
     body = JobOut.from_job(job).model_dump_json(by_alias=True)
     return Response(body, status=status, mimetype="application/json")
@@ -96,7 +96,7 @@ def list_jobs() -> Response:
 @blueprint.get("/<job_id>")
 def get_job(job_id: str) -> Response:
     principal = current_principal()
-    job = jobs.get_job(read_session(), jobs.parse_job_id(job_id), client_id=principal.client_id)
+    job = jobs.read_job(read_connection(), jobs.parse_job_id(job_id), client_id=principal.client_id)
     return _job_response(job)
 
 

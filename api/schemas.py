@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.models import Job, JobStatus, utcnow
+from shared.models import JobRecord, JobStatus, utcnow
 from shared.params import StyleParams
 
 
@@ -51,7 +51,7 @@ class JobOut(BaseModel):
     urls: JobUrls
 
     @classmethod
-    def from_job(cls, job: Job) -> JobOut:
+    def from_job(cls, job: JobRecord) -> JobOut:
         now = utcnow()
         base = f"/v1/jobs/{job.id}"
         queue_end = job.started_at or job.finished_at or now

@@ -57,15 +57,16 @@ def _dispose_after_fork(engine_ref: weakref.ref[Engine]) -> None:
 class Database:
     """An engine and its session factories: ``sessions`` for writes, ``read_sessions`` for reads.
 
-    A read session runs each statement in autocommit mode: a poll costs one
-    round trip (the SELECT) instead of three (BEGIN, SELECT, ROLLBACK).
+    Reads run each statement in autocommit mode: a poll costs one round trip
+    (the SELECT) instead of three (BEGIN, SELECT, ROLLBACK). ``read_engine``
+    serves the hottest read (a poll) without the ORM.
     """
 
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
-        read_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
-        self.read_sessions = sessionmaker(read_engine, expire_on_commit=False)
+        self.read_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.read_sessions = sessionmaker(self.read_engine, expire_on_commit=False)
         # A forked child (gunicorn, Celery prefork) must not reuse the parent's sockets.
         os.register_at_fork(after_in_child=partial(_dispose_after_fork, weakref.ref(self.engine)))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import (
     JSON,
@@ -156,6 +156,41 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class JobRecord(Protocol):
+    """What a job's JSON is made from: a ``Job`` or a row of the ``jobs`` table."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def client_id(self) -> int: ...
+    @property
+    def status(self) -> JobStatus: ...
+    @property
+    def params(self) -> dict[str, Any]: ...
+    @property
+    def iteration(self) -> int: ...
+    @property
+    def iterations(self) -> int: ...
+    @property
+    def percent(self) -> float: ...
+    @property
+    def eta_seconds(self) -> float | None: ...
+    @property
+    def attempts(self) -> int: ...
+    @property
+    def worker(self) -> str | None: ...
+    @property
+    def error_code(self) -> str | None: ...
+    @property
+    def error_message(self) -> str | None: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def started_at(self) -> datetime | None: ...
+    @property
+    def finished_at(self) -> datetime | None: ...
 
 
 class JobEvent(Base):
