@@ -69,9 +69,9 @@ ENV PATH=/opt/venv/bin:$PATH \
 USER stylequeue
 WORKDIR /var/lib/stylequeue
 EXPOSE 8000
-# gthread workers: keep-alive, and database waits overlap (bench/README.md, "Service").
-CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--worker-class", "gthread", "--workers", "2", \
-     "--threads", "4", "--access-logfile", "-", "api:create_app()"]
+# gunicorn, gthread workers: keep-alive, and database and fsync waits overlap
+# (bench/README.md, "Service"). More processes for more cores: --workers N.
+CMD ["stylequeue", "api", "--host", "0.0.0.0", "--port", "8000"]
 
 # --- flower: the runtime image plus Celery's monitoring UI (compose profile "monitoring") --
 FROM runtime AS flower

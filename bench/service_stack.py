@@ -2,7 +2,8 @@
 
 Its own PostgreSQL database (created, then dropped), its own Redis key
 prefix (deleted afterwards), a temporary data dir, gunicorn serving
-``api:create_app()`` and, on request, one real Celery worker. Everything it
+``api.wsgi:app`` (``create_app()``, as ``stylequeue api`` serves it) and, on
+request, one real Celery worker. Everything it
 starts it stops, in reverse order, even when the benchmark fails.
 """
 
@@ -39,11 +40,15 @@ class GunicornConfig:
     """How gunicorn serves the API: threaded workers, so keep-alive works and DB waits overlap."""
 
     workers: int = 2  # one per core: the views are CPU-bound Python between short DB/Redis waits
-    threads: int = 4  # overlap the PostgreSQL and Redis round trips within a worker
+    threads: int = 4  # overlap the PostgreSQL, Redis and fsync waits within a worker
     worker_class: str = "gthread"
+    app: str = "api.wsgi:app"  # what `stylequeue api` serves: create_app() with logging set up
 
     def describe(self) -> str:
-        return f"gunicorn -k {self.worker_class} -w {self.workers} --threads {self.threads}"
+        return (
+            f"gunicorn -k {self.worker_class} -w {self.workers} --threads {self.threads} "
+            f"--access-logfile - {self.app}"
+        )
 
 
 @dataclass
@@ -156,7 +161,8 @@ def running_stack(gunicorn: GunicornConfig) -> Iterator[Stack]:
                     [sys.executable, "-m", "gunicorn", "-k", gunicorn.worker_class,
                      "-w", str(gunicorn.workers), "--threads", str(gunicorn.threads),
                      "-b", f"{stack.host}:{stack.port}", "--keep-alive", "30",
-                     "--log-level", "warning", "api:create_app()"],
+                     # Access log on, as `stylequeue api` runs it: its cost is part of a request.
+                     "--access-logfile", "-", gunicorn.app],
                     env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
                 )  # fmt: skip
             try:

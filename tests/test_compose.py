@@ -129,3 +129,12 @@ def test_stylequeue_commands_in_the_file_exist(compose: dict[str, Any]) -> None:
                 break
             group = group.get_command(None, word)
             assert group is not None, f"{name}: `{' '.join(command)}` is not a stylequeue command"
+
+
+def test_stylequeue_commands_in_the_dockerfile_exist() -> None:
+    code = "\n".join(line for line in DOCKERFILE.splitlines() if not line.lstrip().startswith("#"))
+    # `stylequeue NAME` in a shell line or "stylequeue", "NAME" in an exec form; not a path.
+    used = set(re.findall(r'(?<![/\w-])"?stylequeue"?,? "?(\w+)', code))
+    assert {"api", "worker", "stylize"} <= used
+    for name in used:
+        assert cli.get_command(None, name) is not None, f"`stylequeue {name}` does not exist"  # type: ignore[arg-type]
