@@ -238,6 +238,9 @@ class JobReporter:
         self._clock = clock
         started = clock()
         self._last_heartbeat = float("-inf")  # the first iteration reports at once
+        # Our own view of the lease: a worker cut off from the database stops once
+        # the lease it last renewed runs out, before another worker may claim the job.
+        self._lease_until = started + ctx.settings.lease_seconds
         self._last_preview = started
         self._last_checkpoint = started
         self.cancel_requested = False
@@ -251,7 +254,10 @@ class JobReporter:
         settings = self._ctx.settings
         if now - self._last_heartbeat >= settings.heartbeat_seconds:
             self._last_heartbeat = now
-            self._heartbeat(progress)
+            self._heartbeat(progress, now)
+        if now >= self._lease_until:
+            log.warning("job %s: could not renew the lease in time; stopping", self._claim.job_id)
+            self.lease_lost = True
         if self.should_stop():
             return
         if now - self._last_preview >= settings.preview_seconds:
@@ -277,7 +283,7 @@ class JobReporter:
             self._session.rollback()
             log.warning("job %s: could not save a %s", self._claim.job_id, what, exc_info=True)
 
-    def _heartbeat(self, progress: Progress) -> None:
+    def _heartbeat(self, progress: Progress, now: float) -> None:
         try:
             self.cancel_requested = jobs.heartbeat(
                 self._session,
@@ -287,6 +293,7 @@ class JobReporter:
                 eta_seconds=progress.eta_seconds,
                 lease_seconds=self._ctx.settings.lease_seconds,
             )
+            self._lease_until = now + self._ctx.settings.lease_seconds
         except LeaseLostError:
             self.lease_lost = True
         except Exception:  # a database hiccup: keep computing, the next heartbeat retries

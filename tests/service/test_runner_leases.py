@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -125,3 +126,61 @@ def test_lost_lease_stops_the_run_and_the_next_attempt_resumes_from_the_checkpoi
         assert row is not None and row.status is JobStatus.CANCELED
         assert row.iteration >= resumed.data["iteration"]
     assert not ctx.storage.exists(job.id, CHECKPOINT_FILE), "a finished job keeps no checkpoint"
+
+
+def test_a_worker_cut_off_from_the_database_stops_when_its_lease_runs_out(
+    ctx: WorkerContext, tmp_path: Path
+) -> None:
+    from shared.db import Database
+    from worker.engine import Progress
+    from worker.runner import JobReporter
+
+    with ctx.db.session() as session:
+        client, _ = create_client(session, "cut-off")
+        job, _ = jobs.create_job(
+            session,
+            ctx.storage,
+            client_id=client.id,
+            params=parse_params({"size": 32, "iterations": 100, "scales": 1}),
+            content=b"c",
+            styles=[b"s"],
+            idempotency_key=None,
+            enqueue=lambda _id: None,
+        )
+        claim = jobs.claim_job(session, job.id, worker="w", lease_seconds=30.0)
+    assert claim is not None
+    unreachable = Database(f"sqlite:///{tmp_path}/no/such/dir/db.sqlite3")
+    quiet = replace(
+        ctx, settings=replace(ctx.settings, preview_seconds=1e9, checkpoint_seconds=1e9)
+    )
+    clock = [1000.0]
+    with unreachable.session() as dead_session:
+        reporter = JobReporter(quiet, dead_session, claim, clock=lambda: clock[0])
+
+        def step(iteration: int) -> None:
+            reporter.on_progress(
+                Progress(
+                    iteration=iteration,
+                    iterations=100,
+                    scale=0,
+                    scales=1,
+                    loss=1.0,
+                    content_loss=0.5,
+                    style_loss=0.5,
+                    tv_loss=0.0,
+                    elapsed_seconds=0.0,
+                    eta_seconds=None,
+                    _image=lambda: pytest.fail("no preview expected"),
+                    _state=lambda: pytest.fail("no checkpoint expected"),
+                )
+            )
+
+        step(1)  # the heartbeat fails: keep going while the lease lasts
+        assert not reporter.should_stop()
+        clock[0] += ctx.settings.lease_seconds - 1
+        step(2)
+        assert not reporter.should_stop()
+        clock[0] += 2  # past the lease it last renewed: stop before anyone else may claim it
+        step(3)
+        assert reporter.should_stop() and reporter.lease_lost
+    unreachable.dispose()
