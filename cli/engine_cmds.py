@@ -1,9 +1,149 @@
-"""Placeholder: commands are added by the module's owner."""
+"""``stylequeue stylize``: the engine alone, no queue, with the job parameters of the API."""
 
 from __future__ import annotations
 
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
 import click
+
+from shared.errors import ParameterError, StylequeueError
+
+
+def parse_param_options(options: tuple[str, ...]) -> dict[str, Any]:
+    """``("size=256", "style_blend=[1,2]")`` -> ``{"size": 256, "style_blend": [1, 2]}``.
+
+    Values are JSON when they parse as JSON, else strings (``optimizer=adam``).
+    """
+    raw: dict[str, Any] = {}
+    for option in options:
+        key, sep, value = option.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ParameterError("--param", f"expected NAME=VALUE, got {option!r}")
+        try:
+            raw[key] = json.loads(value)
+        except json.JSONDecodeError:
+            raw[key] = value
+    return raw
+
+
+class _ProgressLine:
+    """One line on stderr, rewritten in place on a terminal, else printed every 10%."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.last_decile = -1
+        self.last_draw = 0.0
+
+    def __call__(self, p: Any) -> None:
+        eta = "?" if p.eta_seconds is None else f"{p.eta_seconds:.0f}s"
+        line = (
+            f"pass {p.scale + 1}/{p.scales}  iteration {p.iteration}/{p.iterations}  "
+            f"loss {p.loss:.4g}  elapsed {p.elapsed_seconds:.0f}s  eta {eta}"
+        )
+        if self.tty:
+            now = time.monotonic()
+            if now - self.last_draw >= 0.2 or p.iteration == p.iterations:
+                self.last_draw = now
+                click.echo(f"\r{line}\x1b[K", nl=p.iteration == p.iterations, err=True)
+            return
+        decile = p.iteration * 10 // p.iterations
+        if decile != self.last_decile:
+            self.last_decile = decile
+            click.echo(line, err=True)
+
+
+def _read_image(path: Path, field: str) -> Any:
+    from shared.images import decode_image
+    from worker.engine import pil_to_tensor
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        from shared.errors import InvalidInputError
+
+        raise InvalidInputError(
+            f"{field}: cannot read {path}: {exc.strerror or exc}", field=field, code="invalid_image"
+        ) from None
+    return pil_to_tensor(decode_image(data, field=field))
+
+
+@click.command("stylize")
+@click.argument("content", type=click.Path(path_type=Path))
+@click.argument("styles", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Output image (.png, .jpg).",
+)
+@click.option(
+    "--param", "params", multiple=True, metavar="NAME=VALUE", help="A job parameter; repeatable."
+)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
+@click.option(
+    "--weights", type=click.Choice(["caffe", "torchvision"]), default="caffe", show_default=True
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress line.")
+def stylize(
+    content: Path,
+    styles: tuple[Path, ...],
+    output: Path,
+    params: tuple[str, ...],
+    device: str,
+    weights: str,
+    quiet: bool,
+) -> None:
+    """Stylize CONTENT after one or more STYLE images and write OUTPUT, on this machine.
+
+    Parameters are those of a job (see docs/engine.md), e.g.
+    --param size=512 --param iterations=300 --param style_blend=[2,1].
+    """
+    from shared.params import parse_params
+
+    try:
+        style_params = parse_params(parse_param_options(params))
+        if output.suffix.lower() not in {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}:
+            raise ParameterError(
+                "--output", f"unknown image type {output.suffix!r}; use .png or .jpg"
+            )
+        content_t = _read_image(content, "content")
+        style_ts = [_read_image(path, "style") for path in styles]
+        style_params.blend_weights(len(style_ts))  # the blend error before the model loads
+
+        import torch
+
+        from worker.engine import default_device, get_network, tensor_to_pil, transfer
+
+        if device == "cuda" and not torch.cuda.is_available():
+            raise ParameterError("--device", "CUDA is not available on this machine")
+        torch_device = default_device() if device == "auto" else torch.device(device)
+        network = get_network(weights, torch_device)
+        result = transfer(
+            network,
+            content_t,
+            style_ts,
+            style_params,
+            on_progress=None if quiet else _ProgressLine(),
+        )
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tensor_to_pil(result).save(output, quality=92)
+    except StylequeueError as exc:
+        raise click.ClickException(exc.message) from None
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted", err=True)
+        sys.exit(130)
+    if not quiet:
+        click.echo(f"wrote {output} ({result.shape[2]}x{result.shape[1]})", err=True)
 
 
 def register(group: click.Group) -> None:
     """Add this module's commands to the ``stylequeue`` group."""
+    group.add_command(stylize)

@@ -8,8 +8,8 @@ Departures from the paper, and why:
 * Coarse-to-fine passes (``scales``): the layout settles at a quarter of the
   pixels for a sixteenth of the cost, then finer passes add detail.
 * Several styles are blended by mixing their Gram targets (see ``losses.py``).
-* The image is not clamped to 0..1 during L-BFGS (clamping would break the
-  curvature pairs); it is clamped on the way out. Adam clamps every step.
+* The image stays in 0..1 throughout: both optimizers project it back after
+  every step (see ``lbfgs.py`` for why that beats clamping at the end).
 """
 
 from __future__ import annotations
@@ -311,7 +311,7 @@ class _Optimizer:
 
 class _LBFGS(_Optimizer):
     def __init__(self, n: int, device: torch.device) -> None:
-        self.lbfgs = CompactLBFGS(n, device)
+        self.lbfgs = CompactLBFGS(n, device, bounds=(0.0, 1.0))
 
     def step(self, image: torch.Tensor, grad: torch.Tensor) -> None:
         self.lbfgs.step(image.view(-1), grad.view(-1))
@@ -349,10 +349,21 @@ class _Adam(_Optimizer):
     def state_dict(self) -> dict[str, Any]:
         if self.adam is None:
             return {"kind": "adam", "torch": self.pending}
-        return {"kind": "adam", "torch": self.adam.state_dict()}
+        # torch returns live references to its moment buffers: copy them to the CPU.
+        return {"kind": "adam", "torch": _to_cpu(self.adam.state_dict())}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.pending = state["torch"]
+
+
+def _to_cpu(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
 
 
 def _make_optimizer(name: str, n: int, device: torch.device) -> _Optimizer:

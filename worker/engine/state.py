@@ -19,7 +19,7 @@ class EngineState:
     """A snapshot between two iterations from which ``transfer(..., resume=state)`` continues.
 
     ``image`` is the optimised image of pass ``scale`` as the optimizer sees it
-    (``[1,3,h,w]`` fp32 on the CPU, not clamped); ``optimizer`` is the optimizer's
+    (``[1,3,h,w]`` fp32 on the CPU, in 0..1); ``optimizer`` is the optimizer's
     whole state (for L-BFGS its history, so the continuation is exact);
     ``fingerprint`` identifies the parameters and input sizes it belongs to.
     Size: about 8 x history x pixels x 3 bytes for L-BFGS (the history dominates).

@@ -1,0 +1,78 @@
+"""``stylequeue stylize`` through click's CliRunner, on the real engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+from PIL import Image
+
+from cli.engine_cmds import parse_param_options
+from cli.main import cli
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def _stylize(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["stylize", *args])
+    return result.exit_code, result.output
+
+
+def test_stylize_writes_the_image(tmp_path: Path) -> None:
+    out = tmp_path / "out.png"
+    code, output = _stylize(
+        str(DATA / "tubingen.png"), str(DATA / "starry_night.png"), str(DATA / "shipwreck.png"),
+        "-o", str(out), "--param", "size=40", "--param", "iterations=3",
+        "--param", "style_blend=[2, 1]", "--device", "cpu",
+    )  # fmt: skip
+    assert code == 0, output
+    assert "iteration 3/3" in output
+    with Image.open(out) as img:
+        assert img.size == (40, 30)
+
+
+def test_bad_parameter_exits_non_zero_naming_it(tmp_path: Path) -> None:
+    for param, name in [
+        ("size=0", "size"),
+        ("style_weight=-1", "style_weight"),
+        ("nope=1", "nope"),
+    ]:
+        code, output = _stylize(
+            str(DATA / "tubingen.png"), str(DATA / "starry_night.png"), "-o", str(tmp_path / "o.png"),
+            "--param", param,
+        )  # fmt: skip
+        assert code != 0
+        assert f"{name}:" in output
+
+
+def test_blend_mismatch_exits_before_any_work(tmp_path: Path) -> None:
+    code, output = _stylize(
+        str(DATA / "tubingen.png"), str(DATA / "starry_night.png"), "-o", str(tmp_path / "o.png"),
+        "--param", "style_blend=[1, 2]",
+    )  # fmt: skip
+    assert code != 0
+    assert "style_blend:" in output
+
+
+def test_unreadable_files_exit_non_zero_naming_them(tmp_path: Path) -> None:
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    code, output = _stylize(
+        str(text), str(DATA / "starry_night.png"), "-o", str(tmp_path / "o.png")
+    )
+    assert code != 0 and "content:" in output
+    code, output = _stylize(
+        str(DATA / "tubingen.png"), str(tmp_path / "missing.jpg"), "-o", str(tmp_path / "o.png")
+    )
+    assert code != 0 and "style:" in output
+
+
+def test_param_values_parse_as_json_else_strings() -> None:
+    assert parse_param_options(
+        ("size=64", "optimizer=adam", "style_blend=[1,2]", "preserve_colors=true")
+    ) == {
+        "size": 64,
+        "optimizer": "adam",
+        "style_blend": [1, 2],
+        "preserve_colors": True,
+    }

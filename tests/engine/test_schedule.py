@@ -1,0 +1,40 @@
+"""The pure arithmetic of a run: pass sizes, the iteration split, the ETA."""
+
+from __future__ import annotations
+
+import pytest
+
+from worker.engine.schedule import eta_seconds, fit_longest_side, pass_sizes, split_iterations
+
+
+def test_fit_longest_side_keeps_the_aspect_ratio() -> None:
+    assert fit_longest_side(384, 512, 256) == (192, 256)
+    assert fit_longest_side(512, 384, 256) == (256, 192)
+    assert fit_longest_side(100, 100, 64) == (64, 64)
+
+
+def test_pass_sizes_double_up_to_the_requested_size() -> None:
+    assert pass_sizes(384, 512, 512, 3) == [(96, 128), (192, 256), (384, 512)]
+    assert pass_sizes(384, 512, 512, 1) == [(384, 512)]
+
+
+def test_pass_sizes_drop_passes_too_small_for_vgg() -> None:
+    # 64 px in 3 passes would start at 16 px: below the 32 px floor for a coarse pass.
+    assert pass_sizes(48, 64, 64, 3) == [(24, 32), (48, 64)]
+    # A wide panorama: the coarse pass's short side would be under 16 px.
+    assert pass_sizes(100, 1000, 256, 2) == [(26, 256)]
+
+
+def test_split_iterations_sums_to_the_total_with_the_remainder_fine() -> None:
+    assert split_iterations(500, 3) == [166, 167, 167]
+    assert split_iterations(2, 3) == [0, 1, 1]
+    assert sum(split_iterations(1234, 5)) == 1234
+    with pytest.raises(ValueError):
+        split_iterations(10, 0)
+
+
+def test_eta_weights_iterations_by_their_pixel_count() -> None:
+    assert eta_seconds(0.0, 0, [10, 10], [1, 4]) is None
+    # 10 cheap iterations (1 unit each) took 10 s; 10 iterations of 4 units remain: 40 s.
+    assert eta_seconds(10.0, 10, [10, 10], [1, 4]) == pytest.approx(40.0)
+    assert eta_seconds(50.0, 20, [10, 10], [1, 4]) == pytest.approx(0.0)
