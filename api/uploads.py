@@ -11,6 +11,7 @@ from werkzeug.datastructures import FileStorage, ImmutableMultiDict
 from shared.errors import InvalidInputError, PayloadTooLargeError
 from shared.images import decode_image
 from shared.params import MAX_STYLES, StyleParams, check_style_blend, parse_params
+from shared.sizes import check_output_size
 
 IDEMPOTENCY_KEY_MAX_LENGTH = 200
 
@@ -55,9 +56,10 @@ def read_submission(
         )
     params = parse_params(_params_object(form.getlist("params")))
     check_style_blend(params, len(styles))
-    content = _read_image(contents[0], "content", max_upload_bytes, max_image_pixels)
+    content, content_size = _read_image(contents[0], "content", max_upload_bytes, max_image_pixels)
+    check_output_size(*content_size, params.size)
     style_bytes = [
-        _read_image(f, f"style[{i}]", max_upload_bytes, max_image_pixels)
+        _read_image(f, f"style[{i}]", max_upload_bytes, max_image_pixels)[0]
         for i, f in enumerate(styles)
     ]
     return Submission(params=params, content=content, styles=style_bytes)
@@ -92,7 +94,10 @@ def _params_object(raw_values: list[str]) -> dict[str, Any]:
     return value
 
 
-def _read_image(upload: FileStorage, field: str, max_bytes: int, max_pixels: int) -> bytes:
+def _read_image(
+    upload: FileStorage, field: str, max_bytes: int, max_pixels: int
+) -> tuple[bytes, tuple[int, int]]:
+    """The file's bytes and its (width, height), once it has decoded as an image."""
     data = upload.stream.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise PayloadTooLargeError(
@@ -100,8 +105,8 @@ def _read_image(upload: FileStorage, field: str, max_bytes: int, max_pixels: int
             code="file_too_large",
             details={"field": field, "max_bytes": max_bytes},
         )
-    decode_image(data, field=field, max_pixels=max_pixels)
-    return data
+    image = decode_image(data, field=field, max_pixels=max_pixels)
+    return data, image.size
 
 
 def read_idempotency_key(raw: str | None) -> str | None:

@@ -187,6 +187,13 @@ CASES = [
     Case("size 0", 400, "invalid_parameter", "size", params({"size": 0})),
     Case("size too large", 400, "invalid_parameter", "size", params({"size": 100_000})),
     Case(
+        "output side under 16 px",  # tubingen is 64x48: at size 16 the output is 16x12
+        400,
+        "invalid_parameter",
+        "size",
+        params({"size": 16}),
+    ),
+    Case(
         "negative weight",
         400,
         "invalid_parameter",

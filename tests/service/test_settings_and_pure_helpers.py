@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.errors import ConfigError, InvalidInputError, NotFoundError
+from shared.errors import ConfigError, InvalidInputError, NotFoundError, ParameterError
 from shared.pagination import DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, Cursor, parse_limit
 from shared.settings import (
     DEFAULT_LEASE_SECONDS,
@@ -19,6 +19,7 @@ from shared.settings import (
     DEFAULT_REDIS_URL,
     Settings,
 )
+from shared.sizes import check_output_size, output_shape
 from shared.storage import CONTENT_FILE, RESULT_FILE, LocalStorage, style_file
 
 
@@ -130,3 +131,25 @@ def test_the_api_process_never_imports_torch(tmp_path: Path) -> None:
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ))
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "size", "shape"),
+    [
+        (64, 48, 32, (32, 24)),
+        (48, 64, 32, (24, 32)),
+        (64, 64, 16, (16, 16)),
+        (1000, 10, 512, (512, 5)),
+    ],
+)
+def test_output_shape_keeps_the_aspect_ratio(
+    width: int, height: int, size: int, shape: tuple[int, int]
+) -> None:
+    assert output_shape(width, height, size) == shape
+
+
+def test_check_output_size_names_size() -> None:
+    check_output_size(64, 48, 22)  # 22x16.5 -> 22x16: just enough
+    with pytest.raises(ParameterError) as raised:
+        check_output_size(64, 48, 20)  # 20x15
+    assert raised.value.field == "size"

@@ -13,7 +13,10 @@ from flask.testing import FlaskClient
 from PIL import Image
 
 from api.services import EXTENSION_KEY
-from shared.auth import create_client
+from shared import jobs
+from shared.auth import authenticate, create_client
+from shared.celery_app import enqueue_job
+from shared.params import parse_params
 
 pytestmark = pytest.mark.slow
 
@@ -115,18 +118,37 @@ def test_cancel_a_running_job_stops_it_and_progress_and_preview_are_visible(
     assert result.json["error"]["details"] == {"status": "canceled"}
 
 
-def test_an_engine_error_fails_the_job_with_a_code_and_message_the_client_can_read(
-    stack_http: FlaskClient, stack_auth: dict[str, str], image_bytes: Callable[[str], bytes]
+def test_a_job_that_cannot_run_fails_with_a_code_and_message_the_client_can_read(
+    worker_stack: Any, stack_http: FlaskClient, stack_auth: dict[str, str]
 ) -> None:
-    # Valid for the schema, impossible for VGG19: tubingen (64x48) at 16 px is 16x12.
-    job = _submit(stack_http, stack_auth, image_bytes, {"size": 16, "iterations": 2, "scales": 1})
+    # The API never accepts a broken image, so store one behind its back, as a
+    # corrupted disk would, and enqueue the job the way the API does.
+    services = worker_stack.app.extensions[EXTENSION_KEY]
+    client_id = _client_id(services, stack_auth)
+    with services.db.session() as session:
+        job, _ = jobs.create_job(
+            session,
+            services.storage,
+            client_id=client_id,
+            params=parse_params({"size": 32, "iterations": 2, "scales": 1}),
+            content=b"not an image any more",
+            styles=[b"nor this"],
+            idempotency_key=None,
+            enqueue=lambda job_id: enqueue_job(services.celery, job_id),
+        )
     done = _poll_until(
-        stack_http, stack_auth, job["id"], lambda j: j["status"] not in ("queued", "running")
+        stack_http, stack_auth, str(job.id), lambda j: j["status"] not in ("queued", "running")
     )
     assert done["status"] == "failed", done
-    assert done["error"]["code"] == "invalid_parameter"
-    assert "size" in done["error"]["message"]
-    assert done["finished_at"] is not None
+    assert done["error"]["code"] == "invalid_image"
+    assert "content" in done["error"]["message"]
+    assert done["finished_at"] is not None and done["attempts"] == 1
+
+
+def _client_id(services: Any, auth: dict[str, str]) -> int:
+    key = auth["Authorization"].removeprefix("Bearer ")
+    with services.db.session() as session:
+        return authenticate(session, key).client_id
 
 
 def _poll_until_preview(http: FlaskClient, auth: dict[str, str], job_id: str) -> bytes:
