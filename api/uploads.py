@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,12 +77,12 @@ def _params_object(raw_values: list[str]) -> dict[str, Any]:
     if raw.strip() == "":
         return {}
     try:
-        value = json.loads(raw)
-    except ValueError as exc:
+        value = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
         raise InvalidInputError(
             f"params: not valid JSON ({exc.msg} at position {exc.pos})"
             if isinstance(exc, json.JSONDecodeError)
-            else "params: not valid JSON",
+            else f"params: not valid JSON ({exc})",
             field="params",
             code="invalid_params",
         ) from None
@@ -91,6 +92,18 @@ def _params_object(raw_values: list[str]) -> dict[str, Any]:
             field="params",
             code="invalid_params",
         )
+    return value
+
+
+def _reject_constant(name: str) -> Any:
+    # Python's json accepts NaN and Infinity; JSON does not, and no parameter can use them.
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range for a number")
     return value
 
 
