@@ -118,7 +118,18 @@ def _read_image(
             code="file_too_large",
             details={"field": field, "max_bytes": max_bytes},
         )
-    image = decode_image(data, field=field, max_pixels=max_pixels)
+    try:
+        image = decode_image(data, field=field, max_pixels=max_pixels)
+    except InvalidInputError:
+        raise
+    except Exception as exc:
+        # Pillow's format plugins raise more than the documented errors on hostile
+        # files (e.g. NotImplementedError for an unknown DDS pixel format).
+        raise InvalidInputError(
+            f"{field}: not a readable image ({exc.__class__.__name__})",
+            field=field,
+            code="invalid_image",
+        ) from None
     return data, image.size
 
 

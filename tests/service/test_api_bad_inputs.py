@@ -41,6 +41,18 @@ def png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
 
 
+def dds_with_unknown_pixel_format() -> bytes:
+    """A DDS header whose FourCC Pillow does not know: its plugin raises NotImplementedError."""
+    pixel_format = struct.pack("<II4sIIIII", 32, 0x4, b"ZZZZ", 0, 0, 0, 0, 0)
+    header = (
+        struct.pack("<IIIIIII", 124, 0x1007, 4, 4, 0, 0, 0)
+        + b"\0" * 44
+        + pixel_format
+        + struct.pack("<IIIII", 0x1000, 0, 0, 0, 0)
+    )
+    return b"DDS " + header + b"\0" * 64
+
+
 def incompressible(n_bytes: int) -> bytes:
     # Random-looking bytes that still start like a PNG: only the size is wrong.
     return png_of(8, 8) + bytes((i * 7919) % 251 for i in range(n_bytes))
@@ -152,6 +164,13 @@ CASES = [
         "invalid_image",
         "style[0]",
         submit_with(styles=lambda im: [im("starry_night")[:300]]),
+    ),
+    Case(
+        "image a Pillow plugin chokes on",
+        400,
+        "invalid_image",
+        "content",
+        submit_with(content=lambda _: [dds_with_unknown_pixel_format()]),
     ),
     Case(
         "over the pixel limit",
