@@ -7,8 +7,9 @@
 
 Every transition is a conditional UPDATE on the row's current state, so two
 processes racing for the same job cannot both win: a worker claims a job only if
-it is queued (or its lease expired), and writes progress or an outcome only
-while it still holds the lease (same owner, same attempt number).
+it is queued (or running under an expired lease: a retry, with the attempt
+number incremented), and writes progress or an outcome only while it still
+holds the lease (same owner, same attempt number).
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any, cast
 
-from sqlalchemy import Connection, and_, bindparam, func, or_, select, update
+from sqlalchemy import ColumnElement, Connection, and_, bindparam, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -35,7 +37,7 @@ log = logging.getLogger(__name__)
 Enqueue = Callable[[uuid.UUID], None]
 
 
-class EventKind:
+class EventKind(StrEnum):
     """The kinds of ``job_events`` rows."""
 
     CREATED = "created"
@@ -273,7 +275,7 @@ def claim_job(
     return Claim(job_id, worker, attempt, dict(params), n_styles)
 
 
-def _held_by(claim: Claim) -> Any:
+def _held_by(claim: Claim) -> ColumnElement[bool]:
     return and_(
         Job.id == claim.job_id,
         Job.status == JobStatus.RUNNING,
@@ -332,7 +334,7 @@ def record_resumed(session: Session, claim: Claim, *, iteration: int) -> None:
     _record(session, claim, EventKind.RESUMED, iteration)
 
 
-def _record(session: Session, claim: Claim, kind: str, iteration: int) -> None:
+def _record(session: Session, claim: Claim, kind: EventKind, iteration: int) -> None:
     session.add(
         JobEvent(
             job_id=claim.job_id,
@@ -373,7 +375,7 @@ def _end(
     session: Session,
     claim: Claim,
     status: JobStatus,
-    kind: str,
+    kind: EventKind,
     values: dict[str, Any],
     now: datetime,
 ) -> None:
