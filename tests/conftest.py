@@ -6,7 +6,7 @@
             └─ database_url   (parametrised: each API test runs on both backends)
                  └─ settings ── app ── http (a Flask test client)
                                   └─ make_api_key / api_key / auth
-    celery_worker: a real `celery worker` subprocess on PostgreSQL, once per session.
+    worker_stack: a real `celery worker` subprocess, once per session and backend.
 
 A service that is not reachable skips the tests that need it, except under
 CI=true, where it fails them: CI must never pass by skipping.
@@ -200,18 +200,19 @@ class WorkerStack:
     log_path: Path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", params=["postgresql", "sqlite"])
 def worker_stack(
-    postgresql_url: str,
+    request: pytest.FixtureRequest,
     redis_url: str,
     redis_prefix: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[WorkerStack]:
-    """A real Celery worker process (prefork, one child) on PostgreSQL, once per session."""
+    """A real Celery worker process (prefork, one child), once per session and backend."""
+    backend = request.param
     env = service_env(
-        database_url=postgresql_url,
+        database_url=request.getfixturevalue(f"{backend}_url"),
         redis_url=redis_url,
-        redis_prefix=f"{redis_prefix}worker:",
+        redis_prefix=f"{redis_prefix}worker-{backend}:",
         data_dir=tmp_path_factory.mktemp("worker-data"),
     )
     settings = Settings.from_env(env)
@@ -235,7 +236,7 @@ def worker_stack(
         "--loglevel",
         "INFO",
         "--hostname",
-        f"test-{redis_prefix.strip(':')}@%h",
+        f"test-{redis_prefix.strip(':')}-{backend}@%h",
     ]
     with log_path.open("wb") as log:
         process = subprocess.Popen(
