@@ -268,3 +268,19 @@ def test_the_admin_key_from_the_environment_authenticates_as_an_admin_client(
     wrong = admin_app.test_client().get("/v1/jobs", headers={"Authorization": "Bearer sq_admin"})
     assert wrong.status_code == 401
     db.dispose()
+
+
+def test_with_the_database_down_readiness_and_requests_are_503(settings: Settings):
+    from dataclasses import replace
+
+    from api import create_app
+
+    broken = create_app(replace(settings, database_url="postgresql://nobody@127.0.0.1:1/none"))
+    client = broken.test_client()
+    ready = client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json["error"]["details"] == {"database": "unavailable", "redis": "ok"}
+    response = client.get("/v1/jobs", headers={"Authorization": "Bearer sq_whatever"})
+    assert response.status_code == 503
+    assert response.json["error"]["code"] == "service_unavailable"
+    broken.extensions[EXTENSION_KEY].db.dispose()
