@@ -13,7 +13,7 @@ import itertools
 import json
 import os
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from typing import Any
 import click
 
 from client import Job, JobStatus, StylequeueClient, StylequeueClientError, TransportError
-from client.progress import format_duration, format_progress
+from client.text import describe_job, format_progress, job_table
 
 ENV_URL = "STYLEQUEUE_URL"
 ENV_API_KEY = "STYLEQUEUE_API_KEY"
@@ -109,43 +109,6 @@ def _fail(exc: StylequeueClientError | OSError) -> click.ClickException:
 
 def _echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True))
-
-
-def _when(job_time: Any) -> str:
-    return "-" if job_time is None else job_time.isoformat(sep=" ", timespec="seconds")
-
-
-def describe_job(job: Job) -> str:
-    """A few lines about one job, for people."""
-    lines = [
-        f"id        {job.id}",
-        f"status    {job.status.value}",
-        f"progress  {format_progress(job)}",
-        f"attempts  {job.attempts}" + (f"  (worker {job.worker})" if job.worker else ""),
-        f"created   {_when(job.created_at)}",
-        f"started   {_when(job.started_at)}",
-        f"finished  {_when(job.finished_at)}",
-        f"waited    {format_duration(job.queue_seconds)}   ran {format_duration(job.run_seconds)}",
-    ]
-    if job.error is not None:
-        lines.append(f"error     {job.error.code}: {job.error.message}")
-    return "\n".join(lines)
-
-
-def job_table(jobs: Sequence[Job]) -> str:
-    """One line per job: id, status, percent, created time."""
-    rows = [("ID", "STATUS", "PROGRESS", "CREATED")]
-    rows += [
-        (job.id, job.status.value, f"{job.progress.percent:.0f}%", _when(job.created_at))
-        for job in jobs
-    ]
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True))
-        + "  "
-        + row[3]
-        for row in rows
-    )
 
 
 class _ProgressLine:

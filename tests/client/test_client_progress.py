@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from client import Job
-from client.progress import format_duration, format_progress, render_bar
+from client.text import format_duration, format_progress, render_bar
 
 JobJsonFactory = Callable[..., dict[str, Any]]
 

@@ -1,8 +1,13 @@
-"""A one-line text progress bar for a job, as pure functions (the CLI draws it on stderr)."""
+"""Jobs as plain text, as pure functions: the progress line, a description, a table.
+
+The command line prints these; a program using the client may too.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from datetime import datetime
 
 from client.models import Job, JobStatus
 
@@ -43,4 +48,41 @@ def format_progress(job: Job, width: int = DEFAULT_BAR_WIDTH) -> str:
         f"  it {iteration}/{iterations}"
         f"  ETA {format_duration(eta)}"
         f"  {job.status.value}"
+    )
+
+
+def _when(job_time: datetime | None) -> str:
+    return "-" if job_time is None else job_time.isoformat(sep=" ", timespec="seconds")
+
+
+def describe_job(job: Job) -> str:
+    """A few lines about one job, for people."""
+    lines = [
+        f"id        {job.id}",
+        f"status    {job.status.value}",
+        f"progress  {format_progress(job)}",
+        f"attempts  {job.attempts}" + (f"  (worker {job.worker})" if job.worker else ""),
+        f"created   {_when(job.created_at)}",
+        f"started   {_when(job.started_at)}",
+        f"finished  {_when(job.finished_at)}",
+        f"waited    {format_duration(job.queue_seconds)}   ran {format_duration(job.run_seconds)}",
+    ]
+    if job.error is not None:
+        lines.append(f"error     {job.error.code}: {job.error.message}")
+    return "\n".join(lines)
+
+
+def job_table(jobs: Sequence[Job]) -> str:
+    """One line per job: id, status, percent, created time."""
+    rows = [("ID", "STATUS", "PROGRESS", "CREATED")]
+    rows += [
+        (job.id, job.status.value, f"{job.progress.percent:.0f}%", _when(job.created_at))
+        for job in jobs
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True))
+        + "  "
+        + row[3]
+        for row in rows
     )
