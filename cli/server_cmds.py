@@ -131,7 +131,7 @@ def worker(loglevel: str) -> None:
 @click.command()
 @click.option("--loglevel", default="INFO", show_default=True)
 def scheduler(loglevel: str) -> None:
-    """Run the periodic reconciler (celery beat): re-enqueues queued jobs the broker lost."""
+    """Run the periodic reconciler (celery beat): re-enqueues lost and orphaned jobs."""
     settings = _settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     os.execv(sys.executable, scheduler_argv(settings, loglevel))
