@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import warnings
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from shared.errors import InvalidInputError
 
@@ -39,22 +39,34 @@ def decode_image(
             img.load()
     except InvalidInputError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InvalidInputError(
-            f"{field}: not a readable image ({exc.__class__.__name__})",
-            field=field,
-            code="invalid_image",
-        ) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise InvalidInputError(
             f"{field}: the image is too large to decode safely",
             field=field,
             code="image_too_large",
         ) from None
+    except Exception as exc:  # Pillow's decoders raise many kinds; all mean "not readable"
+        raise InvalidInputError(
+            f"{field}: not a readable image ({exc.__class__.__name__})",
+            field=field,
+            code="invalid_image",
+        ) from None
     if img.width < 1 or img.height < 1:
         raise InvalidInputError(
             f"{field}: the image has no pixels", field=field, code="invalid_image"
         )
+    try:
+        return _to_rgb(img)
+    except Exception as exc:  # an exotic mode Pillow decodes but cannot convert
+        raise InvalidInputError(
+            f"{field}: unsupported image mode {img.mode} ({exc.__class__.__name__})",
+            field=field,
+            code="invalid_image",
+        ) from None
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """RGB pixels; transparency is flattened onto white."""
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

@@ -41,7 +41,7 @@ MAX_STYLES = 8  # style images per job
 class StyleParams(BaseModel):
     """The knobs of one style transfer, as a job stores them (every default filled in)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, allow_inf_nan=False)
 
     size: int = Field(
         DEFAULT_SIZE_PX,
