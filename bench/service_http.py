@@ -279,12 +279,15 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=GunicornConfig.workers)
     parser.add_argument("--threads", type=int, default=GunicornConfig.threads)
     parser.add_argument("--worker-class", default=GunicornConfig.worker_class, help="gunicorn -k")
+    parser.add_argument("--access-log", action="store_true", help="gunicorn's access log on")
     parser.add_argument("--quick", action="store_true", help="a small smoke run")
     parser.add_argument("--no-dispatch", action="store_true", help="skip the Celery worker phase")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON at the end")
     args = parser.parse_args()
     plan = Plan.quick() if args.quick else Plan()
-    gunicorn = GunicornConfig(args.workers, args.threads, args.worker_class)
+    gunicorn = GunicornConfig(
+        args.workers, args.threads, args.worker_class, access_log=args.access_log
+    )
     print(f"{gunicorn.describe()} on {os.cpu_count()} CPUs; load generator on loopback", flush=True)
     figures = run(plan, gunicorn, dispatch=not args.no_dispatch)
     print("\n".join(verdicts(figures)))

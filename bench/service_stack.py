@@ -43,11 +43,20 @@ class GunicornConfig:
     threads: int = 4  # overlap the PostgreSQL, Redis and fsync waits within a worker
     worker_class: str = "gthread"
     app: str = "api.wsgi:app"  # what `stylequeue api` serves: create_app() with logging set up
+    access_log: bool = False  # off by default in `stylequeue api` too (--access-log turns it on)
+
+    def argv(self, host: str, port: int) -> list[str]:
+        return [
+            sys.executable, "-m", "gunicorn", "-k", self.worker_class, "-w", str(self.workers),
+            "--threads", str(self.threads), "-b", f"{host}:{port}", "--keep-alive", "30",
+            *(["--access-logfile", "-"] if self.access_log else []), self.app,
+        ]  # fmt: skip
 
     def describe(self) -> str:
+        log = " --access-logfile -" if self.access_log else ""
         return (
-            f"gunicorn -k {self.worker_class} -w {self.workers} --threads {self.threads} "
-            f"--access-logfile - {self.app}"
+            f"gunicorn -k {self.worker_class} -w {self.workers} --threads {self.threads}"
+            f"{log} {self.app}"
         )
 
 
@@ -158,12 +167,8 @@ def running_stack(gunicorn: GunicornConfig) -> Iterator[Stack]:
             log = data_dir / "gunicorn.log"
             with open(log, "wb") as log_file:
                 stack.processes["api"] = subprocess.Popen(
-                    [sys.executable, "-m", "gunicorn", "-k", gunicorn.worker_class,
-                     "-w", str(gunicorn.workers), "--threads", str(gunicorn.threads),
-                     "-b", f"{stack.host}:{stack.port}", "--keep-alive", "30",
-                     # Access log on, as `stylequeue api` runs it: its cost is part of a request.
-                     "--access-logfile", "-", gunicorn.app],
-                    env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+                    gunicorn.argv(stack.host, stack.port), env=env, stdout=log_file,
+                    stderr=subprocess.STDOUT, start_new_session=True,
                 )  # fmt: skip
             try:
                 _wait_ready(f"{stack.base_url}/readyz", stack.processes["api"], log)
