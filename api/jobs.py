@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 from flask import Blueprint, Response, request, send_file
 
 from api.auth import current_principal
-from api.schemas import JobList, JobOut
+from api.job_json import job_dict, job_json
 from api.services import db_session, read_connection, read_session, services
 from api.uploads import read_idempotency_key, read_submission
 from shared import jobs
-from shared.celery_app import enqueue_job
 from shared.errors import ConflictError, InvalidInputError, NotFoundError
-from shared.models import Job, JobRecord, JobStatus
+from shared.models import Job, JobRecord, JobStatus, utcnow
 from shared.pagination import Cursor, parse_limit
 from shared.storage import PREVIEW_FILE, RESULT_FILE
 
@@ -21,9 +21,7 @@ blueprint = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
 
 def _job_response(job: JobRecord, status: int = 200) -> Response:
-    # Serialised by pydantic in one step (the hottest path: every poll).
-    body = JobOut.from_job(job).model_dump_json(by_alias=True)
-    return Response(body, status=status, mimetype="application/json")
+    return Response(job_json(job), status=status, mimetype="application/json")
 
 
 @blueprint.post("")
@@ -50,7 +48,7 @@ def submit_job() -> Response:
         content=submission.content,
         styles=submission.styles,
         idempotency_key=key,
-        enqueue=lambda job_id: enqueue_job(svc.celery, job_id),
+        enqueue=svc.publisher.publish,
     )
     if not created:
         return _replayed(job)
@@ -89,8 +87,9 @@ def list_jobs() -> Response:
         limit=parse_limit(request.args.get("limit")),
         cursor=Cursor.decode(raw_cursor) if raw_cursor else None,
     )
-    body = JobList(jobs=[JobOut.from_job(j) for j in page.jobs], next_cursor=page.next_cursor)
-    return Response(body.model_dump_json(by_alias=True), mimetype="application/json")
+    now = utcnow()
+    body = {"jobs": [job_dict(j, now) for j in page.jobs], "next_cursor": page.next_cursor}
+    return Response(json.dumps(body, separators=(",", ":")), mimetype="application/json")
 
 
 @blueprint.get("/<job_id>")

@@ -51,8 +51,8 @@ class JobOut(BaseModel):
     urls: JobUrls
 
     @classmethod
-    def from_job(cls, job: JobRecord) -> JobOut:
-        now = utcnow()
+    def from_job(cls, job: JobRecord, now: datetime | None = None) -> JobOut:
+        now = now or utcnow()
         base = f"/v1/jobs/{job.id}"
         queue_end = job.started_at or job.finished_at or now
         run_seconds = None

@@ -11,7 +11,7 @@ from flask import Flask, current_app, g
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
-from shared.celery_app import create_celery
+from shared.celery_app import JobPublisher, create_celery
 from shared.db import Database
 from shared.settings import Settings
 from shared.storage import LocalStorage
@@ -26,6 +26,7 @@ class Services:
     db: Database
     storage: LocalStorage
     celery: Celery
+    publisher: JobPublisher  # submits enqueue through this: one LPUSH each
     redis: redis.Redis
 
     @classmethod
@@ -35,6 +36,7 @@ class Services:
             db=Database(settings.database_url),
             storage=LocalStorage(settings.data_dir),
             celery=create_celery(settings),
+            publisher=JobPublisher(settings),
             redis=redis.Redis.from_url(
                 settings.redis_url,
                 socket_timeout=REDIS_TIMEOUT_SECONDS,

@@ -1,0 +1,130 @@
+"""The hand-built job JSON (api.job_json) and the documented pydantic schema (JobOut) agree."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from api.job_json import job_dict, job_json
+from api.schemas import JobOut
+from shared.models import JobStatus
+from shared.params import parse_params
+
+NOW = datetime(2026, 11, 27, 22, 0, 0, 123456, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Record:
+    """A jobs row as read_job returns it (the JobRecord protocol)."""
+
+    id: uuid.UUID = field(default_factory=uuid.uuid4)
+    client_id: int = 1
+    status: JobStatus = JobStatus.QUEUED
+    params: dict[str, Any] = field(
+        default_factory=lambda: parse_params({"size": 64}).model_dump(mode="json")
+    )
+    iteration: int = 0
+    iterations: int = 300
+    percent: float = 0.0
+    eta_seconds: float | None = None
+    attempts: int = 0
+    worker: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    created_at: datetime = NOW - timedelta(seconds=7.25)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+QUEUED = Record()
+RUNNING = replace(
+    QUEUED,
+    status=JobStatus.RUNNING,
+    iteration=120,
+    percent=40.0,
+    eta_seconds=3.5,
+    attempts=1,
+    worker="celery@gpu0",
+    started_at=NOW - timedelta(seconds=2, microseconds=1),
+)
+SUCCEEDED = replace(
+    RUNNING,
+    status=JobStatus.SUCCEEDED,
+    iteration=300,
+    percent=100.0,
+    eta_seconds=0.0,
+    finished_at=NOW - timedelta(seconds=1),
+)
+FAILED = replace(
+    RUNNING,
+    status=JobStatus.FAILED,
+    attempts=2,
+    error_code="out_of_memory",
+    error_message="CUDA out of memory",
+    finished_at=NOW.replace(microsecond=0),
+)
+CANCELED_WHILE_QUEUED = replace(QUEUED, status=JobStatus.CANCELED, finished_at=NOW)
+FAILED_WITHOUT_MESSAGE = replace(FAILED, error_message=None)
+BLENDED = replace(
+    QUEUED,
+    params=parse_params(
+        {
+            "style_blend": [0.25, 0.75],
+            "content_weight": 1e-3,
+            "style_weight": 1e9,
+            "tv_weight": 1e-7,
+        }
+    ).model_dump(mode="json"),
+)
+# PostgreSQL's JSONB hands keys back in its own order, and an older row may lack a parameter.
+REORDERED_AND_OLD = replace(
+    QUEUED,
+    params={k: v for k, v in sorted(QUEUED.params.items(), reverse=True) if k != "seed"},
+)
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        QUEUED,
+        RUNNING,
+        SUCCEEDED,
+        FAILED,
+        CANCELED_WHILE_QUEUED,
+        FAILED_WITHOUT_MESSAGE,
+        BLENDED,
+        REORDERED_AND_OLD,
+    ],
+    ids=["queued", "running", "succeeded", "failed", "canceled", "no-message", "blend", "old"],
+)
+def test_job_json_equals_the_pydantic_schema_text(record: Record) -> None:
+    by_pydantic = JobOut.from_job(record, NOW).model_dump_json(by_alias=True)
+    # Same keys in the same order, same values (numbers may differ only in how an
+    # exponent is spelt: 1e-7 against 1e-07), same timestamp text.
+    assert _pairs(job_json(record, NOW)) == _pairs(by_pydantic)
+    assert JobOut.model_validate_json(job_json(record, NOW)) == JobOut.from_job(record, NOW)
+
+
+def _pairs(text: str) -> Any:
+    return json.loads(text, object_pairs_hook=list)
+
+
+def test_job_json_timings_are_measured_at_now() -> None:
+    later = NOW + timedelta(seconds=10)
+    running = job_dict(RUNNING, later)
+    assert running["queue_seconds"] == pytest.approx(5.25 - 0.000001)
+    assert running["run_seconds"] == pytest.approx(12.000001)
+    queued = json.loads(job_json(QUEUED, later))
+    assert queued["queue_seconds"] == pytest.approx(17.25)
+    assert queued["run_seconds"] is None
+    assert queued["created_at"] == "2026-11-27T21:59:52.873456Z"
+
+
+def test_a_parameter_the_schema_dropped_is_not_shown() -> None:
+    stale = replace(QUEUED, params={**QUEUED.params, "retired_knob": 3})
+    assert "retired_knob" not in job_dict(stale, NOW)["params"]
