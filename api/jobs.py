@@ -9,7 +9,7 @@ from flask import Blueprint, Response, request, send_file
 
 from api.auth import current_principal
 from api.job_json import job_dict, job_json
-from api.services import db_session, read_connection, read_session, services
+from api.services import db_session, read_session, services
 from api.uploads import read_idempotency_key, read_submission
 from shared import jobs
 from shared.errors import ConflictError, InvalidInputError, NotFoundError
@@ -95,7 +95,7 @@ def list_jobs() -> Response:
 @blueprint.get("/<job_id>")
 def get_job(job_id: str) -> Response:
     principal = current_principal()
-    job = jobs.read_job(read_connection(), jobs.parse_job_id(job_id), client_id=principal.client_id)
+    job = jobs.poll_job(services().db, jobs.parse_job_id(job_id), client_id=principal.client_id)
     return _job_response(job)
 
 

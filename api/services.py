@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import redis
 from celery import Celery
 from flask import Flask, current_app, g
-from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from shared.celery_app import JobPublisher, create_celery
@@ -64,15 +63,6 @@ def read_session() -> Session:
     return _session("db_read_session", services().db.read_sessions)
 
 
-def read_connection() -> Connection:
-    """This request's autocommit connection, for reads without the ORM."""
-    connection: Connection | None = g.get("db_read_connection")
-    if connection is None:
-        connection = services().db.read_engine.connect()
-        g.db_read_connection = connection
-    return connection
-
-
 def _session(name: str, factory: Callable[[], Session]) -> Session:
     session: Session | None = g.get(name)
     if session is None:
@@ -82,7 +72,7 @@ def _session(name: str, factory: Callable[[], Session]) -> Session:
 
 
 def _close_session(_exc: BaseException | None) -> None:
-    for name in ("db_session", "db_read_session", "db_read_connection"):
-        resource: Session | Connection | None = g.pop(name, None)
+    for name in ("db_session", "db_read_session"):
+        resource: Session | None = g.pop(name, None)
         if resource is not None:
             resource.close()

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import (
     ColumnElement,
@@ -37,6 +37,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from shared.db import Database
 from shared.errors import LeaseLostError, NotFoundError
 from shared.models import Job, JobEvent, JobRecord, JobStatus, utcnow
 from shared.pagination import Cursor
@@ -218,6 +219,47 @@ def read_job(connection: Connection, job_id: uuid.UUID, *, client_id: int | None
     if row is None or (client_id is not None and row.client_id != client_id):
         raise NotFoundError(f"no job {job_id}", code="job_not_found")
     return cast(JobRecord, row)
+
+
+class PolledJob(NamedTuple):
+    """The columns a job's JSON needs (the JobRecord protocol), read by ``poll_job``."""
+
+    id: uuid.UUID
+    client_id: int
+    status: JobStatus
+    params: dict[str, Any]
+    iteration: int
+    iterations: int
+    percent: float
+    eta_seconds: float | None
+    attempts: int
+    worker: str | None
+    error_code: str | None
+    error_message: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+_POLL_JOB_SQL = f"SELECT {', '.join(PolledJob._fields)} FROM jobs WHERE id = %s"
+
+
+def poll_job(db: Database, job_id: uuid.UUID, *, client_id: int | None) -> JobRecord:
+    """Like ``read_job``, on the cheapest path there is: every poll comes here.
+
+    On PostgreSQL, one prepared SELECT on this thread's own driver connection
+    (``Database.thread_connections``); elsewhere the Core read.
+    """
+    if db.thread_connections is None:
+        with db.read_engine.connect() as connection:
+            return read_job(connection, job_id, client_id=client_id)
+    row = db.thread_connections.fetch_one(_POLL_JOB_SQL, (job_id,))
+    if row is None or (client_id is not None and row[1] != client_id):
+        raise NotFoundError(f"no job {job_id}", code="job_not_found")
+    job = PolledJob._make(row)
+    # The driver returns the status as text (and timestamps in the session's zone:
+    # the JSON converts them to UTC).
+    return job._replace(status=JobStatus(job.status))
 
 
 @dataclass(frozen=True)
