@@ -13,6 +13,7 @@ from api.services import db_session, read_session, services
 from api.uploads import read_idempotency_key, read_submission
 from shared import jobs
 from shared.errors import ConflictError, InvalidInputError, NotFoundError
+from shared.logging import log_cancel_requested, log_job_created
 from shared.models import Job, JobRecord, JobStatus, utcnow
 from shared.pagination import Cursor, parse_limit
 from shared.storage import PREVIEW_FILE, RESULT_FILE
@@ -52,6 +53,7 @@ def submit_job() -> Response:
     )
     if not created:
         return _replayed(job)
+    log_job_created(job.id, client_id=principal.client_id, n_styles=len(submission.styles))
     response = _job_response(job, 202)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return response
@@ -103,6 +105,7 @@ def get_job(job_id: str) -> Response:
 def cancel_job(job_id: str) -> Response:
     principal = current_principal()
     job = jobs.cancel_job(db_session(), jobs.parse_job_id(job_id), client_id=principal.client_id)
+    log_cancel_requested(job.id, client_id=principal.client_id, status=job.status.value)
     return _job_response(job)
 
 

@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeVar, cast
+from typing import Literal, TypedDict, TypeVar, cast
 
 from shared.errors import ConfigError
 from shared.images import DEFAULT_MAX_IMAGE_PIXELS
@@ -29,11 +29,16 @@ DEFAULT_PREVIEW_SECONDS = 5.0  # a preview PNG at most this often
 DEFAULT_CHECKPOINT_SECONDS = 30.0  # a resumable engine checkpoint at most this often
 DEFAULT_REQUEUE_AFTER_SECONDS = 300.0  # a queued job untouched this long is enqueued again
 DEFAULT_RECONCILE_SECONDS = 60.0  # how often the scheduler runs the reconciler
+DEFAULT_LOG_LEVEL = "INFO"
 
 Device = Literal["auto", "cpu", "cuda"]
 Weights = Literal["caffe", "torchvision"]
+LogFormat = Literal["text", "json"]
+DEFAULT_LOG_FORMAT: LogFormat = "text"  # a human-readable line per event; "json": JSON lines
 DEVICES: tuple[Device, ...] = ("auto", "cpu", "cuda")
 WEIGHTS: tuple[Weights, ...] = ("caffe", "torchvision")
+LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 T = TypeVar("T")
 
@@ -58,6 +63,8 @@ class Settings:
     checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS
     requeue_after_seconds: float = DEFAULT_REQUEUE_AFTER_SECONDS
     reconcile_seconds: float = DEFAULT_RECONCILE_SECONDS
+    log_level: str | None = None  # None: DEFAULT_LOG_LEVEL, or a Celery worker's --loglevel
+    log_format: LogFormat = DEFAULT_LOG_FORMAT
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -99,6 +106,7 @@ class Settings:
             reconcile_seconds=reader.get(
                 "RECONCILE_SECONDS", DEFAULT_RECONCILE_SECONDS, _positive_float
             ),
+            **log_options_from_env(env),
         )
 
     @property
@@ -110,6 +118,26 @@ class Settings:
 
 
 FORM_OVERHEAD_BYTES = 1024 * 1024  # multipart boundaries, headers and the params JSON
+
+
+class LogOptions(TypedDict):
+    log_level: str | None
+    log_format: LogFormat
+
+
+def log_options_from_env(environ: Mapping[str, str] | None = None) -> LogOptions:
+    """Just the logging settings: a process configures its logging before anything else.
+
+    ``log_level`` is None when STYLEQUEUE_LOG_LEVEL is unset, so that a process
+    with a level of its own (Celery's ``--loglevel``) can tell.
+    """
+    reader = _EnvReader(os.environ if environ is None else environ)
+    return {
+        "log_level": reader.get("LOG_LEVEL", None, _log_level),
+        "log_format": cast(
+            LogFormat, reader.get("LOG_FORMAT", str(DEFAULT_LOG_FORMAT), _choice(LOG_FORMATS))
+        ),
+    }
 
 
 class _EnvReader:
@@ -153,6 +181,13 @@ def _positive_float(raw: str) -> float:
     if not value > 0:
         raise ValueError("must be a positive number")
     return value
+
+
+def _log_level(raw: str) -> str:
+    level = raw.upper()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+    return level
 
 
 def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:

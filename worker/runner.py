@@ -23,7 +23,8 @@ from shared import jobs
 from shared.db import Database
 from shared.errors import ClientError, EngineError, LeaseLostError, ParameterError
 from shared.images import decode_image
-from shared.jobs import Claim
+from shared.jobs import Claim, EventKind
+from shared.logging import job_event
 from shared.params import StyleParams
 from shared.settings import Settings
 from shared.storage import (
@@ -107,14 +108,28 @@ def run_job(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
             session, job_id, worker=ctx.name, lease_seconds=ctx.settings.lease_seconds
         )
         if claim is None:
-            log.info("job %s is not claimable (running elsewhere, finished or unknown)", job_id)
+            log.info(
+                "job %s is not claimable (running elsewhere, finished or unknown)",
+                job_id,
+                extra=job_event(Outcome.SKIPPED, job_id, worker=ctx.name),
+            )
             return Outcome.SKIPPED
-        log.info("job %s claimed by %s, attempt %d", job_id, ctx.name, claim.attempt)
+        log.info(
+            "job %s claimed by %s, attempt %d",
+            job_id,
+            ctx.name,
+            claim.attempt,
+            extra=job_event(EventKind.CLAIMED, job_id, worker=ctx.name, attempt=claim.attempt),
+        )
         reporter = JobReporter(ctx, session, claim)
         try:
             return _run_claimed(ctx, session, claim, reporter)
         except LeaseLostError:
-            log.warning("job %s: lease lost; stopping without writing", job_id)
+            log.warning(
+                "job %s: lease lost; stopping without writing",
+                job_id,
+                extra=job_event(Outcome.LEASE_LOST, job_id, **_who(ctx, claim)),
+            )
             return Outcome.LEASE_LOST
 
 
@@ -131,15 +146,27 @@ def _run_claimed(
             raise LeaseLostError(f"lost the lease on job {claim.job_id}") from None
         jobs.cancel_running_job(session, claim, iteration=exc.state.iteration)
         ctx.storage.delete(claim.job_id, CHECKPOINT_FILE)
-        log.info("job %s canceled at iteration %d", claim.job_id, exc.state.iteration)
+        log.info(
+            "job %s canceled at iteration %d",
+            claim.job_id,
+            exc.state.iteration,
+            extra=job_event(
+                EventKind.CANCELED, claim.job_id, iteration=exc.state.iteration, **_who(ctx, claim)
+            ),
+        )
         return Outcome.CANCELED
     except (EngineError, ClientError) as exc:
-        return _fail(session, claim, exc.code, exc.message)
+        return _fail(ctx, session, claim, exc.code, exc.message)
     except LeaseLostError:
         raise
     except Exception as exc:
-        log.exception("job %s: unexpected error", claim.job_id)
+        log.exception(
+            "job %s: unexpected error",
+            claim.job_id,
+            extra=job_event("unexpected_error", claim.job_id, **_who(ctx, claim)),
+        )
         return _fail(
+            ctx,
             session,
             claim,
             UNEXPECTED_ERROR_CODE,
@@ -147,8 +174,17 @@ def _run_claimed(
         )
     jobs.finish_job(session, claim)
     ctx.storage.delete(claim.job_id, CHECKPOINT_FILE)
-    log.info("job %s succeeded", claim.job_id)
+    log.info(
+        "job %s succeeded",
+        claim.job_id,
+        extra=job_event(EventKind.SUCCEEDED, claim.job_id, **_who(ctx, claim)),
+    )
     return Outcome.SUCCEEDED
+
+
+def _who(ctx: WorkerContext, claim: Claim) -> dict[str, object]:
+    # The fields every worker-side job event carries in the JSON log.
+    return {"worker": ctx.name, "attempt": claim.attempt}
 
 
 def _transfer(
@@ -180,14 +216,25 @@ def _transfer(
         if exc.field != "resume":
             raise
         # Saved by a worker with other weights or another engine version: start over.
-        log.warning("job %s: checkpoint does not fit (%s); starting over", claim.job_id, exc)
+        log.warning(
+            "job %s: checkpoint does not fit (%s); starting over",
+            claim.job_id,
+            exc,
+            extra=job_event("checkpoint_discarded", claim.job_id, **_who(ctx, claim)),
+        )
         return run(None)
 
 
-def _fail(session: Session, claim: Claim, code: str, message: str) -> Outcome:
+def _fail(ctx: WorkerContext, session: Session, claim: Claim, code: str, message: str) -> Outcome:
     session.rollback()  # whatever the failed step left half-done in the session
     jobs.fail_job(session, claim, code=code, message=message)
-    log.info("job %s failed: %s: %s", claim.job_id, code, message)
+    log.info(
+        "job %s failed: %s: %s",
+        claim.job_id,
+        code,
+        message,
+        extra=job_event(EventKind.FAILED, claim.job_id, error_code=code, **_who(ctx, claim)),
+    )
     return Outcome.FAILED
 
 
@@ -209,9 +256,21 @@ def _load_checkpoint(ctx: WorkerContext, session: Session, claim: Claim) -> Engi
     try:
         state = EngineState.from_bytes(ctx.storage.get(claim.job_id, CHECKPOINT_FILE))
     except ClientError as exc:  # a torn or foreign checkpoint: start over rather than fail
-        log.warning("job %s: ignoring its checkpoint (%s)", claim.job_id, exc.message)
+        log.warning(
+            "job %s: ignoring its checkpoint (%s)",
+            claim.job_id,
+            exc.message,
+            extra=job_event("checkpoint_discarded", claim.job_id, **_who(ctx, claim)),
+        )
         return None
-    log.info("job %s: resuming from iteration %d", claim.job_id, state.iteration)
+    log.info(
+        "job %s resumed from iteration %d",
+        claim.job_id,
+        state.iteration,
+        extra=job_event(
+            EventKind.RESUMED, claim.job_id, iteration=state.iteration, **_who(ctx, claim)
+        ),
+    )
     jobs.record_resumed(session, claim, iteration=state.iteration)
     return state
 
@@ -256,7 +315,11 @@ class JobReporter:
             self._last_heartbeat = now
             self._heartbeat(progress, now)
         if now >= self._lease_until:
-            log.warning("job %s: could not renew the lease in time; stopping", self._claim.job_id)
+            log.warning(
+                "job %s: could not renew the lease in time; stopping",
+                self._claim.job_id,
+                extra=self._event("lease_expired"),
+            )
             self.lease_lost = True
         if self.should_stop():
             return
@@ -274,6 +337,15 @@ class JobReporter:
     def _save_checkpoint(self, progress: Progress) -> None:
         self._ctx.storage.put(self._claim.job_id, CHECKPOINT_FILE, progress.state().to_bytes())
         jobs.record_checkpoint(self._session, self._claim, iteration=progress.iteration)
+        log.info(
+            "job %s checkpoint at iteration %d",
+            self._claim.job_id,
+            progress.iteration,
+            extra=self._event(EventKind.CHECKPOINT, iteration=progress.iteration),
+        )
+
+    def _event(self, event: str, **fields: object) -> dict[str, object]:
+        return job_event(event, self._claim.job_id, **_who(self._ctx, self._claim), **fields)
 
     def _best_effort(self, what: str, save: Callable[[Progress], None], progress: Progress) -> None:
         # A full disk or a database hiccup costs a preview or a checkpoint, not the job.
@@ -281,7 +353,13 @@ class JobReporter:
             save(progress)
         except (OSError, SQLAlchemyError):
             self._session.rollback()
-            log.warning("job %s: could not save a %s", self._claim.job_id, what, exc_info=True)
+            log.warning(
+                "job %s: could not save a %s",
+                self._claim.job_id,
+                what,
+                exc_info=True,
+                extra=self._event(f"{what}_failed"),
+            )
 
     def _heartbeat(self, progress: Progress, now: float) -> None:
         try:
@@ -295,7 +373,12 @@ class JobReporter:
             )
             self._lease_until = now + self._ctx.settings.lease_seconds
         except LeaseLostError:
-            self.lease_lost = True
+            self.lease_lost = True  # run_job logs it once the engine has stopped
         except Exception:  # a database hiccup: keep computing, the next heartbeat retries
             self._session.rollback()
-            log.warning("job %s: heartbeat failed", self._claim.job_id, exc_info=True)
+            log.warning(
+                "job %s: heartbeat failed",
+                self._claim.job_id,
+                exc_info=True,
+                extra=self._event("heartbeat_failed"),
+            )

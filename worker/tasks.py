@@ -7,10 +7,12 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from celery import Task, current_app, shared_task
-from celery.signals import worker_process_init
+from celery.signals import celeryd_init, setup_logging, worker_process_init
 
 from shared import jobs
 from shared.celery_app import RECONCILE_TASK, RUN_JOB_TASK, enqueue_job, settings_of
+from shared.jobs import EventKind
+from shared.logging import configure_logging, job_event
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -31,6 +33,21 @@ def _worker_context(settings_app: Celery) -> WorkerContext:
     if _context is None:
         _context = make_context(settings_of(settings_app))
     return _context
+
+
+@celeryd_init.connect
+def configure_logging_first(options: dict[str, Any] | None = None, **_: Any) -> None:
+    """Our log format before the worker's first line (its warning when run as root comes next)."""
+    configure_logging(fallback_level=(options or {}).get("loglevel"))
+
+
+@setup_logging.connect
+def use_stylequeue_logging(loglevel: int | str | None = None, **_: Any) -> None:
+    """Celery's lines and ours in one format: text, or JSON with STYLEQUEUE_LOG_FORMAT=json.
+
+    Connected, this signal also keeps Celery from installing handlers of its own.
+    """
+    configure_logging(fallback_level=loglevel)
 
 
 @worker_process_init.connect
@@ -68,6 +85,10 @@ def reconcile(self: Task) -> int:
             )
     finally:
         db.dispose()
-    if requeued:
-        log.info("re-enqueued %d queued jobs: %s", len(requeued), ", ".join(map(str, requeued)))
+    for job_id in requeued:
+        log.info(
+            "job %s re-enqueued by the reconciler",
+            job_id,
+            extra=job_event(EventKind.REQUEUED, job_id),
+        )
     return len(requeued)
