@@ -82,6 +82,24 @@ def test_the_api_healthcheck_uses_healthz_and_readyz(compose: dict[str, Any]) ->
     assert "/healthz" in test and "/readyz" in test
 
 
+def test_every_long_running_service_has_a_healthcheck(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        if name != "migrate":  # one-shot: the others wait for it to complete
+            assert "test" in service.get("healthcheck", {}), f"{name} has no healthcheck"
+
+
+def test_the_scheduler_runs_celery_beat_and_is_pinged_like_a_worker(
+    compose: dict[str, Any],
+) -> None:
+    from cli.server_cmds import scheduler_argv
+    from shared.settings import Settings
+
+    services = compose["services"]
+    assert services["scheduler"]["command"] == ["stylequeue", "scheduler"]
+    assert "--beat" in scheduler_argv(Settings(database_url="sqlite://"))
+    assert services["scheduler"]["healthcheck"]["test"] == services["worker"]["healthcheck"]["test"]
+
+
 def test_every_healthcheck_duration_is_a_go_duration(compose: dict[str, Any]) -> None:
     for name, service in compose["services"].items():
         for key in ("interval", "timeout", "start_period"):
