@@ -9,6 +9,7 @@ from flask import Blueprint, Response, request, send_file
 
 from api.auth import current_principal
 from api.job_json import job_dict, job_json
+from api.multipart import read_form
 from api.services import db_session, read_session, services
 from api.uploads import read_idempotency_key, read_submission
 from shared import jobs
@@ -36,8 +37,7 @@ def submit_job() -> Response:
         if replay is not None:
             return _replayed(replay)
     submission = read_submission(
-        request.files,
-        request.form,
+        read_form(request),
         max_upload_bytes=svc.settings.max_upload_bytes,
         max_image_pixels=svc.settings.max_image_pixels,
     )

@@ -7,8 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from werkzeug.datastructures import FileStorage, ImmutableMultiDict
-
+from api.multipart import Form
 from shared.errors import InvalidInputError, PayloadTooLargeError
 from shared.images import decode_image
 from shared.params import MAX_STYLES, StyleParams, check_style_blend, parse_params
@@ -26,16 +25,10 @@ class Submission:
     styles: list[bytes]
 
 
-def read_submission(
-    files: ImmutableMultiDict[str, FileStorage],
-    form: ImmutableMultiDict[str, str],
-    *,
-    max_upload_bytes: int,
-    max_image_pixels: int,
-) -> Submission:
+def read_submission(form: Form, *, max_upload_bytes: int, max_image_pixels: int) -> Submission:
     """Validate every part or raise the first problem as a 4xx naming the field."""
-    contents = files.getlist("content")
-    styles = files.getlist("style")
+    contents = form.files.get("content", [])
+    styles = form.files.get("style", [])
     if not contents:
         raise InvalidInputError(
             "content: a content image is required", field="content", code="missing_content"
@@ -55,15 +48,13 @@ def read_submission(
             code="too_many_styles",
             details={"max_styles": MAX_STYLES},
         )
-    params = parse_params(_params_object(form.getlist("params")))
+    params = parse_params(_params_object(form.fields.get("params", [])))
     check_style_blend(params, len(styles))
-    content, content_size = _read_image(contents[0], "content", max_upload_bytes, max_image_pixels)
+    content_size = _check_image(contents[0], "content", max_upload_bytes, max_image_pixels)
     check_output_size(*content_size, params.size)
-    style_bytes = [
-        _read_image(f, f"style[{i}]", max_upload_bytes, max_image_pixels)[0]
-        for i, f in enumerate(styles)
-    ]
-    return Submission(params=params, content=content, styles=style_bytes)
+    for i, style in enumerate(styles):
+        _check_image(style, f"style[{i}]", max_upload_bytes, max_image_pixels)
+    return Submission(params=params, content=contents[0], styles=styles)
 
 
 def _params_object(raw_values: list[str]) -> dict[str, Any]:
@@ -107,11 +98,8 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _read_image(
-    upload: FileStorage, field: str, max_bytes: int, max_pixels: int
-) -> tuple[bytes, tuple[int, int]]:
-    """The file's bytes and its (width, height), once it has decoded as an image."""
-    data = upload.stream.read(max_bytes + 1)
+def _check_image(data: bytes, field: str, max_bytes: int, max_pixels: int) -> tuple[int, int]:
+    """The image's (width, height), once it has decoded; the first problem as a 4xx."""
     if len(data) > max_bytes:
         raise PayloadTooLargeError(
             f"{field}: the file is over the limit of {max_bytes} bytes",
@@ -130,7 +118,7 @@ def _read_image(
             field=field,
             code="invalid_image",
         ) from None
-    return data, image.size
+    return image.size
 
 
 def read_idempotency_key(raw: str | None) -> str | None:
