@@ -50,6 +50,7 @@ def submit_job() -> Response:
         styles=submission.styles,
         idempotency_key=key,
         enqueue=svc.publisher.publish,
+        driver=svc.db.thread_connections,
     )
     if not created:
         return _replayed(job)

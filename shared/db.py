@@ -11,7 +11,7 @@ from functools import partial
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.errors import ServiceUnavailableError
@@ -56,12 +56,13 @@ def _dispose_after_fork(engine_ref: weakref.ref[Engine]) -> None:
 
 
 class ThreadConnections:
-    """One autocommit DBAPI (psycopg) connection per thread, for the hottest single-row reads.
+    """One autocommit DBAPI (psycopg) connection per thread, for the poll and the submit.
 
     A poll through SQLAlchemy cost ~200 µs of CPU: a pool checkout and return,
-    the execution context and the result machinery around a ~40 µs query. Here
-    each gunicorn thread keeps its own connection and runs the statement
-    prepared, straight on the driver. The database is still read every time.
+    the execution context and the result machinery around a ~40 µs query (and
+    a submit's two INSERTs as much again). Here each gunicorn thread keeps its
+    own connection and runs the statements prepared, straight on the driver.
+    The database is still read and written every time, as before.
     PostgreSQL only (SQLite keeps the Core path). A connection that fails is
     dropped and the read retried once on a new one (a read is safe to repeat):
     after a PostgreSQL restart the first poll still succeeds.
@@ -82,6 +83,34 @@ class ThreadConnections:
                 return row
             except self._engine.dialect.loaded_dbapi.OperationalError:
                 self._discard()
+        raise ServiceUnavailableError(
+            "the database cannot be reached", details={"database": "OperationalError"}
+        )
+
+    def write(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+        """Run ``statements`` in one transaction on this thread's connection.
+
+        A connection found dead before COMMIT is replaced and the transaction
+        run again (the server rolled the first one back); one lost during COMMIT
+        is a 503, since the outcome is unknown. A constraint violation is raised
+        as SQLAlchemy's IntegrityError, as the Session would raise it.
+        """
+        dbapi = self._engine.dialect.loaded_dbapi
+        for attempt in range(2):
+            connection = self._connection(fresh=attempt > 0)
+            committing = False
+            try:
+                with connection.transaction():
+                    for sql, params in statements:
+                        connection.execute(sql, params, prepare=True)
+                    committing = True
+                return
+            except dbapi.IntegrityError as exc:
+                raise IntegrityError(exc.__class__.__name__, None, exc) from exc
+            except dbapi.OperationalError:
+                self._discard()
+                if committing:
+                    break
         raise ServiceUnavailableError(
             "the database cannot be reached", details={"database": "OperationalError"}
         )
