@@ -18,11 +18,15 @@ def test_pass_sizes_double_up_to_the_requested_size() -> None:
     assert pass_sizes(384, 512, 512, 1) == [(384, 512)]
 
 
-def test_pass_sizes_drop_passes_too_small_for_vgg() -> None:
-    # 64 px in 3 passes would start at 16 px: below the 32 px floor for a coarse pass.
-    assert pass_sizes(48, 64, 64, 3) == [(24, 32), (48, 64)]
-    # A wide panorama: the coarse pass's short side would be under 16 px.
-    assert pass_sizes(100, 1000, 256, 2) == [(26, 256)]
+def test_pass_sizes_drop_coarse_passes_under_128_px() -> None:
+    assert pass_sizes(192, 256, 256, 3) == [(96, 128), (192, 256)]
+    assert pass_sizes(48, 64, 64, 3) == [(48, 64)]  # the final pass is always kept
+
+
+def test_pass_sizes_drop_passes_too_narrow_for_vgg() -> None:
+    # A wide panorama: the coarse pass's short side would be 15 px, under 16.
+    assert pass_sizes(30, 1000, 1000, 2) == [(30, 1000)]
+    assert pass_sizes(200, 1000, 1000, 2) == [(100, 500), (200, 1000)]
 
 
 def test_split_iterations_sums_to_the_total_with_the_remainder_fine() -> None:

@@ -9,13 +9,19 @@ import pytest
 import torch
 
 from shared.params import parse_params
-from worker.engine import EngineInterrupted, EngineState, Network, Progress, transfer
+from worker.engine import EngineInterrupted, EngineState, Network, Progress, schedule, transfer
 from worker.engine.colors import rgb_to_yiq
 from worker.engine.images import resize
 from worker.engine.losses import STYLE_LAYERS, gram_matrix
 
 TINY = {"size": 48, "iterations": 12, "scales": 1}
-TWO_PASSES = {**TINY, "size": 64, "scales": 2}  # 32 px, then 64 px
+TWO_PASSES = {**TINY, "size": 64, "scales": 2}  # 32 px, then 64 px (see small_passes)
+
+
+@pytest.fixture(autouse=True)
+def small_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Allow 32 px coarse passes, so that two passes fit in a 64 px test image."""
+    monkeypatch.setattr(schedule, "MIN_PASS_LONGEST_SIDE_PX", 32)
 
 
 def run(

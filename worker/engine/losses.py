@@ -3,10 +3,15 @@
 All loss arithmetic runs in fp32, whatever precision the convolutions used:
 Gram matrices of relu1_1 overflow fp16 at a few hundred pixels.
 
-Scale: the same as the ``pastiche`` package times 100 (its content layer weight is
-0.01 and its style layer weight 10/C^2), so that ``content_weight=1,
-style_weight=1000`` is exactly 100x pastiche's default objective and the two can
-be scored by one function.
+Normalisation: each term is relative to its target's magnitude. The content term
+is mse(F, F_c) / mean(F_c^2); each style layer's term is mse(G, A) / mean(A^2),
+and the layers are averaged (the paper's w_l = 1/5). The paper's 1/(4 N^2 M^2)
+and pastiche's 10/C^2 leave the layers wildly unequal on the Caffe network
+(relu4_1 outweighs relu1_1 by 10^4), so that deep layers with few positions
+dominate and the result copies the painting's composition; relative terms give
+each layer its say, and weights of order 1 that mean the same at any size.
+``LOSS_SCALE`` multiplies the whole objective so that gradients stay far from
+fp32's floor and the numbers read well.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from worker.engine.network import Network
 
 CONTENT_LAYER = "relu4_2"
 STYLE_LAYERS: tuple[str, ...] = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+LOSS_SCALE = 1e4  # the objective's unit; the optimum does not depend on it
 
 
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
@@ -86,17 +92,23 @@ class Objective:
                 )
         assert targets is not None
         self.style_targets = targets
+        self.content_norm = LOSS_SCALE / _mean_square(self.content_target)
+        self.style_norms = [LOSS_SCALE / len(STYLE_LAYERS) / _mean_square(t) for t in targets]
 
     def __call__(self, image: torch.Tensor) -> LossTerms:
         feats = self.network.features(image, self.layers)
-        content = F.mse_loss(feats[CONTENT_LAYER].float(), self.content_target)
+        content = F.mse_loss(feats[CONTENT_LAYER].float(), self.content_target) * self.content_norm
         style = image.new_zeros(())
-        for layer, target in zip(STYLE_LAYERS, self.style_targets, strict=True):
-            # Normalised per layer by 1/C^2 (pastiche's 10/C^2 and the paper's 1/(4 N^2)
-            # in spirit), so that no layer dominates just because it is wide.
-            style = style + F.mse_loss(gram_matrix(feats[layer]), target) / target.shape[0] ** 2
-        tv = total_variation(image.float())
+        for layer, target, norm in zip(
+            STYLE_LAYERS, self.style_targets, self.style_norms, strict=True
+        ):
+            style = style + F.mse_loss(gram_matrix(feats[layer]), target) * norm
+        tv = total_variation(image.float()) * LOSS_SCALE
         content = self.content_weight * content
         style = self.style_weight * style
         tv = self.tv_weight * tv
         return LossTerms(total=content + style + tv, content=content, style=style, tv=tv)
+
+
+def _mean_square(t: torch.Tensor) -> float:
+    return max(float(t.square().mean()), 1e-12)

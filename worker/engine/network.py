@@ -63,10 +63,14 @@ class Network:
         self.weights: Weights = weights
         self.device = device
         # Channels-last is 1.5x faster for these 3x3 convolutions on both CPU and GPU.
+        # On CUDA the weights are stored in bf16 once, so autocast has nothing to recast.
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         self._convs = [
             (
-                w.to(device).contiguous(memory_format=torch.channels_last).requires_grad_(False),
-                b.to(device).requires_grad_(False),
+                w.to(device, dtype)
+                .contiguous(memory_format=torch.channels_last)
+                .requires_grad_(False),
+                b.to(device, dtype).requires_grad_(False),
             )
             for w, b in convs
         ]

@@ -6,8 +6,11 @@ from collections.abc import Sequence
 
 # VGG19 pools four times before relu5_1, so each side needs at least 16 px.
 MIN_SIDE_PX = 16
-# A coarse pass smaller than this on its longest side teaches little; it is skipped.
-MIN_PASS_LONGEST_SIDE_PX = 32
+# A coarse pass smaller than this on its longest side is skipped: at 64 px the
+# style's deep Gram matrices see a handful of positions, so matching them copies
+# the painting's composition, and the finer passes never get the content back
+# (seen with tubingen x starry_night). 128 px is where crowsonkb's passes start.
+MIN_PASS_LONGEST_SIDE_PX = 128
 
 
 def fit_longest_side(height: int, width: int, longest: int) -> tuple[int, int]:
