@@ -117,9 +117,9 @@ def measure_dispatch(stack: Stack, jobs: int) -> dict[str, Any]:
     stack.stop("worker")
     return {
         "jobs": jobs,
-        "client_p50_ms": statistics.median(client_ms),
-        "client_max_ms": max(client_ms),
-        "server_p50_ms": statistics.median(server_ms) if server_ms else None,
+        "client_p50_ms": round(statistics.median(client_ms), 2),
+        "client_max_ms": round(max(client_ms), 2),
+        "server_p50_ms": round(statistics.median(server_ms), 2) if server_ms else None,
     }
 
 
