@@ -19,7 +19,6 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,8 +30,8 @@ from flask.testing import FlaskClient
 
 from api import create_app
 from api.services import EXTENSION_KEY
+from cli.server_cmds import worker_argv
 from shared.auth import create_client
-from shared.celery_app import JOBS_QUEUE
 from shared.settings import Settings
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -217,27 +216,7 @@ def worker_stack(
     )
     settings = Settings.from_env(env)
     log_path = tmp_path_factory.mktemp("worker-log") / "worker.log"
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "worker.celery_worker",
-        "worker",
-        "--queues",
-        JOBS_QUEUE,
-        "--concurrency",
-        "1",
-        "--pool",
-        "prefork",
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-        "--loglevel",
-        "INFO",
-        "--hostname",
-        f"test-{redis_prefix.strip(':')}-{backend}@%h",
-    ]
+    argv = worker_argv(hostname=f"test-{redis_prefix.strip(':')}-{backend}@%h", quiet=True)
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             argv,

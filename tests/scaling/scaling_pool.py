@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.celery_app import JOBS_QUEUE
+from cli.server_cmds import worker_argv
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,27 +74,7 @@ def stop_pool(workers: list[PoolWorker]) -> None:
 
 
 def _worker_argv(node: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "worker.celery_worker",
-        "worker",
-        "--queues",
-        JOBS_QUEUE,
-        "--concurrency",
-        "1",
-        "--pool",
-        "prefork",
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-        "--loglevel",
-        "INFO",
-        "--hostname",
-        node,
-    ]
+    return worker_argv(hostname=node, quiet=True)
 
 
 def _wait_until_ready(workers: list[PoolWorker]) -> None:
