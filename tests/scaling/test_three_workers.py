@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import time
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -78,7 +79,10 @@ def run(worker_pool: StartPool, image_bytes: Callable[[str], bytes]) -> Iterator
 
     claims: dict[str, list[tuple[str, int]]] = defaultdict(list)
     with db.session() as session:
-        for event in session.scalars(select(JobEvent).where(JobEvent.kind == "claimed")):
+        # Only this run's jobs: the database is shared with the rest of the test session.
+        ours = [uuid.UUID(job_id) for job_id in job_ids]
+        query = select(JobEvent).where(JobEvent.kind == "claimed", JobEvent.job_id.in_(ours))
+        for event in session.scalars(query):
             claims[str(event.job_id)].append((event.worker or "", event.attempt))
     log_lines = {w.node: _json_lines(w.log_path.read_text()) for w in pool.workers}
     yield ScalingRun(pool, jobs, dict(claims), log_lines, seconds)
