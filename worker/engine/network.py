@@ -161,8 +161,8 @@ def _load_torchvision(path: Path) -> list[tuple[torch.Tensor, torch.Tensor]]:
             f"torchvision VGG19 weights (IMAGENET1K_V1) not found at {path}. Get them once, "
             'on a machine with internet access, with: python -c "import torchvision; '
             "torchvision.models.vgg19(weights='IMAGENET1K_V1')\" (it saves "
-            f"{TORCHVISION_WEIGHTS_FILE} under $TORCH_HOME/hub/checkpoints), then copy the file "
-            "to that path, or pass its path.",
+            f"{TORCHVISION_WEIGHTS_FILE} under $TORCH_HOME/hub/checkpoints, ~/.cache/torch by "
+            "default), then copy the file to that path on this machine.",
             details={"path": str(path)},
         )
     state = torch.load(path, map_location="cpu", weights_only=True)
