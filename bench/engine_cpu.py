@@ -23,6 +23,8 @@ Figures printed:
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import statistics
 import sys
 import tempfile
@@ -99,6 +101,7 @@ def main() -> None:
         (SIZE, round(SIZE * style_img.height / style_img.width)), Image.Resampling.BILINEAR
     )
     tmp = Path(tempfile.mkdtemp(prefix="stylequeue-bench-"))
+    atexit.register(shutil.rmtree, tmp, True)
     content_img.save(tmp / "content.png")
     style_img.save(tmp / "style.png")
     content, style = pil_to_tensor(content_img), pil_to_tensor(style_img)

@@ -14,6 +14,8 @@ Targets (issue 2): ours <= 2 s for 500 iterations on one H100, >= 3x pastiche.
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -112,6 +114,7 @@ def main() -> None:
 
     pn = args.pastiche_iterations or n
     tmp = Path(tempfile.mkdtemp(prefix="stylequeue-bench-"))
+    atexit.register(shutil.rmtree, tmp, True)
     content_img.save(tmp / "content.png")
     style_img.save(tmp / "style.png")
     artist = PasticheArtist(
