@@ -13,13 +13,14 @@ import itertools
 import json
 import os
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 
+from cli.params import parse_params
 from client import Job, JobStatus, StylequeueClient, StylequeueClientError, TransportError
 from client.text import describe_job, format_progress, job_table
 
@@ -65,33 +66,6 @@ def client_from_env(environ: Mapping[str, str]) -> StylequeueClient:
             f"{ENV_API_KEY} is not set (create a key with `stylequeue keys create NAME`)"
         )
     return StylequeueClient(url, key)
-
-
-def parse_param(item: str) -> tuple[str, Any]:
-    """``k=v`` → ``(k, v)``; ``v`` is parsed as JSON when it parses, else kept as a string.
-
-    So ``size=256`` is 256, ``style_blend=[1,2]`` a list, ``optimizer=adam`` the
-    string "adam". The server validates names and ranges.
-    """
-    name, sep, text = item.partition("=")
-    name = name.strip()
-    if not sep or not name:
-        raise click.BadParameter(f"expected NAME=VALUE, got {item!r}", param_hint="--param")
-    try:
-        # NaN and Infinity parse in Python's json but are not JSON: keep them as text.
-        value: Any = json.loads(text, parse_constant=_reject_constant)
-    except ValueError:
-        value = text
-    return name, value
-
-
-def parse_params(items: Iterable[str]) -> dict[str, Any]:
-    """Every ``--param`` into one dict; a name given twice keeps the last value."""
-    return dict(parse_param(item) for item in items)
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(name)
 
 
 def _make_client(ctx: click.Context) -> StylequeueClient:

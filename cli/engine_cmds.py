@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -10,25 +9,8 @@ from typing import Any
 
 import click
 
+from cli.params import parse_params as parse_param_strings
 from shared.errors import ParameterError, StylequeueError
-
-
-def parse_param_options(options: tuple[str, ...]) -> dict[str, Any]:
-    """``("size=256", "style_blend=[1,2]")`` -> ``{"size": 256, "style_blend": [1, 2]}``.
-
-    Values are JSON when they parse as JSON, else strings (``optimizer=adam``).
-    """
-    raw: dict[str, Any] = {}
-    for option in options:
-        key, sep, value = option.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ParameterError("--param", f"expected NAME=VALUE, got {option!r}")
-        try:
-            raw[key] = json.loads(value)
-        except json.JSONDecodeError:
-            raw[key] = value
-    return raw
 
 
 class _ProgressLine:
@@ -109,7 +91,7 @@ def stylize(
     from shared.params import parse_params
 
     try:
-        style_params = parse_params(parse_param_options(params))
+        style_params = parse_params(parse_param_strings(params))
         if output.suffix.lower() not in {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}:
             raise ParameterError(
                 "--output", f"unknown image type {output.suffix!r}; use .png or .jpg"

@@ -8,7 +8,8 @@ from typing import Any
 import click
 import pytest
 
-from cli.client_cmds import client_from_env, parse_param, parse_params
+from cli.client_cmds import client_from_env
+from cli.params import parse_param, parse_params
 from client import Job
 from client.text import describe_job, job_table
 

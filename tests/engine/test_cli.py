@@ -7,8 +7,8 @@ from pathlib import Path
 from click.testing import CliRunner
 from PIL import Image
 
-from cli.engine_cmds import parse_param_options
 from cli.main import cli
+from cli.params import parse_params
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -68,7 +68,7 @@ def test_unreadable_files_exit_non_zero_naming_them(tmp_path: Path) -> None:
 
 
 def test_param_values_parse_as_json_else_strings() -> None:
-    assert parse_param_options(
+    assert parse_params(
         ("size=64", "optimizer=adam", "style_blend=[1,2]", "preserve_colors=true")
     ) == {
         "size": 64,
