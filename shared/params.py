@@ -17,7 +17,7 @@ from shared.errors import ParameterError
 DEFAULT_SIZE_PX = 512
 MIN_SIZE_PX = 16  # VGG19 pools four times before relu5_1: below 16 px nothing is left
 MAX_SIZE_PX = 2048
-DEFAULT_ITERATIONS = 500  # optimizer steps in all, summed over the coarse-to-fine passes
+DEFAULT_ITERATIONS = 270  # optimizer steps in all, summed over the coarse-to-fine passes
 MAX_ITERATIONS = 5000
 Optimizer = Literal["lbfgs", "adam"]
 Init = Literal["content", "noise"]

@@ -29,9 +29,11 @@ def test_pass_sizes_drop_passes_too_narrow_for_vgg() -> None:
     assert pass_sizes(200, 1000, 1000, 2) == [(100, 500), (200, 1000)]
 
 
-def test_split_iterations_sums_to_the_total_with_the_remainder_fine() -> None:
-    assert split_iterations(500, 3) == [166, 167, 167]
-    assert split_iterations(2, 3) == [0, 1, 1]
+def test_split_iterations_gives_coarse_passes_an_eighth_and_the_rest_to_the_finest() -> None:
+    assert split_iterations(270, 3) == [33, 33, 204]
+    assert split_iterations(270, 2) == [33, 237]
+    assert split_iterations(270, 1) == [270]
+    assert split_iterations(2, 3) == [0, 0, 2]
     assert sum(split_iterations(1234, 5)) == 1234
     with pytest.raises(ValueError):
         split_iterations(10, 0)
