@@ -62,10 +62,11 @@ def test_losses_fall_and_progress_is_reported(
     assert out.dtype == torch.float32 and out.min() >= 0 and out.max() <= 1
 
 
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
 def test_output_leaves_the_content_and_moves_toward_the_style(
-    network: Network, content: torch.Tensor, style: torch.Tensor
+    network: Network, content: torch.Tensor, style: torch.Tensor, optimizer: str
 ) -> None:
-    out = run(network, content, [style], iterations=20)
+    out = run(network, content, [style], iterations=20, optimizer=optimizer)
     small_content = resize(content.unsqueeze(0), 36, 48)[0]
     assert (out - small_content).abs().mean() > 0.02
     small_style = resize(style.unsqueeze(0), 30, 48)[0]
