@@ -29,6 +29,7 @@ DEFAULT_PREVIEW_SECONDS = 5.0  # a preview PNG at most this often
 DEFAULT_CHECKPOINT_SECONDS = 30.0  # a resumable engine checkpoint at most this often
 DEFAULT_REQUEUE_AFTER_SECONDS = 300.0  # a queued job untouched this long is enqueued again
 DEFAULT_RECONCILE_SECONDS = 60.0  # how often the scheduler runs the reconciler
+DEFAULT_MAX_RUN_SECONDS = 6 * 3600.0  # one attempt of a job running longer fails with `timeout`
 DEFAULT_LOG_LEVEL = "INFO"
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -63,6 +64,7 @@ class Settings:
     checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS
     requeue_after_seconds: float = DEFAULT_REQUEUE_AFTER_SECONDS
     reconcile_seconds: float = DEFAULT_RECONCILE_SECONDS
+    max_run_seconds: float = DEFAULT_MAX_RUN_SECONDS
     log_level: str | None = None  # None: DEFAULT_LOG_LEVEL, or a Celery worker's --loglevel
     log_format: LogFormat = DEFAULT_LOG_FORMAT
 
@@ -106,6 +108,7 @@ class Settings:
             reconcile_seconds=reader.get(
                 "RECONCILE_SECONDS", DEFAULT_RECONCILE_SECONDS, _positive_float
             ),
+            max_run_seconds=reader.get("MAX_RUN_SECONDS", DEFAULT_MAX_RUN_SECONDS, _positive_float),
             **log_options_from_env(env),
         )
 

@@ -51,6 +51,7 @@ from worker.engine import (
 log = logging.getLogger(__name__)
 
 UNEXPECTED_ERROR_CODE = "internal_error"
+TIMEOUT_ERROR_CODE = "timeout"
 
 
 class Outcome(StrEnum):
@@ -144,6 +145,14 @@ def _run_claimed(
     except EngineInterrupted as exc:
         if reporter.lease_lost:
             raise LeaseLostError(f"lost the lease on job {claim.job_id}") from None
+        if reporter.timed_out:
+            ctx.storage.delete(claim.job_id, CHECKPOINT_FILE)  # a failed job is never resumed
+            limit = ctx.settings.max_run_seconds
+            message = (
+                f"the job ran longer than the maximum run time ({limit:g} s, "
+                f"STYLEQUEUE_MAX_RUN_SECONDS) and was stopped at iteration {exc.state.iteration}"
+            )
+            return _fail(ctx, session, claim, TIMEOUT_ERROR_CODE, message)
         jobs.cancel_running_job(session, claim, iteration=exc.state.iteration)
         ctx.storage.delete(claim.job_id, CHECKPOINT_FILE)
         log.info(
@@ -302,11 +311,16 @@ class JobReporter:
         self._lease_until = started + ctx.settings.lease_seconds
         self._last_preview = started
         self._last_checkpoint = started
+        # Counted per attempt, on this worker's clock (no clock skew with the database):
+        # time the job spent queued, or waiting for a dead worker's lease to expire,
+        # is not its own run time and must not make a resumed attempt fail at once.
+        self._deadline = started + ctx.settings.max_run_seconds
         self.cancel_requested = False
         self.lease_lost = False
+        self.timed_out = False
 
     def should_stop(self) -> bool:
-        return self.cancel_requested or self.lease_lost
+        return self.cancel_requested or self.lease_lost or self.timed_out
 
     def on_progress(self, progress: Progress) -> None:
         now = self._clock()
@@ -321,6 +335,13 @@ class JobReporter:
                 extra=self._event("lease_expired"),
             )
             self.lease_lost = True
+        if now >= self._deadline and not self.timed_out:
+            log.warning(
+                "job %s: past the maximum run time; stopping",
+                self._claim.job_id,
+                extra=self._event("timeout"),
+            )
+            self.timed_out = True
         if self.should_stop():
             return
         if now - self._last_preview >= settings.preview_seconds:

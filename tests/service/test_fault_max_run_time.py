@@ -1,0 +1,73 @@
+"""Fault point 6: a job that computes past STYLEQUEUE_MAX_RUN_SECONDS is stopped and fails
+with error code ``timeout``, in-process with the real engine."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from shared import jobs
+from shared.auth import create_client
+from shared.models import Job, JobEvent, JobStatus
+from shared.params import parse_params
+from shared.settings import Settings
+from shared.storage import CHECKPOINT_FILE
+from worker.runner import TIMEOUT_ERROR_CODE, Outcome, WorkerContext, make_context, run_job
+
+pytestmark = pytest.mark.slow
+
+MAX_RUN_SECONDS = 1.0
+
+
+@pytest.fixture
+def ctx(database_url: str, tmp_path: Path) -> Iterator[WorkerContext]:
+    settings = Settings(
+        database_url=database_url,
+        data_dir=tmp_path,
+        device="cpu",
+        heartbeat_seconds=0.05,
+        checkpoint_seconds=0.2,
+        max_run_seconds=MAX_RUN_SECONDS,
+    )
+    context = make_context(settings)
+    yield context
+    context.db.dispose()
+
+
+def test_a_job_past_the_maximum_run_time_fails_with_timeout(
+    ctx: WorkerContext, image_bytes: Callable[[str], bytes]
+) -> None:
+    ctx.network()  # loading the weights is not the job's run time
+    iterations = 5000  # far more than a second's worth at 32 px
+    with ctx.db.session() as session:
+        client, _ = create_client(session, "timeout")
+        job, _ = jobs.create_job(
+            session,
+            ctx.storage,
+            client_id=client.id,
+            params=parse_params({"size": 32, "iterations": iterations, "scales": 1}),
+            content=image_bytes("tubingen"),
+            styles=[image_bytes("starry_night")],
+            idempotency_key=None,
+            enqueue=lambda _id: None,
+        )
+
+    assert run_job(ctx, job.id) is Outcome.FAILED
+
+    with ctx.db.session() as session:
+        row = session.get(Job, job.id)
+        assert row is not None
+        assert row.status is JobStatus.FAILED
+        assert row.error_code == TIMEOUT_ERROR_CODE == "timeout"
+        assert row.error_message is not None and "maximum run time" in row.error_message
+        assert 0 < row.iteration < iterations, "stopped mid-run, not at the end"
+        kinds = list(
+            session.scalars(
+                select(JobEvent.kind).where(JobEvent.job_id == job.id).order_by(JobEvent.id)
+            )
+        )
+    assert kinds[-1] == "failed"
+    assert not ctx.storage.exists(job.id, CHECKPOINT_FILE), "a failed job keeps no checkpoint"
