@@ -63,6 +63,7 @@ class EventKind(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELED = "canceled"
+    FILES_DELETED = "files_deleted"
 
 
 # ---------------------------------------------------------------- client side
@@ -578,6 +579,44 @@ def requeue_stale_jobs(
         enqueue(job_id)
         requeued.append(job_id)
     return requeued
+
+
+FINISHED_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED)
+
+
+def delete_expired_files(
+    session: Session, storage: LocalStorage, *, older_than_seconds: float, limit: int = 1000
+) -> list[uuid.UUID]:
+    """Remove the files of jobs that finished more than ``older_than_seconds`` ago.
+
+    The row and its events stay (the job's history); a ``files_deleted`` event
+    marks the job so that it is not looked at again. Files go first and the
+    event after: a crash in between only means the next run deletes nothing again.
+    """
+    cutoff = utcnow() - timedelta(seconds=older_than_seconds)
+    already_deleted = (
+        select(JobEvent.id)
+        .where(JobEvent.job_id == Job.id, JobEvent.kind == EventKind.FILES_DELETED)
+        .exists()
+    )
+    expired = list(
+        session.scalars(
+            select(Job.id)
+            .where(
+                Job.status.in_(FINISHED_STATUSES),
+                Job.finished_at < cutoff,
+                ~already_deleted,
+            )
+            .order_by(Job.finished_at)
+            .limit(limit)
+        )
+    )
+    session.rollback()  # no transaction held open while deleting files
+    for job_id in expired:
+        storage.delete_job_files(job_id)
+        session.add(JobEvent(job_id=job_id, kind=EventKind.FILES_DELETED))
+        session.commit()
+    return expired
 
 
 def _rowcount(result: Any) -> int:

@@ -30,6 +30,9 @@ DEFAULT_CHECKPOINT_SECONDS = 30.0  # a resumable engine checkpoint at most this 
 DEFAULT_REQUEUE_AFTER_SECONDS = 300.0  # a queued job untouched this long is enqueued again
 DEFAULT_RECONCILE_SECONDS = 60.0  # how often the scheduler runs the reconciler
 DEFAULT_MAX_RUN_SECONDS = 6 * 3600.0  # one attempt of a job running longer fails with `timeout`
+DEFAULT_RETENTION_SECONDS = (
+    7 * 24 * 3600.0
+)  # a finished job's files are removed after this; 0: kept
 DEFAULT_LOG_LEVEL = "INFO"
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -65,6 +68,7 @@ class Settings:
     requeue_after_seconds: float = DEFAULT_REQUEUE_AFTER_SECONDS
     reconcile_seconds: float = DEFAULT_RECONCILE_SECONDS
     max_run_seconds: float = DEFAULT_MAX_RUN_SECONDS
+    retention_seconds: float = DEFAULT_RETENTION_SECONDS
     log_level: str | None = None  # None: DEFAULT_LOG_LEVEL, or a Celery worker's --loglevel
     log_format: LogFormat = DEFAULT_LOG_FORMAT
 
@@ -109,6 +113,9 @@ class Settings:
                 "RECONCILE_SECONDS", DEFAULT_RECONCILE_SECONDS, _positive_float
             ),
             max_run_seconds=reader.get("MAX_RUN_SECONDS", DEFAULT_MAX_RUN_SECONDS, _positive_float),
+            retention_seconds=reader.get(
+                "RETENTION_SECONDS", DEFAULT_RETENTION_SECONDS, _non_negative_float
+            ),
             **log_options_from_env(env),
         )
 
@@ -183,6 +190,13 @@ def _positive_float(raw: str) -> float:
     value = float(raw)
     if not value > 0:
         raise ValueError("must be a positive number")
+    return value
+
+
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if not value >= 0:
+        raise ValueError("must be a number, 0 or more")
     return value
 
 

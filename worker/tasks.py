@@ -71,8 +71,10 @@ def run_job(self: Task, job_id: str) -> str:
 
 @shared_task(bind=True, name=RECONCILE_TASK, ignore_result=True)
 def reconcile(self: Task) -> int:
-    """Re-enqueue queued jobs the broker lost and running jobs whose worker died."""
+    """Re-enqueue queued jobs the broker lost and running jobs whose worker died;
+    remove the files of jobs finished longer ago than the retention period."""
     from shared.db import Database
+    from shared.storage import LocalStorage
 
     settings = settings_of(self.app)
     db = Database(settings.database_url)
@@ -83,8 +85,21 @@ def reconcile(self: Task) -> int:
                 older_than_seconds=settings.requeue_after_seconds,
                 enqueue=lambda job_id: enqueue_job(self.app, job_id),
             )
+            expired: list[uuid.UUID] = []
+            if settings.retention_seconds > 0:
+                expired = jobs.delete_expired_files(
+                    session,
+                    LocalStorage(settings.data_dir),
+                    older_than_seconds=settings.retention_seconds,
+                )
     finally:
         db.dispose()
+    for job_id in expired:
+        log.info(
+            "job %s: files removed after the retention period",
+            job_id,
+            extra=job_event(EventKind.FILES_DELETED, job_id),
+        )
     for job_id in requeued:
         log.info(
             "job %s re-enqueued by the reconciler",
