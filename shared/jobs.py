@@ -64,6 +64,7 @@ class EventKind(StrEnum):
     FAILED = "failed"
     CANCELED = "canceled"
     FILES_DELETED = "files_deleted"
+    RELEASED = "released"
 
 
 # ---------------------------------------------------------------- client side
@@ -506,6 +507,31 @@ def cancel_running_job(session: Session, claim: Claim, *, iteration: int) -> Non
         {"iteration": iteration},
         utcnow(),
     )
+
+
+def release_job(session: Session, claim: Claim, *, iteration: int) -> None:
+    """running → queued: a worker shutting down hands the job back after checkpointing it.
+
+    Only while holding the lease (LeaseLostError otherwise). The attempt count
+    stays as it is, so the next claim is a new attempt that resumes from the
+    checkpoint; the ``released`` event records where this attempt stopped.
+    """
+    now = utcnow()
+    released = session.execute(
+        update(Job)
+        .where(_held_by(claim))
+        .values(
+            status=JobStatus.QUEUED,
+            lease_owner=None,
+            lease_expires_at=None,
+            eta_seconds=None,
+            updated_at=now,
+        )
+    )
+    if not _rowcount(released):
+        session.rollback()
+        raise LeaseLostError(f"{claim.worker} lost its lease on job {claim.job_id}")
+    _record(session, claim, EventKind.RELEASED, iteration)
 
 
 def _end(

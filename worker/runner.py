@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -62,6 +63,7 @@ class Outcome(StrEnum):
     FAILED = "failed"
     CANCELED = "canceled"
     LEASE_LOST = "lease_lost"  # another worker owns the job now; we wrote nothing more
+    RELEASED = "released"  # the worker is shutting down: checkpointed and handed back, queued
 
 
 @dataclass
@@ -72,6 +74,9 @@ class WorkerContext:
     db: Database
     storage: LocalStorage
     name: str
+    # Set when the worker is asked to shut down (SIGTERM): a running job
+    # checkpoints and goes back to the queue instead of holding up the shutdown.
+    shutting_down: threading.Event = field(default_factory=threading.Event)
     _network: Network | None = field(default=None, repr=False)
 
     def network(self) -> Network:
@@ -153,6 +158,8 @@ def _run_claimed(
                 f"STYLEQUEUE_MAX_RUN_SECONDS) and was stopped at iteration {exc.state.iteration}"
             )
             return _fail(ctx, session, claim, TIMEOUT_ERROR_CODE, message)
+        if not reporter.cancel_requested:  # then the worker is shutting down
+            return _release(ctx, session, claim, exc.state)
         jobs.cancel_running_job(session, claim, iteration=exc.state.iteration)
         ctx.storage.delete(claim.job_id, CHECKPOINT_FILE)
         log.info(
@@ -189,6 +196,21 @@ def _run_claimed(
         extra=job_event(EventKind.SUCCEEDED, claim.job_id, **_who(ctx, claim)),
     )
     return Outcome.SUCCEEDED
+
+
+def _release(ctx: WorkerContext, session: Session, claim: Claim, state: EngineState) -> Outcome:
+    # The checkpoint first: once the row says queued, another worker may claim it.
+    ctx.storage.put(claim.job_id, CHECKPOINT_FILE, state.to_bytes())
+    jobs.release_job(session, claim, iteration=state.iteration)
+    log.info(
+        "job %s released at iteration %d: the worker is shutting down",
+        claim.job_id,
+        state.iteration,
+        extra=job_event(
+            EventKind.RELEASED, claim.job_id, iteration=state.iteration, **_who(ctx, claim)
+        ),
+    )
+    return Outcome.RELEASED
 
 
 def _who(ctx: WorkerContext, claim: Claim) -> dict[str, object]:
@@ -320,7 +342,12 @@ class JobReporter:
         self.timed_out = False
 
     def should_stop(self) -> bool:
-        return self.cancel_requested or self.lease_lost or self.timed_out
+        return (
+            self.cancel_requested
+            or self.lease_lost
+            or self.timed_out
+            or self._ctx.shutting_down.is_set()
+        )
 
     def on_progress(self, progress: Progress) -> None:
         now = self._clock()

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import uuid
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from celery import Task, current_app, shared_task
-from celery.signals import celeryd_init, setup_logging, worker_process_init
+from celery.signals import (
+    celeryd_init,
+    setup_logging,
+    worker_process_init,
+    worker_shutting_down,
+)
 
 from shared import jobs
 from shared.celery_app import RECONCILE_TASK, RUN_JOB_TASK, enqueue_job, settings_of
@@ -22,6 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _context: WorkerContext | None = None  # this process's, built after the fork
+_running_job = False  # whether this pool child is inside run_job now
 
 
 def _worker_context(settings_app: Celery) -> WorkerContext:
@@ -56,6 +65,55 @@ def load_model_after_fork(**_: Any) -> None:
     _worker_context(current_app).network()
 
 
+_sigterm_before: Any = None  # the pool child's own SIGTERM handler (billiard's), once replaced
+
+
+def _handle_sigterm_in_child() -> None:
+    """Make SIGTERM hand the running job back rather than end the child mid-job.
+
+    billiard installs its SIGTERM handler (exit at once, the work since the last
+    checkpoint lost and the job left running until its lease expires) after
+    ``worker_process_init``, so ours goes in from the task, once per child.
+    """
+    global _sigterm_before
+    current = signal.getsignal(signal.SIGTERM)
+    if current is not _on_sigterm_in_child:
+        _sigterm_before = current
+        signal.signal(signal.SIGTERM, _on_sigterm_in_child)
+
+
+def _on_sigterm_in_child(signum: int, frame: FrameType | None) -> None:
+    if _running_job and _context is not None:
+        _context.shutting_down.set()  # the engine stops at its next iteration
+        return
+    # Nothing to hand back: let the child go as Celery and billiard would.
+    before = _sigterm_before
+    signal.signal(signum, before if callable(before) else signal.SIG_DFL)
+    if callable(before):
+        before(signum, frame)
+    else:
+        os.kill(os.getpid(), signum)
+
+
+@worker_shutting_down.connect
+def hand_back_running_jobs(how: str | None = None, **_: Any) -> None:
+    """In the worker's main process, on a warm shutdown (SIGTERM to it alone, as
+    ``docker stop`` sends): without this, Celery would wait for a job of hours.
+
+    The pool children get SIGTERM, which makes a running job checkpoint and go
+    back to the queue (``_on_sigterm_in_child``); the shutdown then waits only
+    for that. A cold shutdown stops the children anyway.
+    """
+    if how != "Warm":
+        return
+    from billiard.process import active_children
+
+    for child in active_children():
+        if child.pid is not None:
+            log.info("asking pool process %d to hand its job back", child.pid)
+            os.kill(child.pid, signal.SIGTERM)
+
+
 @shared_task(bind=True, name=RUN_JOB_TASK, ignore_result=True)
 def run_job(self: Task, job_id: str) -> str:
     """Run the job with this id (claimed first: a duplicate message is a no-op)."""
@@ -66,7 +124,20 @@ def run_job(self: Task, job_id: str) -> str:
     except (ValueError, TypeError):
         log.error("dropping a message with a malformed job id: %r", job_id)
         return "malformed"
-    return str(run(_worker_context(self.app), parsed))
+    from worker.runner import Outcome
+
+    global _running_job
+    _handle_sigterm_in_child()
+    _running_job = True
+    try:
+        outcome = run(_worker_context(self.app), parsed)
+    finally:
+        _running_job = False
+    if outcome is Outcome.RELEASED:
+        # This worker consumes no more; another one (or this one restarted) takes it.
+        # Should the broker be gone too, the reconciler re-enqueues the queued job.
+        enqueue_job(self.app, parsed)
+    return str(outcome)
 
 
 @shared_task(bind=True, name=RECONCILE_TASK, ignore_result=True)

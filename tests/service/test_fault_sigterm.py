@@ -1,0 +1,162 @@
+"""Fault point 5: SIGTERM to a worker mid-job. The worker checkpoints and hands the job back
+(queued again, not failed); a restarted worker resumes from that checkpoint and finishes it.
+
+The real ``celery worker`` (prefork, one child), signalled the way ``docker stop`` does it
+(SIGTERM to the main process alone) and the way systemd does it (to the whole process group).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from cli.server_cmds import worker_argv
+from shared import jobs
+from shared.auth import create_client
+from shared.celery_app import create_celery, enqueue_job
+from shared.db import Database
+from shared.models import Job, JobEvent, JobStatus
+from shared.params import parse_params
+from shared.settings import Settings
+from shared.storage import CHECKPOINT_FILE, LocalStorage
+
+pytestmark = pytest.mark.slow
+
+ITERATIONS = 600  # at 32 px: several seconds of work (~75 iterations/s on 2 busy cores)
+WAIT_SECONDS = 90.0
+READY_MARKERS = ("ready.", "loaded caffe VGG19")  # the main process's and the pool child's
+
+
+class Worker:
+    """One ``celery worker`` process group, started for this test and always stopped."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, name: str) -> None:
+        self.log_path = log_path
+        with log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                worker_argv(hostname=f"{name}@%h", quiet=True),
+                env={**os.environ, **env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_for(
+            f"worker {name} to be ready",
+            lambda: all(m in log_path.read_text(errors="replace") for m in READY_MARKERS),
+        )
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+def wait_for(what: str, found: Callable[[], Any]) -> Any:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while time.monotonic() < deadline:
+        value = found()
+        if value:
+            return value
+        time.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def env(postgresql_url: str, redis_url: str, redis_prefix: str, tmp_path: Path) -> dict[str, str]:
+    return {
+        "STYLEQUEUE_DATABASE_URL": postgresql_url,
+        "STYLEQUEUE_REDIS_URL": redis_url,
+        "STYLEQUEUE_REDIS_PREFIX": f"{redis_prefix}sigterm:",
+        "STYLEQUEUE_DATA_DIR": str(tmp_path / "data"),
+        "STYLEQUEUE_DEVICE": "cpu",
+        "STYLEQUEUE_HEARTBEAT_SECONDS": "0.1",
+        "STYLEQUEUE_CHECKPOINT_SECONDS": "0.5",
+        "STYLEQUEUE_LEASE_SECONDS": "30",
+    }
+
+
+@pytest.fixture
+def workers() -> Iterator[list[Worker]]:
+    started: list[Worker] = []
+    yield started
+    for worker in started:
+        worker.stop()
+
+
+@pytest.mark.parametrize("to_group", [False, True], ids=["main-process", "process-group"])
+def test_sigterm_mid_job_hands_the_job_back_and_a_restarted_worker_resumes_it(
+    to_group: bool,
+    env: dict[str, str],
+    workers: list[Worker],
+    tmp_path: Path,
+    image_bytes: Callable[[str], bytes],
+) -> None:
+    settings = Settings.from_env(env)
+    db = Database(settings.database_url)
+    storage = LocalStorage(settings.data_dir)
+    celery = create_celery(settings)
+
+    def events(kind: str) -> list[JobEvent]:
+        with db.session() as s:
+            query = select(JobEvent).where(JobEvent.job_id == job.id, JobEvent.kind == kind)
+            return list(s.scalars(query.order_by(JobEvent.id)))
+
+    def row() -> Job:
+        with db.session() as s:
+            found = s.get(Job, job.id)
+            assert found is not None
+            return found
+
+    try:
+        workers.append(Worker(env, tmp_path / "first.log", "first"))
+        with db.session() as session:
+            client, _ = create_client(session, "sigterm")
+            job, _ = jobs.create_job(
+                session,
+                storage,
+                client_id=client.id,
+                params=parse_params({"size": 32, "iterations": ITERATIONS, "scales": 1}),
+                content=image_bytes("tubingen"),
+                styles=[image_bytes("starry_night")],
+                idempotency_key=None,
+                enqueue=lambda job_id: enqueue_job(celery, job_id),
+            )
+        wait_for("a checkpoint", lambda: events("checkpoint"))
+
+        first = workers[0].process
+        if to_group:
+            os.killpg(first.pid, signal.SIGTERM)
+        else:
+            first.send_signal(signal.SIGTERM)
+        first.wait(timeout=WAIT_SECONDS)  # a warm shutdown that does not wait for the job
+        log = workers[0].log_path.read_text(errors="replace")
+
+        stopped = row()
+        assert stopped.status is JobStatus.QUEUED, log[-3000:]
+        assert stopped.lease_owner is None and stopped.lease_expires_at is None
+        assert stopped.attempts == 1 and stopped.error_code is None
+        [released] = events("released")
+        assert released.attempt == 1 and 0 < released.data["iteration"] < ITERATIONS
+        assert storage.exists(job.id, CHECKPOINT_FILE)
+        assert not events("failed")
+
+        workers.append(Worker(env, tmp_path / "second.log", "second"))
+        wait_for("the job to succeed", lambda: row().status is JobStatus.SUCCEEDED)
+        [resumed] = events("resumed")
+        assert resumed.attempt == 2
+        # Resumed exactly where the first worker stopped: no iteration redone.
+        assert resumed.data["iteration"] == released.data["iteration"]
+        claims = events("claimed")
+        assert [c.attempt for c in claims] == [1, 2]
+        assert claims[0].worker != claims[1].worker
+    finally:
+        celery.close()
+        db.dispose()
