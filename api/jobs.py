@@ -120,7 +120,12 @@ def get_result(job_id: str) -> Response:
             code="job_not_succeeded",
             details={"status": job.status.value},
         )
-    return _png(job.id, RESULT_FILE, missing_code="result_missing")
+    return _png(
+        job.id,
+        RESULT_FILE,
+        missing_code="result_missing",
+        missing_message="its result file is gone (removed after the retention period)",
+    )
 
 
 @blueprint.get("/<job_id>/preview")
@@ -130,10 +135,11 @@ def get_preview(job_id: str) -> Response:
     return _png(job.id, PREVIEW_FILE, missing_code="no_preview")
 
 
-def _png(job_id: uuid.UUID, name: str, *, missing_code: str) -> Response:
+def _png(
+    job_id: uuid.UUID, name: str, *, missing_code: str, missing_message: str | None = None
+) -> Response:
     path = services().storage.path(job_id, name)
     if not path.is_file():
-        raise NotFoundError(
-            f"job {job_id} has no {name.removesuffix('.png')} yet", code=missing_code
-        )
+        message = missing_message or f"it has no {name.removesuffix('.png')} yet"
+        raise NotFoundError(f"job {job_id}: {message}", code=missing_code)
     return send_file(path, mimetype="image/png", max_age=0, download_name=f"{job_id}-{name}")
