@@ -17,7 +17,6 @@ from __future__ import annotations
 import getpass
 import os
 import secrets
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +26,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from processes import stop_process_group
 
 from api import create_app
 from api.services import EXTENSION_KEY
@@ -233,7 +233,7 @@ def worker_stack(
         yield WorkerStack(flask_app, settings, log_path)
         flask_app.extensions[EXTENSION_KEY].db.dispose()
     finally:
-        _stop_worker(process)
+        stop_process_group(process)
 
 
 def _wait_for_worker(process: subprocess.Popen[bytes], log_path: Path) -> None:
@@ -246,18 +246,6 @@ def _wait_for_worker(process: subprocess.Popen[bytes], log_path: Path) -> None:
             pytest.fail(f"the Celery worker exited with {process.returncode}:\n{text[-3000:]}")
         time.sleep(0.2)
     pytest.fail(f"the Celery worker was not ready in time:\n{log_path.read_text()[-3000:]}")
-
-
-def _stop_worker(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    # SIGQUIT: a cold shutdown, so a test that failed mid-job does not hang the teardown.
-    os.killpg(process.pid, signal.SIGQUIT)
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ them. Each logs JSON lines (STYLEQUEUE_LOG_FORMAT=json) to a file of its own.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from processes import stop_process_group
 
 from cli.server_cmds import worker_argv
 from shared.settings import Settings
@@ -70,7 +70,7 @@ def start_pool(n: int, *, env: dict[str, str], node_prefix: str, log_dir: Path) 
 
 def stop_pool(workers: list[PoolWorker]) -> None:
     for worker in workers:
-        _stop(worker.process)
+        stop_process_group(worker.process)
 
 
 def _worker_argv(node: str) -> list[str]:
@@ -91,15 +91,3 @@ def _wait_until_ready(workers: list[PoolWorker]) -> None:
     if waiting:
         tails = "\n".join(f"{w.node}:\n{w.log_path.read_text()[-1500:]}" for w in waiting)
         pytest.fail(f"not ready in {READY_TIMEOUT_SECONDS:.0f} s:\n{tails}")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    # SIGQUIT: a cold shutdown, so a failed test does not wait for a job to end.
-    os.killpg(process.pid, signal.SIGQUIT)
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()

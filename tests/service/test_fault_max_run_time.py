@@ -7,15 +7,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from service_helpers import worker_context
 from sqlalchemy import select
 
 from shared import jobs
 from shared.auth import create_client
 from shared.models import Job, JobEvent, JobStatus
 from shared.params import parse_params
-from shared.settings import Settings
 from shared.storage import CHECKPOINT_FILE
-from worker.runner import TIMEOUT_ERROR_CODE, Outcome, WorkerContext, make_context, run_job
+from worker.runner import TIMEOUT_ERROR_CODE, Outcome, WorkerContext, run_job
 
 pytestmark = pytest.mark.slow
 
@@ -24,17 +24,10 @@ MAX_RUN_SECONDS = 1.0
 
 @pytest.fixture
 def ctx(database_url: str, tmp_path: Path) -> Iterator[WorkerContext]:
-    settings = Settings(
-        database_url=database_url,
-        data_dir=tmp_path,
-        device="cpu",
-        heartbeat_seconds=0.05,
-        checkpoint_seconds=0.2,
-        max_run_seconds=MAX_RUN_SECONDS,
-    )
-    context = make_context(settings)
-    yield context
-    context.db.dispose()
+    with worker_context(
+        database_url, tmp_path, checkpoint_seconds=0.2, max_run_seconds=MAX_RUN_SECONDS
+    ) as context:
+        yield context
 
 
 def test_a_job_past_the_maximum_run_time_fails_with_timeout(

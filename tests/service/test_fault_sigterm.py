@@ -10,12 +10,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import service_helpers
 from sqlalchemy import select
 
 from cli.server_cmds import worker_argv
@@ -60,13 +60,7 @@ class Worker:
 
 
 def wait_for(what: str, found: Callable[[], Any]) -> Any:
-    deadline = time.monotonic() + WAIT_SECONDS
-    while time.monotonic() < deadline:
-        value = found()
-        if value:
-            return value
-        time.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what}")
+    return service_helpers.wait_for(what, found, timeout=WAIT_SECONDS, interval=0.1)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ attempt resumes from the last checkpoint instead of starting over (DESIGN rules 
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -13,15 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import service_helpers
+from service_helpers import worker_context
 from sqlalchemy import select, update
 
 from shared import jobs
 from shared.auth import create_client
 from shared.models import Job, JobEvent, JobStatus, utcnow
 from shared.params import parse_params
-from shared.settings import Settings
 from shared.storage import CHECKPOINT_FILE
-from worker.runner import Outcome, WorkerContext, make_context, run_job
+from worker.runner import Outcome, WorkerContext, run_job
 
 pytestmark = pytest.mark.slow
 
@@ -30,18 +30,10 @@ WAIT_SECONDS = 60.0
 
 @pytest.fixture
 def ctx(database_url: str, tmp_path: Path) -> Iterator[WorkerContext]:
-    settings = Settings(
-        database_url=database_url,
-        data_dir=tmp_path,
-        device="cpu",
-        heartbeat_seconds=0.05,
-        checkpoint_seconds=0.3,
-        preview_seconds=0.3,
-        lease_seconds=30.0,
-    )
-    context = make_context(settings)
-    yield context
-    context.db.dispose()
+    with worker_context(
+        database_url, tmp_path, checkpoint_seconds=0.3, preview_seconds=0.3, lease_seconds=30.0
+    ) as context:
+        yield context
 
 
 class Background:
@@ -62,13 +54,7 @@ class Background:
 
 
 def wait_for(what: str, found: Callable[[], Any]) -> Any:
-    deadline = time.monotonic() + WAIT_SECONDS
-    while time.monotonic() < deadline:
-        value = found()
-        if value:
-            return value
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
+    return service_helpers.wait_for(what, found, timeout=WAIT_SECONDS)
 
 
 def test_lost_lease_stops_the_run_and_the_next_attempt_resumes_from_the_checkpoint(
