@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import service_helpers
+from fault_helpers import WorkerProcess, fault_report, started_workers
 from sqlalchemy import select
 
-from cli.server_cmds import worker_argv
 from shared import jobs
 from shared.auth import create_client
 from shared.celery_app import create_celery, enqueue_job
@@ -32,31 +31,6 @@ pytestmark = pytest.mark.slow
 
 ITERATIONS = 600  # at 32 px: several seconds of work (~75 iterations/s on 2 busy cores)
 WAIT_SECONDS = 90.0
-READY_MARKERS = ("ready.", "loaded caffe VGG19")  # the main process's and the pool child's
-
-
-class Worker:
-    """One ``celery worker`` process group, started for this test and always stopped."""
-
-    def __init__(self, env: dict[str, str], log_path: Path, name: str) -> None:
-        self.log_path = log_path
-        with log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                worker_argv(hostname=f"{name}@%h", quiet=True),
-                env={**os.environ, **env},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        wait_for(
-            f"worker {name} to be ready",
-            lambda: all(m in log_path.read_text(errors="replace") for m in READY_MARKERS),
-        )
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
 
 
 def wait_for(what: str, found: Callable[[], Any]) -> Any:
@@ -78,18 +52,17 @@ def env(postgresql_url: str, redis_url: str, redis_prefix: str, tmp_path: Path) 
 
 
 @pytest.fixture
-def workers() -> Iterator[list[Worker]]:
-    started: list[Worker] = []
+def workers() -> Iterator[list[WorkerProcess]]:
+    started, stop_all = started_workers()
     yield started
-    for worker in started:
-        worker.stop()
+    stop_all()
 
 
 @pytest.mark.parametrize("to_group", [False, True], ids=["main-process", "process-group"])
 def test_sigterm_mid_job_hands_the_job_back_and_a_restarted_worker_resumes_it(
     to_group: bool,
     env: dict[str, str],
-    workers: list[Worker],
+    workers: list[WorkerProcess],
     tmp_path: Path,
     image_bytes: Callable[[str], bytes],
 ) -> None:
@@ -110,7 +83,7 @@ def test_sigterm_mid_job_hands_the_job_back_and_a_restarted_worker_resumes_it(
             return found
 
     try:
-        workers.append(Worker(env, tmp_path / "first.log", "first"))
+        workers.append(WorkerProcess(env, tmp_path / "first.log", "first"))
         with db.session() as session:
             client, _ = create_client(session, "sigterm")
             job, _ = jobs.create_job(
@@ -142,7 +115,7 @@ def test_sigterm_mid_job_hands_the_job_back_and_a_restarted_worker_resumes_it(
         assert storage.exists(job.id, CHECKPOINT_FILE)
         assert not events("failed")
 
-        workers.append(Worker(env, tmp_path / "second.log", "second"))
+        workers.append(WorkerProcess(env, tmp_path / "second.log", "second"))
         wait_for("the job to succeed", lambda: row().status is JobStatus.SUCCEEDED)
         [resumed] = events("resumed")
         assert resumed.attempt == 2
@@ -151,6 +124,10 @@ def test_sigterm_mid_job_hands_the_job_back_and_a_restarted_worker_resumes_it(
         claims = events("claimed")
         assert [c.attempt for c in claims] == [1, 2]
         assert claims[0].worker != claims[1].worker
+        report = fault_report(db, [job.id])
+        print(report.line(f"sigterm-{'group' if to_group else 'main'}"))
+        assert (report.submitted, report.completed, report.run_twice) == (1, 1, 0)
+        assert report.iterations_redone == 0
     finally:
         celery.close()
         db.dispose()
