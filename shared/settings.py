@@ -55,6 +55,8 @@ class Settings:
     redis_url: str = DEFAULT_REDIS_URL
     data_dir: Path = Path(DEFAULT_DATA_DIR)
     admin_key: str | None = None
+    secret_key: str | None = None  # signs /admin session cookies; None: a file in the data dir
+    metrics_key: str | None = None  # None: /metrics is open (scraped on an internal network)
     redis_prefix: str = DEFAULT_REDIS_PREFIX
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
@@ -88,6 +90,8 @@ class Settings:
             redis_url=reader.get("REDIS_URL", DEFAULT_REDIS_URL, _redis_url),
             data_dir=data_dir,
             admin_key=reader.get("ADMIN_KEY", "", str) or None,
+            secret_key=reader.get("SECRET_KEY", "", str) or None,
+            metrics_key=reader.get("METRICS_KEY", "", str) or None,
             redis_prefix=reader.get("REDIS_PREFIX", DEFAULT_REDIS_PREFIX, str),
             max_upload_bytes=reader.get(
                 "MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD_BYTES, _positive_int
