@@ -1,8 +1,9 @@
 """The database schema as SQLAlchemy 2.0 typed models. Changed only through a migration.
 
-Three tables: ``api_clients`` (who may call the API), ``jobs`` (one row per
-style transfer, the source of truth for its state) and ``job_events`` (the
-append-only history of each job, for operators and fault analysis).
+Four tables: ``api_clients`` (who may call the API), ``jobs`` (one row per
+style transfer, the source of truth for its state), ``job_events`` (the
+append-only history of each job, for operators and fault analysis) and
+``workers`` (each worker process's registration and heartbeat, for operators).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Dialect,
@@ -122,8 +124,13 @@ class Job(Base):
         UniqueConstraint("client_id", "idempotency_key"),
         # A client's jobs newest first, keyset-paginated (and issue 6's admin history).
         Index("ix_jobs_client_created", "client_id", "created_at", "id"),
-        # The reconciler and the admin view by status.
-        Index("ix_jobs_status_created", "status", "created_at"),
+        # The reconciler and the admin list by status (keyset: created_at, id).
+        Index("ix_jobs_status_created", "status", "created_at", "id"),
+        # The admin list: every job, and a worker's jobs, newest first.
+        Index("ix_jobs_created", "created_at", "id"),
+        Index("ix_jobs_worker_created", "worker", "created_at", "id"),
+        # The admin statistics: jobs finished in a window.
+        Index("ix_jobs_finished", "finished_at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -206,3 +213,28 @@ class JobEvent(Base):
     worker: Mapped[str | None] = mapped_column(String(WORKER_LENGTH))
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     data: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+
+
+DEVICE_LENGTH = 32
+
+
+class Worker(Base):
+    """A worker process: registered once its network is loaded, beating while it lives.
+
+    Rows of dead workers stay (history); a worker is alive while its
+    ``last_heartbeat_at`` is recent (``shared.workers.ALIVE_SECONDS``).
+    """
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(WORKER_LENGTH), primary_key=True)  # hostname/pid
+    hostname: Mapped[str] = mapped_column(String(WORKER_LENGTH))
+    pid: Mapped[int] = mapped_column(Integer)
+    device: Mapped[str] = mapped_column(String(DEVICE_LENGTH))
+    device_name: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
+    device_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    current_job_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    jobs_done: Mapped[int] = mapped_column(Integer, default=0)
+    jobs_failed: Mapped[int] = mapped_column(Integer, default=0)
