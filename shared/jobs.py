@@ -43,7 +43,7 @@ from shared.errors import LeaseLostError, NotFoundError
 from shared.models import Job, JobEvent, JobRecord, JobStatus, utcnow
 from shared.pagination import Cursor
 from shared.params import StyleParams, parse_params
-from shared.storage import CONTENT_FILE, LocalStorage, style_file
+from shared.storage import CHECKPOINT_FILE, CONTENT_FILE, LocalStorage, style_file
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ class EventKind(StrEnum):
     CANCELED = "canceled"
     FILES_DELETED = "files_deleted"
     RELEASED = "released"
+    RETRIED = "retried"  # an admin queued a failed or canceled job again (issue 6)
 
 
 # ---------------------------------------------------------------- client side
@@ -376,23 +377,27 @@ class Claim:
 
 
 def claim_job(
-    session: Session, job_id: uuid.UUID, *, worker: str, lease_seconds: float
+    session: Session,
+    job_id: uuid.UUID,
+    *,
+    worker: str,
+    lease_seconds: float,
+    max_attempts: int | None = None,
 ) -> Claim | None:
     """Take a queued job (or one whose lease expired) for ``worker``; None if it is not claimable.
 
     None covers a job that is running under a live lease, finished, or unknown:
-    a redelivered message for it is a no-op.
+    a redelivered message for it is a no-op. With ``max_attempts``, a job whose
+    workers died that many times is not claimable either: ``fail_exhausted_job``
+    ends it.
     """
     now = utcnow()
+    conditions = [Job.id == job_id, _claimable(now)]
+    if max_attempts is not None:
+        conditions.append(_died_attempts() < max_attempts)
     claimed = session.execute(
         update(Job)
-        .where(
-            Job.id == job_id,
-            or_(
-                Job.status == JobStatus.QUEUED,
-                and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now),
-            ),
-        )
+        .where(*conditions)
         .values(
             status=JobStatus.RUNNING,
             attempts=Job.attempts + 1,
@@ -411,6 +416,98 @@ def claim_job(
     session.add(JobEvent(job_id=job_id, kind=EventKind.CLAIMED, attempt=attempt, worker=worker))
     session.commit()
     return Claim(job_id, worker, attempt, dict(params), n_styles)
+
+
+def _claimable(now: datetime) -> ColumnElement[bool]:
+    # Queued, or running under a lease that ran out (its worker died or was cut off).
+    return or_(
+        Job.status == JobStatus.QUEUED,
+        and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now),
+    )
+
+
+def _died_attempts() -> ColumnElement[int]:
+    """Attempts that ended without handing the job back or finishing it: their worker died.
+
+    Every claim counts one attempt; one that handed the job back on a shutdown
+    has a ``released`` event. A finished attempt ends the job, so on a claimable
+    row (queued, or running under an expired lease) every other attempt died,
+    the current one included when its lease expired.
+    """
+    released = (
+        select(func.count(JobEvent.id))
+        .where(JobEvent.job_id == Job.id, JobEvent.kind == EventKind.RELEASED.value)
+        .scalar_subquery()
+    )
+    return Job.attempts - released
+
+
+@dataclass(frozen=True)
+class Exhausted:
+    """A job failed with ``too_many_attempts``: its workers died ``died`` times."""
+
+    job_id: uuid.UUID
+    attempts: int
+    died: int
+    last_worker: str | None
+    message: str
+
+
+TOO_MANY_ATTEMPTS = "too_many_attempts"
+
+
+def fail_exhausted_job(
+    session: Session, job_id: uuid.UUID, *, max_attempts: int
+) -> Exhausted | None:
+    """Fail a claimable job whose workers died ``max_attempts`` times, instead of retrying it.
+
+    None if the job is not claimable or has attempts left. The UPDATE is
+    conditional on the status and attempt number read, so a job that a worker
+    claims (or hands back) meanwhile is left alone. The caller removes the
+    job's checkpoint, as for any failure.
+    """
+    now = utcnow()
+    # One statement: the row and its released count from the same snapshot.
+    row = session.execute(
+        select(Job.status, Job.attempts, Job.worker, _died_attempts()).where(
+            Job.id == job_id, _claimable(now)
+        )
+    ).one_or_none()
+    if row is None or row[3] < max_attempts:
+        session.rollback()
+        return None
+    status, attempts, last_worker, died = row
+    message = (
+        f"gave up after {died} attempt{'s' if died != 1 else ''} whose worker died "
+        f"without finishing (the last on {last_worker or 'an unknown worker'}); "
+        f"STYLEQUEUE_MAX_ATTEMPTS is {max_attempts}"
+    )
+    failed = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == status, Job.attempts == attempts, _claimable(now))
+        .values(
+            status=JobStatus.FAILED,
+            error_code=TOO_MANY_ATTEMPTS,
+            error_message=message,
+            eta_seconds=None,
+            lease_owner=None,
+            lease_expires_at=None,
+            finished_at=now,
+            updated_at=now,
+        )
+    )
+    if not _rowcount(failed):
+        session.rollback()
+        return None
+    data = {
+        "error_code": TOO_MANY_ATTEMPTS,
+        "error_message": message,
+        "died": died,
+        "last_worker": last_worker,
+    }
+    session.add(JobEvent(job_id=job_id, kind=EventKind.FAILED, attempt=attempts, data=data))
+    session.commit()
+    return Exhausted(job_id, attempts, died, last_worker, message)
 
 
 def _held_by(claim: Claim) -> ColumnElement[bool]:
@@ -574,20 +671,25 @@ def _end(
 def requeue_stale_jobs(
     session: Session, *, older_than_seconds: float, enqueue: Enqueue, limit: int = 1000
 ) -> list[uuid.UUID]:
-    """Enqueue again the jobs that nothing has touched for ``older_than_seconds``.
+    """Enqueue again the queued jobs that nothing has touched for ``older_than_seconds``
+    (their message may be lost), and the running jobs whose lease expired.
 
-    That is a queued job whose message the broker lost, or a running job whose
-    worker died (its lease expired and no heartbeat came). A job still in the
-    broker gets a second message: harmless, the second claim is a no-op.
-    ``updated_at`` is touched so each job is re-sent at most once per period.
+    A running job's lease expires only when its worker stopped renewing it (it
+    died, or lost the database): that job is re-sent at the first run after the
+    expiry, not ``older_than_seconds`` later. A job still in the broker gets a
+    second message: harmless, the second claim is a no-op. ``updated_at`` is
+    touched so each job is re-sent at most once per period (a re-sent running
+    job has ``updated_at`` past its lease's expiry; a heartbeat or claim always
+    leaves it before).
     """
     now = utcnow()
     cutoff = now - timedelta(seconds=older_than_seconds)
-    stale_condition = and_(
-        Job.updated_at < cutoff,
-        or_(
-            Job.status == JobStatus.QUEUED,
-            and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now),
+    stale_condition = or_(
+        and_(Job.status == JobStatus.QUEUED, Job.updated_at < cutoff),
+        and_(
+            Job.status == JobStatus.RUNNING,
+            Job.lease_expires_at < now,
+            or_(Job.updated_at <= Job.lease_expires_at, Job.updated_at < cutoff),
         ),
     )
     stale = list(
@@ -605,6 +707,35 @@ def requeue_stale_jobs(
         enqueue(job_id)
         requeued.append(job_id)
     return requeued
+
+
+def fail_exhausted_jobs(
+    session: Session, storage: LocalStorage, *, max_attempts: int, limit: int = 1000
+) -> list[Exhausted]:
+    """The reconciler's side of the attempts cap: fail every claimable job whose
+    workers died ``max_attempts`` times (``too_many_attempts``) and remove its
+    checkpoint, rather than re-enqueue it. A worker's claim refuses such a job too."""
+    now = utcnow()
+    candidates = list(
+        session.scalars(
+            select(Job.id)
+            .where(
+                Job.attempts >= max_attempts,  # cheap: a job never died more than it ran
+                _claimable(now),
+                _died_attempts() >= max_attempts,
+            )
+            .order_by(Job.created_at)
+            .limit(limit)
+        )
+    )
+    session.rollback()
+    failed = []
+    for job_id in candidates:
+        exhausted = fail_exhausted_job(session, job_id, max_attempts=max_attempts)
+        if exhausted is not None:
+            storage.delete(job_id, CHECKPOINT_FILE)
+            failed.append(exhausted)
+    return failed
 
 
 FINISHED_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED)

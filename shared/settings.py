@@ -27,6 +27,9 @@ DEFAULT_LEASE_SECONDS = 120.0  # a claimed job is the worker's until then, unles
 DEFAULT_HEARTBEAT_SECONDS = 1.0  # progress write + lease renewal + cancel check, at most this often
 DEFAULT_PREVIEW_SECONDS = 5.0  # a preview PNG at most this often
 DEFAULT_CHECKPOINT_SECONDS = 30.0  # a resumable engine checkpoint at most this often
+# Attempts of one job whose worker died (SIGKILL, OOM, a lost machine) before it fails
+# with `too_many_attempts`; attempts handed back on a shutdown do not count.
+DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_REQUEUE_AFTER_SECONDS = 300.0  # a queued job untouched this long is enqueued again
 DEFAULT_RECONCILE_SECONDS = 60.0  # how often the scheduler runs the reconciler
 DEFAULT_MAX_RUN_SECONDS = 6 * 3600.0  # one attempt of a job running longer fails with `timeout`
@@ -67,6 +70,7 @@ class Settings:
     heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS
     preview_seconds: float = DEFAULT_PREVIEW_SECONDS
     checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
     requeue_after_seconds: float = DEFAULT_REQUEUE_AFTER_SECONDS
     reconcile_seconds: float = DEFAULT_RECONCILE_SECONDS
     max_run_seconds: float = DEFAULT_MAX_RUN_SECONDS
@@ -110,6 +114,7 @@ class Settings:
             checkpoint_seconds=reader.get(
                 "CHECKPOINT_SECONDS", DEFAULT_CHECKPOINT_SECONDS, _positive_float
             ),
+            max_attempts=reader.get("MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, _positive_int),
             requeue_after_seconds=reader.get(
                 "REQUEUE_AFTER_SECONDS", DEFAULT_REQUEUE_AFTER_SECONDS, _positive_float
             ),

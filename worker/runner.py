@@ -110,10 +110,32 @@ def make_context(settings: Settings) -> WorkerContext:
 def run_job(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
     """Run one delivery of a job's message to its end. Never raises for a job's own failure."""
     with ctx.db.session() as session:
+        max_attempts = ctx.settings.max_attempts
         claim = jobs.claim_job(
-            session, job_id, worker=ctx.name, lease_seconds=ctx.settings.lease_seconds
+            session,
+            job_id,
+            worker=ctx.name,
+            lease_seconds=ctx.settings.lease_seconds,
+            max_attempts=max_attempts,
         )
         if claim is None:
+            exhausted = jobs.fail_exhausted_job(session, job_id, max_attempts=max_attempts)
+            if exhausted is not None:
+                ctx.storage.delete(job_id, CHECKPOINT_FILE)  # a failed job is never resumed
+                log.warning(
+                    "job %s failed: %s: %s",
+                    job_id,
+                    jobs.TOO_MANY_ATTEMPTS,
+                    exhausted.message,
+                    extra=job_event(
+                        EventKind.FAILED,
+                        job_id,
+                        error_code=jobs.TOO_MANY_ATTEMPTS,
+                        worker=ctx.name,
+                        attempt=exhausted.attempts,
+                    ),
+                )
+                return Outcome.FAILED
             log.info(
                 "job %s is not claimable (running elsewhere, finished or unknown)",
                 job_id,

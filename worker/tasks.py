@@ -142,15 +142,21 @@ def run_job(self: Task, job_id: str) -> str:
 
 @shared_task(bind=True, name=RECONCILE_TASK, ignore_result=True)
 def reconcile(self: Task) -> int:
-    """Re-enqueue queued jobs the broker lost and running jobs whose worker died;
-    remove the files of jobs finished longer ago than the retention period."""
+    """Fail the jobs whose workers died STYLEQUEUE_MAX_ATTEMPTS times; re-enqueue queued
+    jobs the broker lost and running jobs whose worker died; remove the files of jobs
+    finished longer ago than the retention period."""
     from shared.db import Database
     from shared.storage import LocalStorage
 
     settings = settings_of(self.app)
     db = Database(settings.database_url)
+    storage = LocalStorage(settings.data_dir)
     try:
         with db.session() as session:
+            # First the jobs whose workers died too often: failed, not sent again.
+            exhausted = jobs.fail_exhausted_jobs(
+                session, storage, max_attempts=settings.max_attempts
+            )
             requeued = jobs.requeue_stale_jobs(
                 session,
                 older_than_seconds=settings.requeue_after_seconds,
@@ -159,12 +165,23 @@ def reconcile(self: Task) -> int:
             expired: list[uuid.UUID] = []
             if settings.retention_seconds > 0:
                 expired = jobs.delete_expired_files(
-                    session,
-                    LocalStorage(settings.data_dir),
-                    older_than_seconds=settings.retention_seconds,
+                    session, storage, older_than_seconds=settings.retention_seconds
                 )
     finally:
         db.dispose()
+    for failure in exhausted:
+        log.warning(
+            "job %s failed: %s: %s",
+            failure.job_id,
+            jobs.TOO_MANY_ATTEMPTS,
+            failure.message,
+            extra=job_event(
+                EventKind.FAILED,
+                failure.job_id,
+                error_code=jobs.TOO_MANY_ATTEMPTS,
+                attempt=failure.attempts,
+            ),
+        )
     for job_id in expired:
         log.info(
             "job %s: files removed after the retention period",
