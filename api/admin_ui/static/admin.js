@@ -1,0 +1,71 @@
+// stylequeue admin: live progress for queued and running jobs, and confirmations.
+// No framework: polls /admin/live every 2 s for the rows marked data-live.
+(function () {
+  "use strict";
+  var POLL_MS = 2000;
+  var FINISHED = { succeeded: 1, failed: 1, canceled: 1 };
+
+  function live() { return Array.prototype.slice.call(document.querySelectorAll("[data-live][data-job]")); }
+
+  function setImage(el, src, alt) {
+    if (!el) return;
+    if (el.tagName !== "IMG") {
+      var img = document.createElement("img");
+      img.className = "thumb"; img.alt = alt; img.title = alt;
+      img.setAttribute("data-role", el.getAttribute("data-role"));
+      el.replaceWith(img); el = img;
+    }
+    if (el.getAttribute("src") !== src) el.setAttribute("src", src);
+  }
+
+  function update(el, job) {
+    var chip = el.querySelector("[data-role=status]");
+    if (chip) {
+      chip.className = "chip " + job.status;
+      chip.textContent = job.status + (job.cancel_requested && job.status === "running" ? " · canceling" : "");
+    }
+    var bar = el.querySelector("[data-role=bar]");
+    if (bar) { bar.style.width = job.percent.toFixed(1) + "%"; bar.className = "bar " + job.status; }
+    var text = el.querySelector("[data-role=progress-text]");
+    if (text) {
+      text.textContent = Math.round(job.percent) + "% · " + job.iteration + "/" + job.iterations +
+        (job.status === "running" && job.eta ? " · ETA " + job.eta : "");
+    }
+    var worker = el.querySelector("[data-role=worker]");
+    if (worker && job.worker) worker.textContent = job.worker;
+    var slot = el.querySelector("[data-role=preview], [data-role=result]");
+    if (job.result) setImage(slot, job.result, "result");
+    else if (job.preview) setImage(slot, job.preview, "live preview");
+    el.setAttribute("data-status", job.status);
+    if (FINISHED[job.status]) {
+      el.removeAttribute("data-live");
+      var cancel = el.querySelector("[data-role=cancel]");
+      if (cancel) cancel.closest("form").remove();
+      if (el.hasAttribute("data-reload-when-done")) window.location.reload();
+    }
+  }
+
+  function poll() {
+    var rows = live();
+    if (!rows.length) return;
+    var query = rows.map(function (r) { return "id=" + encodeURIComponent(r.getAttribute("data-job")); }).join("&");
+    fetch("/admin/live?" + query, { headers: { Accept: "application/json" }, credentials: "same-origin" })
+      .then(function (r) { if (r.status === 401) { window.location.reload(); } return r.ok ? r.json() : null; })
+      .then(function (body) {
+        if (!body) return;
+        rows.forEach(function (el) {
+          var job = body.jobs[el.getAttribute("data-job")];
+          if (job) update(el, job);
+        });
+      })
+      .catch(function () { /* the next poll tries again */ });
+  }
+
+  document.addEventListener("submit", function (event) {
+    var message = event.target.getAttribute("data-confirm");
+    if (message && !window.confirm(message)) event.preventDefault();
+  });
+  document.addEventListener("DOMContentLoaded", function () {
+    if (live().length) setInterval(poll, POLL_MS);
+  });
+})();
