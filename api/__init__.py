@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from api import admin_ui, errors, health, jobs, metrics, openapi
+from api import admin, admin_ui, errors, health, jobs, metrics, openapi
 from api.services import Services
 from shared.settings import Settings
 
@@ -21,6 +21,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     errors.init_app(app)
     app.register_blueprint(health.blueprint)
     app.register_blueprint(jobs.blueprint)
+    app.register_blueprint(admin.blueprint)
     app.register_blueprint(openapi.blueprint)
     app.register_blueprint(metrics.blueprint)
     admin_ui.init_app(app)

@@ -8,6 +8,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, render_template
 from pydantic.json_schema import models_json_schema
 
+from api.admin_schemas import ADMIN_MODELS, admin_paths
 from api.schemas import ErrorResponse, Health, JobList, JobOut
 from api.uploads import IDEMPOTENCY_KEY_MAX_LENGTH
 from shared.models import JobStatus
@@ -49,6 +50,7 @@ def openapi_spec() -> dict[str, Any]:
             (JobList, "serialization"),
             (ErrorResponse, "serialization"),
             (Health, "serialization"),
+            *((model, "serialization") for model in ADMIN_MODELS),
         ],
         ref_template=REF,
     )
@@ -65,7 +67,7 @@ def openapi_spec() -> dict[str, Any]:
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearerAuth": []}],
-        "paths": _paths(),
+        "paths": _paths() | admin_paths(REF),
     }
 
 

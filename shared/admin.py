@@ -10,17 +10,36 @@ frozen dataclasses; the HTTP layer turns them into JSON.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    Select,
+    and_,
+    cast,
+    func,
+    literal,
+    select,
+    tuple_,
+    union_all,
+    update,
+)
 from sqlalchemy.orm import Session
 
-from shared.jobs import Enqueue
-from shared.models import Job, JobStatus
+from shared import jobs
+from shared.errors import ConflictError, InvalidInputError
+from shared.jobs import Enqueue, EventKind, get_job
+from shared.models import ApiClient, Job, JobEvent, JobStatus, Worker, utcnow
 from shared.pagination import Cursor
 from shared.storage import LocalStorage
+from shared.workers import ALIVE_SECONDS
+
+log = logging.getLogger(__name__)
 
 DEFAULT_STATS_HOURS = 24
 MAX_STATS_HOURS = 24 * 31
@@ -166,13 +185,147 @@ class WorkerInfo:
 def list_jobs(
     session: Session, filters: JobFilters, *, limit: int, cursor: Cursor | None
 ) -> AdminJobPage:
-    """Every client's jobs matching ``filters``, newest first (created_at, id), one keyset page."""
-    raise NotImplementedError
+    """Every client's jobs matching ``filters``, newest first (created_at, id), one keyset page.
+
+    Each filter shape walks an index in order ((created_at, id), (status, …),
+    (client_id, …), (worker, …)) and stops after ``limit + 1`` rows, however deep
+    the cursor; several statuses are one ordered index walk each, merged.
+    """
+    wanted = limit + 1
+    conditions = _conditions(filters, cursor)
+    statuses = tuple(dict.fromkeys(filters.statuses))
+    if len(statuses) <= 1:
+        if statuses:
+            conditions.append(Job.status == statuses[0])
+        page = _ordered(select(*_JOB_COLUMNS).where(*conditions), wanted).subquery()
+    else:
+        parts = [
+            _ordered(
+                select(*_JOB_COLUMNS).where(*conditions, Job.status == status), wanted
+            ).subquery()
+            for status in statuses
+        ]
+        merged = union_all(*(select(part) for part in parts)).subquery()
+        page = _ordered(select(merged), wanted, merged.c).subquery()
+    rows = session.execute(
+        _ordered(
+            select(page, ApiClient.name.label("client_name")).join(
+                ApiClient, ApiClient.id == page.c.client_id
+            ),
+            wanted,
+            page.c,
+        )
+    ).all()
+    items = [_admin_job(row._mapping) for row in rows]
+    if len(items) <= limit:
+        return AdminJobPage(items, None)
+    last = items[limit - 1]
+    return AdminJobPage(items[:limit], Cursor(last.created_at, last.id).encode())
 
 
-def job_detail(session: Session, job_id: uuid.UUID) -> AdminJobDetail:
+_JOB_COLUMNS = (
+    Job.id,
+    Job.client_id,
+    Job.status,
+    Job.params,
+    Job.iteration,
+    Job.iterations,
+    Job.percent,
+    Job.eta_seconds,
+    Job.attempts,
+    Job.worker,
+    Job.error_code,
+    Job.error_message,
+    Job.created_at,
+    Job.started_at,
+    Job.finished_at,
+)
+
+
+def _conditions(filters: JobFilters, cursor: Cursor | None) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = []
+    if filters.client_id is not None:
+        conditions.append(Job.client_id == filters.client_id)
+    if filters.worker is not None:
+        conditions.append(Job.worker == filters.worker)
+    if filters.created_from is not None:
+        conditions.append(Job.created_at >= filters.created_from)
+    if filters.created_to is not None:
+        conditions.append(Job.created_at < filters.created_to)
+    if cursor is not None:
+        # A row comparison: PostgreSQL turns it into one index range, whatever the depth.
+        conditions.append(
+            tuple_(Job.created_at, Job.id)
+            < tuple_(
+                literal(cursor.created_at, Job.created_at.type),
+                literal(cursor.job_id, Job.id.type),
+            )
+        )
+    return conditions
+
+
+def _ordered(query: Select[Any], limit: int, columns: Any = None) -> Select[Any]:
+    created_at, job_id = (
+        (Job.created_at, Job.id) if columns is None else (columns.created_at, columns.id)
+    )
+    return query.order_by(created_at.desc(), job_id.desc()).limit(limit)
+
+
+def _admin_job(row: Any) -> AdminJob:
+    return AdminJob(
+        id=row["id"],
+        client_id=row["client_id"],
+        client_name=row["client_name"],
+        status=JobStatus(row["status"]),
+        params=dict(row["params"]),
+        iteration=row["iteration"],
+        iterations=row["iterations"],
+        percent=row["percent"],
+        eta_seconds=row["eta_seconds"],
+        attempts=row["attempts"],
+        worker=row["worker"],
+        error_code=row["error_code"],
+        error_message=row["error_message"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+    )
+
+
+def job_detail(
+    session: Session, job_id: uuid.UUID, *, now: datetime | None = None
+) -> AdminJobDetail:
     """A job with its event timeline; NotFoundError (job_not_found) when unknown."""
-    raise NotImplementedError
+    now = now or utcnow()
+    job = get_job(session, job_id, client_id=None)
+    client_name = session.scalar(select(ApiClient.name).where(ApiClient.id == job.client_id))
+    events = [
+        TimelineEvent(e.at, e.kind, e.attempt, e.worker, dict(e.data or {}))
+        for e in session.scalars(
+            select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.at, JobEvent.id)
+        )
+    ]
+    row = {c.key: getattr(job, c.key) for c in _JOB_COLUMNS} | {"client_name": client_name or ""}
+    queue_end = job.started_at or job.finished_at or now
+    return AdminJobDetail(
+        job=_admin_job(row),
+        n_styles=job.n_styles,
+        cancel_requested=job.cancel_requested,
+        lease_owner=job.lease_owner,
+        lease_expires_at=job.lease_expires_at,
+        updated_at=job.updated_at,
+        queue_seconds=max(0.0, (queue_end - job.created_at).total_seconds()),
+        run_seconds=(
+            None
+            if job.started_at is None
+            else ((job.finished_at or now) - job.started_at).total_seconds()
+        ),
+        files_deleted=any(e.kind == EventKind.FILES_DELETED for e in events),
+        events=events,
+    )
+
+
+# ---------------------------------------------------------------- statistics
 
 
 def job_stats(
@@ -180,8 +333,212 @@ def job_stats(
 ) -> JobStats:
     """Counts by status (all time) and, over the last ``hours``, throughput, queue wait
     and run time p50/p95, failure rate, per worker. InvalidInputError if ``hours`` is
-    not 1..MAX_STATS_HOURS."""
-    raise NotImplementedError
+    not 1..MAX_STATS_HOURS.
+
+    The window is whole hours: from the start of the hour ``hours - 1`` before the
+    current one, to ``now``. Queue wait is created → first start; run time is
+    first start → finish, over the jobs that succeeded in the window.
+    """
+    if not 1 <= hours <= MAX_STATS_HOURS:
+        raise InvalidInputError(
+            f"hours: must be an integer from 1 to {MAX_STATS_HOURS}",
+            field="hours",
+            code="invalid_hours",
+        )
+    now = (now or utcnow()).astimezone(UTC)
+    current_hour = now.replace(minute=0, second=0, microsecond=0)
+    window_start = current_hour - timedelta(hours=hours - 1)
+    counts = {s.value: 0 for s in JobStatus}
+    for status, count in session.execute(select(Job.status, func.count()).group_by(Job.status)):
+        counts[JobStatus(status).value] = int(count)
+    per_hour = _per_hour(session, window_start, now, hours)
+    finished = _finished_in_window(session, window_start, now)
+    return JobStats(
+        now=now,
+        hours=hours,
+        window_start=window_start,
+        counts=counts,
+        total=sum(counts.values()),
+        per_hour=per_hour,
+        succeeded=finished.succeeded,
+        failed=finished.failed,
+        canceled=finished.canceled,
+        failure_rate=(
+            finished.failed / (finished.succeeded + finished.failed)
+            if finished.succeeded + finished.failed
+            else None
+        ),
+        queue_seconds=finished.queue_seconds,
+        run_seconds=finished.run_seconds,
+        workers=finished.workers,
+    )
+
+
+def _hour_number(column: Any, dialect: str) -> ColumnElement[Any]:
+    """Hours since the epoch, as an integer, on each backend."""
+    if dialect == "postgresql":
+        return func.floor(func.extract("epoch", column) / 3600)
+    return cast(func.strftime("%s", column), Integer) // 3600
+
+
+def _per_hour(session: Session, start: datetime, now: datetime, hours: int) -> list[HourBucket]:
+    dialect = session.get_bind().dialect.name
+    first = int(start.timestamp()) // 3600
+    created = dict.fromkeys(range(first, first + hours), 0)
+    finished = dict(created)
+    for column, target in ((Job.created_at, created), (Job.finished_at, finished)):
+        hour = _hour_number(column, dialect).label("hour")
+        query = select(hour, func.count()).where(column >= start, column <= now).group_by(hour)
+        for number, count in session.execute(query):
+            if int(number) in target:
+                target[int(number)] += int(count)
+    return [
+        HourBucket(datetime.fromtimestamp(h * 3600, UTC), created[h], finished[h]) for h in created
+    ]
+
+
+@dataclass(frozen=True)
+class _Finished:
+    succeeded: int
+    failed: int
+    canceled: int
+    queue_seconds: Percentiles
+    run_seconds: Percentiles
+    workers: list[WorkerStats]
+
+
+def _finished_in_window(session: Session, start: datetime, now: datetime) -> _Finished:
+    window = and_(Job.finished_at >= start, Job.finished_at <= now)
+    if session.get_bind().dialect.name == "postgresql":
+        return _finished_sql(session, window)
+    return _finished_python(session, window)
+
+
+def _seconds(end: Any, begin: Any) -> ColumnElement[Any]:
+    return func.extract("epoch", end - begin)
+
+
+def _finished_sql(session: Session, window: ColumnElement[bool]) -> _Finished:
+    # PostgreSQL: percentiles in the database, one pass over the window's rows
+    # (found through ix_jobs_finished).
+    succeeded = Job.status == JobStatus.SUCCEEDED
+    run = _seconds(Job.finished_at, Job.started_at)
+    queue = _seconds(Job.started_at, Job.created_at)
+
+    def pct(q: float, value: ColumnElement[Any], *where: ColumnElement[bool]) -> Any:
+        aggregate = func.percentile_cont(q).within_group(value)
+        return aggregate.filter(*where) if where else aggregate
+
+    def count(status: JobStatus) -> Any:
+        return func.count().filter(Job.status == status)
+
+    totals = session.execute(
+        select(
+            count(JobStatus.SUCCEEDED),
+            count(JobStatus.FAILED),
+            count(JobStatus.CANCELED),
+            func.count(queue),
+            pct(0.5, queue),
+            pct(0.95, queue),
+            func.count().filter(succeeded, Job.started_at.is_not(None)),
+            pct(0.5, run, succeeded),
+            pct(0.95, run, succeeded),
+        ).where(window)
+    ).one()
+    worker_rows = session.execute(
+        select(
+            Job.worker,
+            count(JobStatus.SUCCEEDED),
+            count(JobStatus.FAILED),
+            count(JobStatus.CANCELED),
+            func.count().filter(succeeded, Job.started_at.is_not(None)),
+            pct(0.5, run, succeeded),
+            pct(0.95, run, succeeded),
+        )
+        .where(window, Job.worker.is_not(None))
+        .group_by(Job.worker)
+        .order_by(Job.worker)
+    ).all()
+    return _Finished(
+        succeeded=totals[0],
+        failed=totals[1],
+        canceled=totals[2],
+        queue_seconds=_percentiles(totals[3], totals[4], totals[5]),
+        run_seconds=_percentiles(totals[6], totals[7], totals[8]),
+        workers=[
+            WorkerStats(r[0], r[1], r[2], r[3], _percentiles(r[4], r[5], r[6])) for r in worker_rows
+        ],
+    )
+
+
+def _percentiles(count: int, p50: Any, p95: Any) -> Percentiles:
+    return Percentiles(
+        int(count),
+        None if p50 is None or not count else float(p50),
+        None if p95 is None or not count else float(p95),
+    )
+
+
+def _finished_python(session: Session, window: ColumnElement[bool]) -> _Finished:
+    # SQLite (tests, one-machine installs): the window's rows, percentiles here.
+    rows = session.execute(
+        select(Job.status, Job.worker, Job.created_at, Job.started_at, Job.finished_at).where(
+            window
+        )
+    ).all()
+    by_status = {s: 0 for s in JobStatus}
+    queue: list[float] = []
+    run: list[float] = []
+    per_worker: dict[str, dict[str, Any]] = {}
+    for status, worker, created_at, started_at, finished_at in rows:
+        status = JobStatus(status)
+        by_status[status] += 1
+        if started_at is not None:
+            queue.append((started_at - created_at).total_seconds())
+        entry = None
+        if worker is not None:
+            entry = per_worker.setdefault(worker, {s: 0 for s in JobStatus} | {"run": []})
+            entry[status] += 1
+        if status is JobStatus.SUCCEEDED and started_at is not None and finished_at is not None:
+            seconds = (finished_at - started_at).total_seconds()
+            run.append(seconds)
+            if entry is not None:
+                entry["run"].append(seconds)
+    return _Finished(
+        succeeded=by_status[JobStatus.SUCCEEDED],
+        failed=by_status[JobStatus.FAILED],
+        canceled=by_status[JobStatus.CANCELED],
+        queue_seconds=_python_percentiles(queue),
+        run_seconds=_python_percentiles(run),
+        workers=[
+            WorkerStats(
+                name,
+                entry[JobStatus.SUCCEEDED],
+                entry[JobStatus.FAILED],
+                entry[JobStatus.CANCELED],
+                _python_percentiles(entry["run"]),
+            )
+            for name, entry in sorted(per_worker.items())
+        ],
+    )
+
+
+def _python_percentiles(values: list[float]) -> Percentiles:
+    return Percentiles(len(values), percentile(values, 0.5), percentile(values, 0.95))
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Linear interpolation between closest ranks, as PostgreSQL's percentile_cont."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    position = q * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+# ---------------------------------------------------------------- workers
 
 
 def live_workers(
@@ -189,13 +546,40 @@ def live_workers(
 ) -> list[WorkerInfo]:
     """The workers whose last heartbeat is recent (``alive``), by name; with
     ``include_dead`` every registered worker (the dead ones with alive=False)."""
-    raise NotImplementedError
+    now = now or utcnow()
+    cutoff = now - timedelta(seconds=ALIVE_SECONDS)
+    query = select(Worker).order_by(Worker.name)
+    if not include_dead:
+        query = query.where(Worker.last_heartbeat_at >= cutoff)
+    return [
+        WorkerInfo(
+            name=w.name,
+            hostname=w.hostname,
+            pid=w.pid,
+            device=w.device,
+            device_name=w.device_name,
+            device_memory_bytes=w.device_memory_bytes,
+            started_at=w.started_at,
+            last_heartbeat_at=w.last_heartbeat_at,
+            current_job_id=w.current_job_id,
+            jobs_done=w.jobs_done,
+            jobs_failed=w.jobs_failed,
+            alive=w.last_heartbeat_at >= cutoff,
+        )
+        for w in session.scalars(query)
+    ]
+
+
+# ---------------------------------------------------------------- actions
 
 
 def cancel_job(session: Session, job_id: uuid.UUID) -> Job:
     """Cancel any client's queued or running job (a running one stops at its next
     heartbeat); a finished job is returned unchanged. NotFoundError when unknown."""
-    raise NotImplementedError
+    return jobs.cancel_job(session, job_id, client_id=None)
+
+
+RETRYABLE_STATUSES = (JobStatus.FAILED, JobStatus.CANCELED)
 
 
 def retry_job(session: Session, job_id: uuid.UUID, enqueue: Enqueue) -> Job:
@@ -203,9 +587,60 @@ def retry_job(session: Session, job_id: uuid.UUID, enqueue: Enqueue) -> Job:
     attempt, its history kept with a ``retried`` event; then enqueued.
 
     ConflictError ``job_not_retryable`` for any other status, or ``job_files_deleted``
-    when its input files are gone. NotFoundError when unknown.
+    when its input files are gone. NotFoundError when unknown. ``started_at`` and
+    ``finished_at`` are cleared: they describe the new run (the timeline keeps the old).
     """
-    raise NotImplementedError
+    job = get_job(session, job_id, client_id=None)
+    status = job.status
+    if status not in RETRYABLE_STATUSES:
+        raise ConflictError(
+            f"job {job_id} is {status.value}; only a failed or canceled job can be retried",
+            code="job_not_retryable",
+            details={"status": status.value},
+        )
+    if _files_deleted(session, job_id):
+        raise ConflictError(
+            f"job {job_id}: its files were deleted, it cannot run again",
+            code="job_files_deleted",
+        )
+    previous = {"status": status.value, "error_code": job.error_code}
+    now = utcnow()
+    retried = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == status)
+        .values(
+            status=JobStatus.QUEUED,
+            error_code=None,
+            error_message=None,
+            cancel_requested=False,
+            lease_owner=None,
+            lease_expires_at=None,
+            iteration=0,
+            percent=0.0,
+            eta_seconds=None,
+            started_at=None,
+            finished_at=None,
+            updated_at=now,
+        )
+    )
+    if not getattr(retried, "rowcount", 0):  # changed under us: say what it is now
+        session.rollback()
+        return retry_job(session, job_id, enqueue)
+    session.add(
+        JobEvent(
+            job_id=job_id,
+            kind=EventKind.RETRIED,
+            attempt=job.attempts,
+            data={k: v for k, v in previous.items() if v is not None},
+        )
+    )
+    session.commit()
+    try:
+        enqueue(job_id)
+    except Exception as exc:  # the broker is down: the reconciler enqueues it later
+        log.warning("job %s retried but not enqueued (%s); left for the reconciler", job_id, exc)
+    session.refresh(job)
+    return job
 
 
 def delete_job_files(session: Session, storage: LocalStorage, job_id: uuid.UUID) -> Job:
@@ -214,4 +649,26 @@ def delete_job_files(session: Session, storage: LocalStorage, job_id: uuid.UUID)
     Only for a finished job: a queued or running one is a ConflictError
     ``job_not_finished`` (cancel it first). Idempotent. NotFoundError when unknown.
     """
-    raise NotImplementedError
+    job = get_job(session, job_id, client_id=None)
+    if not job.status.is_finished:
+        raise ConflictError(
+            f"job {job_id} is {job.status.value}; cancel it first, files go only once it ended",
+            code="job_not_finished",
+            details={"status": job.status.value},
+        )
+    already = _files_deleted(session, job_id)
+    session.rollback()  # no transaction open while deleting files
+    storage.delete_job_files(job_id)
+    if not already:
+        session.add(JobEvent(job_id=job_id, kind=EventKind.FILES_DELETED, data={"by": "admin"}))
+        session.commit()
+    return get_job(session, job_id, client_id=None)
+
+
+def _files_deleted(session: Session, job_id: uuid.UUID) -> bool:
+    found = session.scalar(
+        select(JobEvent.id)
+        .where(JobEvent.job_id == job_id, JobEvent.kind == EventKind.FILES_DELETED)
+        .limit(1)
+    )
+    return found is not None

@@ -48,6 +48,7 @@ from worker.engine import (
     pil_to_tensor,
     transfer,
 )
+from worker.registry import WorkerRegistry
 
 log = logging.getLogger(__name__)
 
@@ -78,18 +79,35 @@ class WorkerContext:
     # checkpoints and goes back to the queue instead of holding up the shutdown.
     shutting_down: threading.Event = field(default_factory=threading.Event)
     _network: Network | None = field(default=None, repr=False)
+    _registry: WorkerRegistry | None = field(default=None, repr=False)
+
+    def device(self) -> torch.device:
+        device = self.settings.device
+        return default_device() if device == "auto" else torch.device(device)
+
+    def registry(self) -> WorkerRegistry:
+        """This process in the ``workers`` table (issue 6), started once the network is loaded."""
+        if self._registry is None:
+            self._registry = WorkerRegistry(self.db, self.name, self.device)
+        return self._registry
+
+    def close(self) -> None:
+        """Stop beating and close the database connections."""
+        if self._registry is not None:
+            self._registry.stop()
+        self.db.dispose()
 
     def network(self) -> Network:
         """The VGG19 network, loaded on first use and kept for every later job."""
         if self._network is None:
-            device = self.settings.device
-            chosen = default_device() if device == "auto" else torch.device(device)
+            chosen = self.device()
             path = self.settings.torchvision_weights_path
             if self.settings.weights == "torchvision" and path is not None:
                 self._network = load_network("torchvision", chosen, torchvision_path=path)
             else:
                 self._network = get_network(self.settings.weights, chosen)
             log.info("loaded %s VGG19 on %s", self.settings.weights, chosen)
+            self.registry().start()
         return self._network
 
 
@@ -150,15 +168,21 @@ def run_job(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
             extra=job_event(EventKind.CLAIMED, job_id, worker=ctx.name, attempt=claim.attempt),
         )
         reporter = JobReporter(ctx, session, claim)
+        ctx.registry().job_started(job_id)
+        outcome = Outcome.LEASE_LOST
         try:
-            return _run_claimed(ctx, session, claim, reporter)
+            outcome = _run_claimed(ctx, session, claim, reporter)
         except LeaseLostError:
             log.warning(
                 "job %s: lease lost; stopping without writing",
                 job_id,
                 extra=job_event(Outcome.LEASE_LOST, job_id, **_who(ctx, claim)),
             )
-            return Outcome.LEASE_LOST
+        finally:
+            ctx.registry().job_ended(
+                succeeded=outcome is Outcome.SUCCEEDED, failed=outcome is Outcome.FAILED
+            )
+        return outcome
 
 
 def _run_claimed(

@@ -39,4 +39,4 @@ def worker_context(database_url: str, data_dir: Path, **settings: Any) -> Iterat
     try:
         yield context
     finally:
-        context.db.dispose()
+        context.close()

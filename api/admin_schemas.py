@@ -1,0 +1,280 @@
+"""The admin API's JSON shapes (pydantic, for /openapi.json and tests) and its paths."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from api.schemas import JobOut
+from shared.admin import DEFAULT_STATS_HOURS, MAX_STATS_HOURS
+from shared.models import JobStatus
+from shared.pagination import DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT
+
+
+class ClientRef(BaseModel):
+    id: int
+    name: str
+
+
+class AdminUrls(BaseModel):
+    self_: str = Field(alias="self")
+    cancel: str
+    retry: str
+    files: str = Field(description="DELETE it to remove the job's files.")
+
+
+class AdminJobOut(JobOut):
+    """A job as the client API shows it, with its client and the admin actions' URLs."""
+
+    client: ClientRef
+    admin_urls: AdminUrls
+
+
+class AdminJobList(BaseModel):
+    jobs: list[AdminJobOut]
+    next_cursor: str | None = Field(
+        description="Pass as ?cursor= for the next page; null at the end."
+    )
+
+
+class TimelineEventOut(BaseModel):
+    at: datetime
+    kind: str = Field(
+        description="created, claimed, resumed, checkpoint, cancel_requested, released, "
+        "requeued, enqueue_failed, retried, succeeded, failed, canceled, files_deleted."
+    )
+    attempt: int = Field(description="The attempt it belongs to; 0 before the first claim.")
+    worker: str | None
+    data: dict[str, Any] = Field(description="e.g. iteration for checkpoint, resumed, released.")
+
+
+class AdminJobDetailOut(AdminJobOut):
+    """A job with its whole history, oldest event first."""
+
+    n_styles: int
+    cancel_requested: bool
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    updated_at: datetime
+    files_deleted: bool
+    events: list[TimelineEventOut]
+
+
+class PercentilesOut(BaseModel):
+    count: int
+    p50: float | None
+    p95: float | None
+
+
+class HourBucketOut(BaseModel):
+    hour_start: datetime
+    created: int
+    finished: int
+
+
+class WorkerStatsOut(BaseModel):
+    worker: str
+    succeeded: int
+    failed: int
+    canceled: int
+    run_seconds: PercentilesOut
+
+
+class StatsOut(BaseModel):
+    """Counts by status over all time; the rest over jobs finished in the window."""
+
+    now: datetime
+    hours: int
+    window_start: datetime = Field(description="The start of the hour hours-1 before now's.")
+    counts: dict[str, int]
+    total: int
+    per_hour: list[HourBucketOut]
+    succeeded: int
+    failed: int
+    canceled: int
+    failure_rate: float | None = Field(description="failed / (succeeded + failed) in the window.")
+    queue_seconds: PercentilesOut = Field(description="Created to first start.")
+    run_seconds: PercentilesOut = Field(description="First start to finish, succeeded jobs.")
+    workers: list[WorkerStatsOut]
+
+
+class WorkerOut(BaseModel):
+    name: str
+    hostname: str
+    pid: int
+    device: str
+    device_name: str | None
+    device_memory_bytes: int | None
+    started_at: datetime
+    last_heartbeat_at: datetime
+    current_job_id: uuid.UUID | None
+    jobs_done: int
+    jobs_failed: int
+    alive: bool
+
+
+class WorkerList(BaseModel):
+    workers: list[WorkerOut]
+
+
+ADMIN_MODELS: list[type[BaseModel]] = [AdminJobList, AdminJobDetailOut, StatsOut, WorkerList]
+
+_JOB_ID = {
+    "name": "job_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "format": "uuid"},
+}
+_ERRORS = {
+    400: "Bad input; details.field names the field.",
+    401: "No API key, or an unknown one.",
+    403: "Not an admin key (admin_required).",
+    404: "No such job.",
+    409: "The job is not in a state that allows this.",
+    503: "The database or Redis is unavailable.",
+}
+
+
+def admin_paths(ref: str) -> dict[str, Any]:
+    """The admin endpoints for /openapi.json; ``ref`` is the spec's schema $ref template."""
+
+    def json_of(model: str, description: str) -> dict[str, Any]:
+        schema = {"$ref": ref.format(model=model)}
+        return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+    def errors(*statuses: int) -> dict[str, Any]:
+        return {str(s): json_of("ErrorResponse", _ERRORS[s]) for s in statuses}
+
+    detail = json_of("AdminJobDetailOut", "The job with its timeline.")
+    query = [
+        {
+            "name": "status",
+            "in": "query",
+            "schema": {"type": "string"},
+            "description": "One or more of "
+            f"{', '.join(s.value for s in JobStatus)}: repeated, or comma-separated.",
+        },
+        {"name": "client_id", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+        {
+            "name": "worker",
+            "in": "query",
+            "schema": {"type": "string"},
+            "description": "The worker that ran the job last (hostname/pid).",
+        },
+        {
+            "name": "created_from",
+            "in": "query",
+            "schema": {"type": "string", "format": "date-time"},
+            "description": "Inclusive; ISO 8601 with a zone.",
+        },
+        {
+            "name": "created_to",
+            "in": "query",
+            "schema": {"type": "string", "format": "date-time"},
+            "description": "Exclusive; ISO 8601 with a zone.",
+        },
+        {
+            "name": "limit",
+            "in": "query",
+            "schema": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": MAX_PAGE_LIMIT,
+                "default": DEFAULT_PAGE_LIMIT,
+            },
+        },
+        {
+            "name": "cursor",
+            "in": "query",
+            "schema": {"type": "string"},
+            "description": "next_cursor of the previous page (same filters).",
+        },
+    ]
+    return {
+        "/v1/admin/jobs": {
+            "get": {
+                "operationId": "adminListJobs",
+                "summary": "Every client's jobs, newest first, filtered (admin)",
+                "parameters": query,
+                "responses": {
+                    "200": json_of("AdminJobList", "A page of jobs."),
+                    **errors(400, 401, 403),
+                },
+            }
+        },
+        "/v1/admin/jobs/{job_id}": {
+            "get": {
+                "operationId": "adminGetJob",
+                "summary": "A job with its event timeline (admin)",
+                "parameters": [_JOB_ID],
+                "responses": {"200": detail, **errors(401, 403, 404)},
+            }
+        },
+        "/v1/admin/jobs/{job_id}/cancel": {
+            "post": {
+                "operationId": "adminCancelJob",
+                "summary": "Cancel any client's queued or running job (idempotent; admin)",
+                "parameters": [_JOB_ID],
+                "responses": {"200": detail, **errors(401, 403, 404)},
+            }
+        },
+        "/v1/admin/jobs/{job_id}/retry": {
+            "post": {
+                "operationId": "adminRetryJob",
+                "summary": "Queue a failed or canceled job again (admin)",
+                "parameters": [_JOB_ID],
+                "responses": {"200": detail, **errors(401, 403, 404, 409)},
+            }
+        },
+        "/v1/admin/jobs/{job_id}/files": {
+            "delete": {
+                "operationId": "adminDeleteJobFiles",
+                "summary": "Remove a finished job's files; the row and history stay (admin)",
+                "parameters": [_JOB_ID],
+                "responses": {"200": detail, **errors(401, 403, 404, 409)},
+            }
+        },
+        "/v1/admin/stats": {
+            "get": {
+                "operationId": "adminStats",
+                "summary": "Counts, throughput, wait and run time percentiles, per worker (admin)",
+                "parameters": [
+                    {
+                        "name": "hours",
+                        "in": "query",
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": MAX_STATS_HOURS,
+                            "default": DEFAULT_STATS_HOURS,
+                        },
+                    }
+                ],
+                "responses": {
+                    "200": json_of("StatsOut", "The statistics."),
+                    **errors(400, 401, 403),
+                },
+            }
+        },
+        "/v1/admin/workers": {
+            "get": {
+                "operationId": "adminWorkers",
+                "summary": "Live workers: last heartbeat, current job, jobs done, device (admin)",
+                "parameters": [
+                    {
+                        "name": "all",
+                        "in": "query",
+                        "schema": {"type": "boolean", "default": False},
+                        "description": "true: dead workers too (alive false).",
+                    }
+                ],
+                "responses": {
+                    "200": json_of("WorkerList", "The workers."),
+                    **errors(400, 401, 403),
+                },
+            }
+        },
+    }

@@ -1,0 +1,107 @@
+"""This worker process in the ``workers`` registry: registration, a beating thread, its jobs.
+
+Best effort throughout: a database hiccup costs a beat or a counter, never a job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+
+import torch
+from sqlalchemy.orm import Session
+
+from shared import workers
+from shared.db import Database
+from shared.workers import DeviceInfo
+
+log = logging.getLogger(__name__)
+
+
+def describe_device(device: torch.device) -> DeviceInfo:
+    """``cpu``, or ``cuda:N`` with the GPU's name and total memory."""
+    if device.type != "cuda":
+        return DeviceInfo(str(device))
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    properties = torch.cuda.get_device_properties(index)
+    return DeviceInfo(f"cuda:{index}", properties.name, int(properties.total_memory))
+
+
+class WorkerRegistry:
+    """Registers the worker on ``start`` (idempotent) and beats every ``beat_seconds``."""
+
+    def __init__(
+        self,
+        db: Database,
+        name: str,
+        device: Callable[[], torch.device],
+        *,
+        beat_seconds: float = workers.BEAT_SECONDS,
+    ) -> None:
+        self._db = db
+        self._name = name
+        self._device = device
+        self._beat_seconds = beat_seconds
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Register (once) and start the beating thread."""
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._stop.clear()
+            self._best_effort("register", self._register)
+            self._thread = threading.Thread(
+                target=self._beat_forever, name="stylequeue-worker-beat", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._stop.set()
+            thread.join(timeout=5)
+
+    def job_started(self, job_id: uuid.UUID) -> None:
+        self.start()
+        self._best_effort("job start", lambda s: workers.job_started(s, self._name, job_id))
+
+    def job_ended(self, *, succeeded: bool, failed: bool) -> None:
+        self._best_effort(
+            "job end",
+            lambda s: workers.job_ended(s, self._name, succeeded=succeeded, failed=failed),
+        )
+
+    def _register(self, session: Session) -> None:
+        hostname, _, pid = self._name.rpartition("/")
+        workers.register_worker(
+            session,
+            name=self._name,
+            hostname=hostname or socket.gethostname(),
+            pid=int(pid) if pid.isdigit() else os.getpid(),
+            device=describe_device(self._device()),
+        )
+
+    def _beat_forever(self) -> None:
+        while not self._stop.wait(self._beat_seconds):
+            self._best_effort("beat", self._beat)
+
+    def _beat(self, session: Session) -> None:
+        if not workers.beat(session, self._name):  # the row went away: register again
+            self._register(session)
+
+    def _best_effort(self, what: str, write: Callable[[Session], object]) -> bool:
+        try:
+            with self._db.session() as session:
+                write(session)
+            return True
+        except Exception:
+            log.warning("worker registry: could not record the %s", what, exc_info=True)
+            return False
