@@ -42,8 +42,8 @@ def bar_chart(
     labels: Sequence[str],
     series: Sequence[tuple[str, Sequence[int]]],
     *,
-    width: int = 720,
-    height: int = 220,
+    width: int = 1080,
+    height: int = 260,
     label_every: int = 3,
 ) -> Markup:
     """Grouped vertical bars: one group per label, one bar per series, a legend on top."""
@@ -94,11 +94,11 @@ def bar_chart(
 def hbar_chart(
     rows: Sequence[tuple[str, float | None, str]],
     *,
-    width: int = 360,
+    width: int = 520,
     unit: str = "",
 ) -> Markup:
     """Horizontal bars, one per (label, value, colour); a None value shows as a dash."""
-    row_h, left, right = 24, 96, 64
+    row_h, left, right = 26, 84, 72
     height = row_h * max(len(rows), 1) + 8
     peak = _nice_max(max((v for _, v, _ in rows if v is not None), default=0))
     plot_w = width - left - right

@@ -1,0 +1,233 @@
+"""The /admin page end to end in headless Chromium (Debian's ``chromium``, driven by Playwright).
+
+The real stack: ``stylequeue api`` (gunicorn, two processes, so the session key
+must be shared) on a free port, a real Celery worker (``worker_stack``) and the
+run's PostgreSQL database. The browser logs in, filters the table, sees a
+finished job's result thumbnail load, and cancels a running job with the
+page's button. Set ``ADMIN_SCREENSHOTS=/some/dir`` to keep a PNG of each page.
+
+Under CI=true a missing Chromium or Playwright fails the test; elsewhere it skips.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from processes import stop_process_group
+
+from shared.auth import create_client
+from shared.db import Database
+from shared.models import Job, JobStatus
+
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+SCREENSHOTS = os.environ.get("ADMIN_SCREENSHOTS")
+QUICK = {"size": 32, "iterations": 3, "scales": 1}
+LONG = {"size": 64, "iterations": 5000, "scales": 1}  # minutes on a CPU: canceled long before
+API_READY_SECONDS = 60.0
+JOB_SECONDS = 180.0  # the worker is shared with the session's other tests
+UI_MS = 30_000
+
+pytestmark = pytest.mark.slow
+
+
+def _missing(what: str) -> None:
+    if IN_CI:
+        pytest.fail(f"{what} — required under CI=true (scripts/services installs chromium)")
+    pytest.skip(what)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def api_server(worker_stack: Any, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """``stylequeue api`` with the worker's settings; yields (base URL, admin key)."""
+    settings = worker_stack.settings
+    admin_key = "sq_admin_" + secrets.token_urlsafe(16)
+    env = {
+        **os.environ,
+        "STYLEQUEUE_DATABASE_URL": settings.database_url,
+        "STYLEQUEUE_REDIS_URL": settings.redis_url,
+        "STYLEQUEUE_REDIS_PREFIX": settings.redis_prefix,
+        "STYLEQUEUE_DATA_DIR": str(settings.data_dir),
+        "STYLEQUEUE_ADMIN_KEY": admin_key,
+    }
+    port = _free_port()
+    log_path = tmp_path / "api.log"
+    command = str(Path(sys.executable).with_name("stylequeue"))
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [command, "api", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + API_READY_SECONDS
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"the API exited:\n{log_path.read_text()[-3000:]}")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                pytest.fail(f"the API did not start:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.1)
+        yield base, admin_key
+    finally:
+        stop_process_group(process)
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:
+        _missing(f"the playwright package is not installed ({exc})")
+    if not Path(CHROMIUM).is_file():
+        _missing(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+def _wait(what: str, check: Callable[[], Any], timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _shot(page: Any, name: str) -> None:
+    if SCREENSHOTS:
+        page.screenshot(path=str(Path(SCREENSHOTS) / f"admin-{name}.png"), full_page=True)
+
+
+@pytest.mark.parametrize("worker_stack", ["postgresql"], indirect=True)
+def test_admin_page_in_chromium(
+    worker_stack: Any,
+    api_server: tuple[str, str],
+    browser: Any,
+    image_bytes: Callable[[str], bytes],
+) -> None:
+    base, admin_key = api_server
+    db = Database(worker_stack.settings.database_url)
+    with db.session() as session:
+        _, client_key = create_client(session, f"browser-{secrets.token_hex(3)}")
+    http = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {client_key}"})
+
+    def submit(params: dict[str, int]) -> str:
+        files = [
+            ("content", ("content.png", image_bytes("tubingen"), "image/png")),
+            ("style", ("style.png", image_bytes("starry_night"), "image/png")),
+        ]
+        response = http.post("/v1/jobs", files=files, data={"params": json.dumps(params)})
+        assert response.status_code == 202, response.text
+        job_id: str = response.json()["id"]
+        return job_id
+
+    def status(job_id: str) -> str:
+        value: str = http.get(f"/v1/jobs/{job_id}").json()["status"]
+        return value
+
+    try:
+        done = submit(QUICK)
+        _wait("the quick job to succeed", lambda: status(done) == "succeeded", JOB_SECONDS)
+        running = submit(LONG)
+        _wait("the long job to run", lambda: status(running) == "running", JOB_SECONDS)
+
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        page.set_default_timeout(UI_MS)
+        page.on("dialog", lambda dialog: dialog.accept())  # the cancel button's confirm()
+
+        # Logging in: /admin sends the browser to the login form, which sends it back.
+        page.goto(f"{base}/admin")
+        assert "/admin/login" in page.url
+        _shot(page, "login")
+        page.fill("#key", client_key)
+        page.click("button[type=submit]")
+        assert "is not an admin key" in page.inner_text("#login-error")
+        page.fill("#key", admin_key)
+        page.click("button[type=submit]")
+        page.wait_for_selector("table#jobs")
+        assert page.url.rstrip("/").endswith("/admin")
+        assert page.locator(f'tr[data-job="{done}"]').count() == 1
+        assert page.locator(f'tr[data-job="{running}"]').count() == 1
+        _shot(page, "jobs")
+
+        # A status filter shows only jobs in that status.
+        page.click('.status-filter a[data-status="succeeded"]')
+        page.wait_for_url("**/admin?status=succeeded")
+        statuses = page.eval_on_selector_all(
+            "table#jobs tbody tr[data-job]", "rows => rows.map(r => r.dataset.status)"
+        )
+        assert statuses and set(statuses) == {"succeeded"}
+        assert page.locator(f'tr[data-job="{running}"]').count() == 0
+
+        # The finished job's result thumbnail is a real image that loaded.
+        result = page.locator(f'tr[data-job="{done}"] img[data-role="result"]')
+        result.wait_for()
+        page.wait_for_function(
+            "img => img.complete && img.naturalWidth > 0", arg=result.element_handle()
+        )
+        assert result.evaluate("img => img.naturalWidth") > 0
+
+        # The job page: parameters, timeline, images.
+        page.goto(f"{base}/admin/jobs/{done}")
+        assert "succeeded" in page.inner_text("#timeline")
+        _shot(page, "job")
+        for name in ("stats", "workers"):
+            page.goto(f"{base}/admin/{name}")
+            _shot(page, name)
+
+        # Cancel the running job from the table: the page and the database both say canceled.
+        page.goto(f"{base}/admin?status=running&status=queued")
+        row = page.locator(f'tr[data-job="{running}"]')
+        row.wait_for()
+        # Its progress and live preview refresh without a reload (admin.js polls /admin/live).
+        before = row.locator('[data-role="progress-text"]').inner_text()
+        page.wait_for_function(
+            "([el, text]) => el.textContent !== text",
+            arg=[row.locator('[data-role="progress-text"]').element_handle(), before],
+        )
+        preview = row.locator('img[data-role="preview"]')
+        preview.wait_for()
+        page.wait_for_function(
+            "img => img.complete && img.naturalWidth > 0", arg=preview.element_handle()
+        )
+        _shot(page, "running")
+        row.locator('[data-role="cancel"]').click()
+        page.wait_for_selector(f'tr[data-job="{running}"][data-status="canceled"]')
+        assert page.locator(f'tr[data-job="{running}"] .chip').inner_text() == "canceled"
+        with db.session() as session:
+            job = session.get(Job, uuid.UUID(running))
+            assert job is not None and job.status is JobStatus.CANCELED
+    finally:
+        http.close()
+        db.dispose()

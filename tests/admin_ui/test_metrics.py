@@ -1,0 +1,226 @@
+"""``GET /metrics``: parsed with prometheus_client's own parser, checked against known jobs.
+
+Each test gets an empty database (PostgreSQL and SQLite) holding only the jobs it
+wrote, with chosen timestamps, so every figure is known exactly.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import delete
+
+import migrations
+from api import create_app, metrics
+from api.services import EXTENSION_KEY
+from shared.celery_app import JOBS_QUEUE, JobPublisher
+from shared.db import Database
+from shared.models import ApiClient, Job, JobEvent, JobStatus, Worker, utcnow
+from shared.settings import Settings
+from shared.workers import DeviceInfo, job_started, register_worker
+
+
+@pytest.fixture(scope="module", params=["postgresql", "sqlite"])
+def module_database(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, postgresql_url: str
+) -> Iterator[str]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('metrics') / 'metrics.sqlite3'}"
+        migrations.upgrade(url)
+        yield url
+        return
+    import psycopg
+
+    base, _, _ = postgresql_url.rpartition("/")
+    name = f"sq_test_metrics_{secrets.token_hex(4)}"
+    admin_url = f"{base}/postgres"
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = f"{base}/{name}"
+        migrations.upgrade(url)
+        yield url
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def fresh_database(module_database: str) -> str:
+    """The module's database, emptied."""
+    db = Database(module_database)
+    try:
+        with db.session() as session:
+            for table in (JobEvent, Job, Worker, ApiClient):
+                session.execute(delete(table))
+            session.commit()
+    finally:
+        db.dispose()
+    return module_database
+
+
+@pytest.fixture
+def metrics_app(
+    fresh_database: str,
+    redis_url: str,
+    redis_prefix: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Flask]:
+    monkeypatch.setattr(metrics, "CACHE_SECONDS", 0.0)
+    own = Settings(
+        database_url=fresh_database,
+        redis_url=redis_url,
+        redis_prefix=f"{redis_prefix}metrics-{secrets.token_hex(3)}:",
+        data_dir=tmp_path / "data",
+    )
+    app = create_app(own)
+    redis = app.extensions[EXTENSION_KEY].redis
+    yield app
+    app.extensions[EXTENSION_KEY].db.dispose()
+    keys = list(redis.scan_iter(match=f"{own.redis_prefix}*"))
+    if keys:
+        redis.delete(*keys)
+
+
+def scrape(app: Flask, **headers: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """{sample name: {sorted labels: value}} from one scrape."""
+    response = app.test_client().get("/metrics", headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.mimetype == "text/plain"
+    samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return samples
+
+
+def add_jobs(app: Flask) -> None:
+    """Five jobs, one per status, with known wait and run times."""
+    now = utcnow()
+    t0 = now - timedelta(hours=1)
+
+    def job(status: JobStatus, wait: float | None, run: float | None) -> Job:
+        started = None if wait is None else t0 + timedelta(seconds=wait)
+        finished = None
+        if run is not None and started is not None:
+            finished = started + timedelta(seconds=run)
+        elif status.is_finished:
+            finished = t0 + timedelta(seconds=1)
+        return Job(
+            client_id=client.id,
+            status=status,
+            params={},
+            n_styles=1,
+            iterations=10,
+            created_at=t0,
+            started_at=started,
+            finished_at=finished,
+        )
+
+    with app.extensions[EXTENSION_KEY].db.session() as session:
+        client = ApiClient(name="metrics", key_hash=secrets.token_hex(32))
+        session.add(client)
+        session.flush()
+        session.add_all(
+            [
+                job(JobStatus.SUCCEEDED, wait=3, run=50),
+                job(JobStatus.FAILED, wait=0.2, run=700),
+                job(JobStatus.CANCELED, wait=None, run=None),  # canceled while queued
+                job(JobStatus.RUNNING, wait=40, run=None),
+                job(JobStatus.QUEUED, wait=None, run=None),
+            ]
+        )
+        session.commit()
+
+
+def test_jobs_by_status_and_wait_and_run_histograms(metrics_app: Flask) -> None:
+    empty = scrape(metrics_app)
+    assert empty["stylequeue_jobs"] == {(("status", s.value),): 0 for s in JobStatus}
+    assert empty["stylequeue_job_wait_seconds_count"] == {(): 0}
+    add_jobs(metrics_app)
+    samples = scrape(metrics_app)
+    assert samples["stylequeue_jobs"] == {(("status", s.value),): 1 for s in JobStatus}
+
+    wait = samples["stylequeue_job_wait_seconds_bucket"]
+    assert samples["stylequeue_job_wait_seconds_count"] == {(): 3}
+    assert samples["stylequeue_job_wait_seconds_sum"][()] == pytest.approx(43.2, abs=0.01)
+    assert wait[(("le", "0.5"),)] == 1  # the failed job's 0.2 s
+    assert wait[(("le", "2.0"),)] == 1
+    assert wait[(("le", "5.0"),)] == 2  # + the succeeded job's 3 s
+    assert wait[(("le", "30.0"),)] == 2
+    assert wait[(("le", "60.0"),)] == 3  # + the running job's 40 s
+    assert wait[(("le", "+Inf"),)] == 3
+
+    run = samples["stylequeue_job_run_seconds_bucket"]
+    count = samples["stylequeue_job_run_seconds_count"]
+    assert count == {
+        (("status", "succeeded"),): 1,
+        (("status", "failed"),): 1,
+        (("status", "canceled"),): 0,
+    }
+    assert run[(("le", "30.0"), ("status", "succeeded"))] == 0
+    assert run[(("le", "60.0"), ("status", "succeeded"))] == 1
+    assert run[(("le", "600.0"), ("status", "failed"))] == 0
+    assert run[(("le", "1200.0"), ("status", "failed"))] == 1
+    sums = samples["stylequeue_job_run_seconds_sum"]
+    assert sums[(("status", "failed"),)] == pytest.approx(700, abs=0.01)
+
+
+def test_queue_depth_is_the_brokers_list_length(metrics_app: Flask) -> None:
+    settings = metrics_app.extensions[EXTENSION_KEY].settings
+    assert scrape(metrics_app)["stylequeue_queue_depth"][(("queue", JOBS_QUEUE),)] == 0
+    publisher = JobPublisher(settings)
+    try:
+        for _ in range(3):
+            publisher.publish(uuid.uuid4())
+    finally:
+        publisher.close()
+    samples = scrape(metrics_app)
+    assert samples["stylequeue_queue_depth"][(("queue", JOBS_QUEUE),)] == 3
+    assert samples["stylequeue_redis_up"] == {(): 1}
+
+
+def test_live_and_busy_workers_come_from_the_registry(metrics_app: Flask) -> None:
+    now = utcnow()
+    with metrics_app.extensions[EXTENSION_KEY].db.session() as session:
+        for name, beat in (("a@h/1", now), ("b@h/2", now), ("dead@h/3", now - timedelta(hours=1))):
+            register_worker(
+                session, name=name, hostname="h", pid=1, device=DeviceInfo("cpu"), now=beat
+            )
+        session.commit()
+        job_started(session, "a@h/1", uuid.uuid4())
+        session.commit()
+    samples = scrape(metrics_app)
+    assert samples["stylequeue_workers_live"] == {(): 2}
+    assert samples["stylequeue_workers_busy"] == {(): 1}
+
+
+def test_redis_down_is_reported_not_a_500(metrics_app: Flask) -> None:
+    import redis
+
+    svc = metrics_app.extensions[EXTENSION_KEY]
+    svc.redis = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    samples = scrape(metrics_app)
+    assert samples["stylequeue_redis_up"] == {(): 0}
+    assert "stylequeue_queue_depth" not in samples
+    assert "stylequeue_jobs" in samples
+
+
+def test_the_optional_metrics_key(metrics_app: Flask) -> None:
+    svc = metrics_app.extensions[EXTENSION_KEY]
+    svc.settings = replace(svc.settings, metrics_key="scrape-me")
+    http = metrics_app.test_client()
+    assert http.get("/metrics").status_code == 401
+    wrong = http.get("/metrics", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+    assert wrong.json["error"]["code"] == "invalid_api_key"
+    assert "stylequeue_jobs" in scrape(metrics_app, Authorization="Bearer scrape-me")
