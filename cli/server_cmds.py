@@ -61,7 +61,11 @@ def api_argv(host: str, port: int, workers: int, *, access_log: bool = False) ->
 
 
 def worker_argv(
-    loglevel: str = "INFO", *, hostname: str | None = None, quiet: bool = False
+    loglevel: str = "INFO",
+    *,
+    hostname: str | None = None,
+    quiet: bool = False,
+    events: bool = False,
 ) -> list[str]:
     """The command line of one job worker (also used by the tests and benchmarks).
 
@@ -91,6 +95,8 @@ def worker_argv(
         argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
     if hostname is not None:
         argv += ["--hostname", hostname]
+    if events:  # Celery task events from the start (Flower also turns them on remotely)
+        argv.append("--task-events")
     return argv
 
 
@@ -138,10 +144,16 @@ def api(host: str, port: int, workers: int, access_log: bool, dev: bool) -> None
 
 @click.command()
 @click.option("--loglevel", default="INFO", show_default=True)
-def worker(loglevel: str) -> None:
+@click.option(
+    "--events",
+    is_flag=True,
+    help="Send Celery task events from the start, for Flower or `celery events` "
+    "(Flower also turns them on by itself; see docs/admin.md).",
+)
+def worker(loglevel: str, events: bool) -> None:
     """Run a Celery worker: one style-transfer job at a time (one per GPU)."""
     _settings()
-    os.execv(sys.executable, worker_argv(loglevel))
+    os.execv(sys.executable, worker_argv(loglevel, events=events))
 
 
 @click.command()
