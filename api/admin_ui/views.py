@@ -106,6 +106,11 @@ def _error_page(exc: Exception) -> tuple[Any, int]:
     return page, status
 
 
+@blueprint.get("/")
+def trailing_slash() -> BaseResponse:
+    return redirect(url_for("admin_ui.jobs_page"))
+
+
 @blueprint.route("/<path:rest>", methods=["GET", "POST"])
 def not_found(rest: str) -> Response:
     raise NotFoundError(f"no admin page at /admin/{rest}", code="page_not_found")

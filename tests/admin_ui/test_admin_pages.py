@@ -148,6 +148,7 @@ def test_unknown_job_and_page_are_404_pages(http: FlaskClient, admin_key: str) -
         assert response.status_code == 404, path
         assert response.mimetype == "text/html"
         assert "404" in response.text
+    assert http.get("/admin/").headers["Location"] == "/admin"
     json_404 = http.get(f"/admin/jobs/{uuid.uuid4()}", headers={"Accept": "application/json"})
     assert json_404.status_code == 404
     assert json_404.json["error"]["code"] == "job_not_found"
