@@ -65,6 +65,7 @@ class EventKind(StrEnum):
     CANCELED = "canceled"
     FILES_DELETED = "files_deleted"
     RELEASED = "released"
+    WORKER_LOST = "worker_lost"
     RETRIED = "retried"  # an admin queued a failed or canceled job again (issue 6)
 
 
@@ -629,6 +630,36 @@ def release_job(session: Session, claim: Claim, *, iteration: int) -> None:
         session.rollback()
         raise LeaseLostError(f"{claim.worker} lost its lease on job {claim.job_id}")
     _record(session, claim, EventKind.RELEASED, iteration)
+
+
+def expire_lease_of_dead_worker(session: Session, job_id: uuid.UUID, *, worker: str) -> int | None:
+    """The lease of ``worker``, a process known to be dead, ends now; returns its attempt.
+
+    For the worker's main process once it has reaped a pool process that died
+    mid-job (SIGKILL, the OOM killer): the job need not wait for the lease to run
+    out, the next claim retries it at once. None if ``worker`` no longer holds
+    the job (another worker claimed it after the lease expired, or it finished).
+    A ``worker_lost`` event records it; the attempt counts as one that died.
+    """
+    now = utcnow()
+    ended = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.status == JobStatus.RUNNING,
+            Job.lease_owner == worker,
+        )
+        # updated_at at the expiry, like a lease that ran out: the reconciler re-sends it.
+        .values(lease_expires_at=now, updated_at=now, eta_seconds=None)
+        .returning(Job.attempts)
+    ).one_or_none()
+    if ended is None:
+        session.rollback()
+        return None
+    attempt = int(ended[0])
+    session.add(JobEvent(job_id=job_id, kind=EventKind.WORKER_LOST, attempt=attempt, worker=worker))
+    session.commit()
+    return attempt
 
 
 def _end(

@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import uuid
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from billiard.einfo import ExceptionWithTraceback
+from billiard.exceptions import WorkerLostError
 from celery import Task, current_app, shared_task
 from celery.signals import (
     celeryd_init,
@@ -16,6 +19,7 @@ from celery.signals import (
     worker_process_init,
     worker_shutting_down,
 )
+from celery.worker.request import Request
 
 from shared import jobs
 from shared.celery_app import RECONCILE_TASK, RUN_JOB_TASK, enqueue_job, settings_of
@@ -114,7 +118,67 @@ def hand_back_running_jobs(how: str | None = None, **_: Any) -> None:
             os.kill(child.pid, signal.SIGTERM)
 
 
-@shared_task(bind=True, name=RUN_JOB_TASK, ignore_result=True)
+def pool_worker_name(pid: int) -> str:
+    """The lease owner name of this host's pool process ``pid`` (``runner.worker_name``)."""
+    return f"{socket.gethostname()}/{pid}"
+
+
+class JobRequest(Request):
+    """A ``run_job`` message in the worker's main process.
+
+    When the pool process running the job dies (SIGKILL, the OOM killer), the
+    main process reaps it, starts another and fails the request with
+    WorkerLostError (about a second later here; ``worker_lost_wait``, 10 s, at
+    most); Celery then puts the message back (``task_reject_on_worker_lost``)
+    for the restarted pool process. Without
+    more, that claim would find the job under the dead process's lease and skip
+    it, leaving it to the reconciler once the lease runs out (up to
+    STYLEQUEUE_LEASE_SECONDS + STYLEQUEUE_RECONCILE_SECONDS). The process is
+    known dead, so its lease ends here first: the requeued message retries the
+    job at once. Rule 3 holds: nobody else was running it.
+    """
+
+    def on_failure(
+        self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
+    ) -> None:
+        exc = exc_info.exception
+        if isinstance(exc, ExceptionWithTraceback):
+            exc = exc.exc
+        if isinstance(exc, WorkerLostError) and self.worker_pid:
+            _end_lease_of_dead_process(self.task.app, self.args, self.worker_pid)
+        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+
+def _end_lease_of_dead_process(app: Celery, args: Any, pid: int) -> None:
+    from shared.db import Database
+
+    try:
+        job_id = uuid.UUID(str(args[0]))
+    except (ValueError, TypeError, IndexError):
+        return
+    worker = pool_worker_name(pid)
+    try:
+        # A short-lived connection: the main process forks the next pool process
+        # and must not hand it open database sockets.
+        db = Database(settings_of(app).database_url)
+        try:
+            with db.session() as session:
+                attempt = jobs.expire_lease_of_dead_worker(session, job_id, worker=worker)
+        finally:
+            db.dispose()
+    except Exception:  # the reconciler recovers the job once the lease runs out
+        log.warning("job %s: could not end the lease of dead %s", job_id, worker, exc_info=True)
+        return
+    if attempt is not None:
+        log.warning(
+            "job %s: pool process %d died mid-job; its lease ended for a retry",
+            job_id,
+            pid,
+            extra=job_event(EventKind.WORKER_LOST, job_id, worker=worker, attempt=attempt),
+        )
+
+
+@shared_task(bind=True, name=RUN_JOB_TASK, ignore_result=True, Request=JobRequest)
 def run_job(self: Task, job_id: str) -> str:
     """Run the job with this id (claimed first: a duplicate message is a no-op)."""
     from worker.runner import run_job as run

@@ -7,6 +7,7 @@ shutdown (``released``) does not count.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -217,3 +218,33 @@ def test_a_dead_workers_job_is_re_sent_as_soon_as_its_lease_expires(session, sto
     held = jobs.claim_job(session, dead.id, worker="h/3", lease_seconds=LEASE, max_attempts=3)
     assert held is not None and held.attempt == 2
     assert kinds(session, dead.id).count("requeued") == 2
+
+
+def test_a_dead_pool_process_lease_ends_at_once_and_counts_as_a_death(session, storage, client_id):
+    job = new_job(session, storage, client_id)
+    held = claim(session, job.id, "h/1", cap=2)
+    assert held is not None
+    assert claim(session, job.id, "h/2", cap=2) is None, "a live lease"
+    # Only the process named can be declared dead: another name changes nothing.
+    assert jobs.expire_lease_of_dead_worker(session, job.id, worker="h/9") is None
+    assert claim(session, job.id, "h/2", cap=2) is None
+
+    assert jobs.expire_lease_of_dead_worker(session, job.id, worker="h/1") == 1
+    retry = claim(session, job.id, "h/2", cap=2)
+    assert retry is not None and retry.attempt == 2, "claimable at once"
+    assert kinds(session, job.id)[-2:] == ["worker_lost", "claimed"]
+    # The new holder's lease is not the dead one's: a late report of h/1 changes nothing.
+    assert jobs.expire_lease_of_dead_worker(session, job.id, worker="h/1") is None
+    assert reload(session, job.id).lease_owner == "h/2"
+
+    assert jobs.expire_lease_of_dead_worker(session, job.id, worker="h/2") == 2
+    assert claim(session, job.id, "h/3", cap=2) is None, "two deaths: the cap"
+    exhausted = jobs.fail_exhausted_job(session, job.id, max_attempts=2)
+    assert exhausted is not None and exhausted.last_worker == "h/2"
+
+
+def test_the_main_process_names_a_pool_process_as_that_process_names_itself() -> None:
+    from worker.runner import worker_name
+    from worker.tasks import pool_worker_name
+
+    assert pool_worker_name(os.getpid()) == worker_name()

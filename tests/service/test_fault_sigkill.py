@@ -1,0 +1,315 @@
+"""Fault point 2: a worker killed with SIGKILL mid-job. The job is picked up again and
+completes, resumed from its last checkpoint; a job whose workers keep dying fails with
+``too_many_attempts`` after STYLEQUEUE_MAX_ATTEMPTS deaths instead of looping.
+
+Real ``celery worker`` process groups (prefork, one pool process each) and the real
+reconciler: a ``stylequeue scheduler`` process (celery beat + its solo worker, the
+command production runs) every second. Short lease and checkpoint interval; the
+requeue-after period keeps its default (300 s): a dead worker's job must not wait for it.
+
+The three tests share one scheduler and their workers (a worker takes seconds to start
+and load VGG19): the first kills one of two workers, the next two kill the pool
+process of the survivor. Each starts what it lacks, so any of them also runs alone.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import service_helpers
+from fault_helpers import WorkerProcess, fault_report
+from processes import stop_process_group
+from sqlalchemy import select
+
+from cli.server_cmds import scheduler_argv
+from shared import jobs
+from shared.auth import create_client
+from shared.celery_app import create_celery, enqueue_job
+from shared.db import Database
+from shared.images import decode_image
+from shared.models import Job, JobEvent, JobStatus
+from shared.params import parse_params
+from shared.settings import Settings
+from shared.storage import CHECKPOINT_FILE, RESULT_FILE, LocalStorage
+from worker.tasks import pool_worker_name
+
+pytestmark = pytest.mark.slow
+
+SIZE = 32
+ITERATIONS = 300  # at 32 px: a few seconds of work on a quiet machine
+LEASE_SECONDS = 4
+MAX_ATTEMPTS = 3  # the default, set here so that the test says what it counts
+WAIT_SECONDS = 90.0
+
+
+def wait_for(what: str, found: Callable[[], Any], timeout: float = WAIT_SECONDS) -> Any:
+    return service_helpers.wait_for(what, found, timeout=timeout, interval=0.05)
+
+
+class Cluster:
+    """One scheduler, the live workers, and the database they share, for this module."""
+
+    def __init__(
+        self, env: dict[str, str], log_dir: Path, image_bytes: Callable[[str], bytes]
+    ) -> None:
+        self.env = env
+        self.image_bytes = image_bytes
+        self.log_dir = log_dir
+        self.settings = Settings.from_env(env)
+        self.db = Database(self.settings.database_url)
+        self.storage = LocalStorage(self.settings.data_dir)
+        self.celery = create_celery(self.settings)
+        self.workers: list[WorkerProcess] = []
+        self._started = 0
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        with (log_dir / "scheduler.log").open("wb") as log:
+            self.scheduler = subprocess.Popen(
+                scheduler_argv(self.settings),
+                env={**os.environ, **env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        with self.db.session() as session:
+            client, _ = create_client(session, "sigkill")
+            self.client_id = client.id
+
+    def live_workers(self, count: int) -> list[WorkerProcess]:
+        """At least ``count`` running workers (started side by side when missing)."""
+        self.workers = [w for w in self.workers if w.process.poll() is None]
+        missing = count - len(self.workers)
+        if missing > 0:
+            names = [f"w{self._started + i}" for i in range(missing)]
+            self._started += missing
+            with ThreadPoolExecutor(missing) as pool:
+                started = list(
+                    pool.map(
+                        lambda name: WorkerProcess(self.env, self.log_dir / f"{name}.log", name),
+                        names,
+                    )
+                )
+            self.workers += started
+        return self.workers[:count]
+
+    def submit(self, iterations: int = ITERATIONS) -> uuid.UUID:
+        with self.db.session() as session:
+            job, _ = jobs.create_job(
+                session,
+                self.storage,
+                client_id=self.client_id,
+                params=parse_params({"size": SIZE, "iterations": iterations, "scales": 1}),
+                content=self.image_bytes("tubingen"),
+                styles=[self.image_bytes("starry_night")],
+                idempotency_key=None,
+                enqueue=lambda job_id: enqueue_job(self.celery, job_id),
+            )
+        return job.id
+
+    def row(self, job_id: uuid.UUID) -> Job:
+        with self.db.session() as session:
+            found = session.get(Job, job_id)
+            assert found is not None
+            return found
+
+    def events(self, job_id: uuid.UUID, kind: str | None = None) -> list[JobEvent]:
+        with self.db.session() as session:
+            query = select(JobEvent).where(JobEvent.job_id == job_id)
+            if kind is not None:
+                query = query.where(JobEvent.kind == kind)
+            return list(session.scalars(query.order_by(JobEvent.id)))
+
+    def claim(self, job_id: uuid.UUID, attempt: int) -> JobEvent | None:
+        found = [e for e in self.events(job_id, "claimed") if e.attempt == attempt]
+        return found[0] if found else None
+
+    def worker_of(self, claim: JobEvent) -> tuple[WorkerProcess, int]:
+        """The worker whose pool process made this claim, and that process's pid."""
+        assert claim.worker is not None
+        pid = int(claim.worker.rsplit("/", 1)[1])
+        assert claim.worker == pool_worker_name(pid)
+        parent = parent_pid(pid)
+        [worker] = [w for w in self.workers if w.process.pid == parent]
+        return worker, pid
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        stop_process_group(self.scheduler)
+        self.celery.close()
+        self.db.dispose()
+
+
+def parent_pid(pid: int) -> int:
+    # /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces, not ")".
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    postgresql_url: str,
+    redis_url: str,
+    redis_prefix: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    image_bytes: Callable[[str], bytes],
+) -> Iterator[Cluster]:
+    tmp = tmp_path_factory.mktemp("sigkill")
+    env = {
+        "STYLEQUEUE_DATABASE_URL": postgresql_url,
+        "STYLEQUEUE_REDIS_URL": redis_url,
+        "STYLEQUEUE_REDIS_PREFIX": f"{redis_prefix}sigkill:",
+        "STYLEQUEUE_DATA_DIR": str(tmp / "data"),
+        "STYLEQUEUE_DEVICE": "cpu",
+        "STYLEQUEUE_HEARTBEAT_SECONDS": "0.2",
+        "STYLEQUEUE_LEASE_SECONDS": str(LEASE_SECONDS),
+        "STYLEQUEUE_CHECKPOINT_SECONDS": "0.5",
+        "STYLEQUEUE_RECONCILE_SECONDS": "1",
+        "STYLEQUEUE_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
+        # One thread per worker: two workers (and the test machine's other work) on
+        # few cores otherwise spin against each other, several times slower.
+        "OMP_NUM_THREADS": "1",
+    }
+    running = Cluster(env, tmp, image_bytes)
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+def wait_for_checkpoint_and_more(cluster: Cluster, job_id: uuid.UUID, attempt: int) -> int:
+    """Wait for a checkpoint of ``attempt`` and some iterations past it; the row's iteration."""
+    checkpoint = wait_for(
+        f"a checkpoint of attempt {attempt}",
+        lambda: [e for e in cluster.events(job_id, "checkpoint") if e.attempt == attempt],
+    )[-1]
+    at = int(checkpoint.data["iteration"])
+    return int(
+        wait_for(
+            "iterations past the checkpoint",
+            lambda: (i := cluster.row(job_id).iteration) > at + 10 and i,
+        )
+    )
+
+
+def assert_result(cluster: Cluster, job_id: uuid.UUID) -> None:
+    row = cluster.row(job_id)
+    assert row.status is JobStatus.SUCCEEDED and row.iteration == ITERATIONS
+    image = decode_image(cluster.storage.get(job_id, RESULT_FILE), field="result")
+    assert max(image.size) == SIZE
+    assert not cluster.storage.exists(job_id, CHECKPOINT_FILE)
+
+
+def test_sigkill_of_a_whole_worker_another_worker_resumes_the_job(cluster: Cluster) -> None:
+    cluster.live_workers(2)
+    job_id = cluster.submit()
+    first_claim = wait_for("the claim", lambda: cluster.claim(job_id, 1))
+    first, _ = cluster.worker_of(first_claim)
+    iteration = wait_for_checkpoint_and_more(cluster, job_id, 1)
+    before_kill = cluster.row(job_id).iteration
+    first.kill(signal.SIGKILL)  # main process and pool process at once: nothing is handed back
+    killed_at = time.monotonic()
+    assert iteration <= before_kill < ITERATIONS
+
+    second_claim = wait_for("the retry's claim", lambda: cluster.claim(job_id, 2))
+    pickup = time.monotonic() - killed_at
+    second, _ = cluster.worker_of(second_claim)
+    assert second is not first
+    wait_for("the job to succeed", lambda: cluster.row(job_id).status.is_finished)
+    assert_result(cluster, job_id)
+
+    claims = cluster.events(job_id, "claimed")
+    assert [(c.attempt, c.worker) for c in claims] == [
+        (1, first_claim.worker),
+        (2, second_claim.worker),
+    ]
+    [resumed] = cluster.events(job_id, "resumed")
+    checkpoints = [e for e in cluster.events(job_id, "checkpoint") if e.attempt == 1]
+    assert resumed.attempt == 2
+    assert resumed.data["iteration"] == checkpoints[-1].data["iteration"], "the last checkpoint"
+    assert cluster.events(job_id, "requeued"), "the reconciler re-sent it"
+    assert cluster.row(job_id).attempts == 2
+    report = fault_report(cluster.db, [job_id], stopped_at={job_id: [before_kill]})
+    print(
+        report.line("sigkill-worker"),
+        f"killed_at={before_kill} resumed_from={resumed.data['iteration']} pickup_s={pickup:.1f}",
+    )
+    assert (report.submitted, report.completed, report.run_twice, report.attempts) == (1, 1, 0, 2)
+    assert report.iterations_redone == before_kill - resumed.data["iteration"]
+    # Lease expiry, then the first reconciler run: not STYLEQUEUE_REQUEUE_AFTER_SECONDS (300).
+    assert pickup < LEASE_SECONDS + 30
+
+
+def test_sigkill_of_the_pool_process_the_restarted_one_resumes_the_job(cluster: Cluster) -> None:
+    [worker] = cluster.live_workers(1)
+    job_id = cluster.submit()
+    first_claim = wait_for("the claim", lambda: cluster.claim(job_id, 1))
+    owner, pid = cluster.worker_of(first_claim)
+    assert owner is worker
+    wait_for_checkpoint_and_more(cluster, job_id, 1)
+    before_kill = cluster.row(job_id).iteration
+    os.kill(pid, signal.SIGKILL)  # the pool process alone: the main process restarts one
+    killed_at = time.monotonic()
+    second_claim = wait_for("the retry's claim", lambda: cluster.claim(job_id, 2))
+    pickup = time.monotonic() - killed_at
+
+    wait_for("the job to succeed", lambda: cluster.row(job_id).status.is_finished)
+    assert_result(cluster, job_id)
+    assert worker.process.poll() is None, "the worker itself lives on"
+    claims = cluster.events(job_id, "claimed")
+    assert [c.attempt for c in claims] == [1, 2]
+    assert claims[1].id == second_claim.id
+    again, new_pid = cluster.worker_of(claims[1])
+    assert again is worker and new_pid != pid, "the same worker's restarted pool process"
+    # The main process ended the dead pool process's lease (before requeueing the message).
+    [lost] = cluster.events(job_id, "worker_lost")
+    assert (lost.attempt, lost.worker) == (1, pool_worker_name(pid))
+    assert lost.id < claims[1].id
+    [resumed] = cluster.events(job_id, "resumed")
+    assert resumed.attempt == 2 and resumed.data["iteration"] > 0
+    report = fault_report(cluster.db, [job_id], stopped_at={job_id: [before_kill]})
+    print(
+        report.line("sigkill-pool-process"),
+        f"killed_at={before_kill} resumed_from={resumed.data['iteration']} pickup_s={pickup:.1f}",
+    )
+    assert (report.submitted, report.completed, report.run_twice, report.attempts) == (1, 1, 0, 2)
+
+
+def test_a_job_whose_workers_keep_dying_fails_after_max_attempts(cluster: Cluster) -> None:
+    [worker] = cluster.live_workers(1)
+    job_id = cluster.submit(iterations=5000)  # the most allowed: it never gets far here
+    pids = []
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        claim = wait_for(f"claim {attempt}", lambda a=attempt: cluster.claim(job_id, a))
+        owner, pid = cluster.worker_of(claim)
+        assert owner is worker
+        os.kill(pid, signal.SIGKILL)
+        pids.append(pid)
+
+    wait_for("the job to fail", lambda: cluster.row(job_id).status.is_finished)
+    row = cluster.row(job_id)
+    assert row.status is JobStatus.FAILED and row.error_code == "too_many_attempts"
+    assert row.error_message is not None
+    assert f"{MAX_ATTEMPTS} attempts" in row.error_message
+    assert pool_worker_name(pids[-1]) in row.error_message, "it names the last worker"
+    assert row.attempts == MAX_ATTEMPTS
+    assert not cluster.storage.exists(job_id, CHECKPOINT_FILE)
+    [failed] = cluster.events(job_id, "failed")
+    assert failed.data["died"] == MAX_ATTEMPTS
+
+    time.sleep(3)  # three reconciler runs, and the worker's restarted pool process is up
+    assert cluster.row(job_id).status is JobStatus.FAILED
+    claims = cluster.events(job_id, "claimed")
+    assert [c.attempt for c in claims] == list(range(1, MAX_ATTEMPTS + 1)), "nothing loops"
+    report = fault_report(cluster.db, [job_id])
+    print(report.line("sigkill-max-attempts"))
+    assert (report.submitted, report.completed, report.run_twice) == (1, 0, 0)
+    assert report.attempts == MAX_ATTEMPTS
