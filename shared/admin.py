@@ -11,6 +11,8 @@ frozen dataclasses; the HTTP layer turns them into JSON.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -18,12 +20,14 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Float,
     Integer,
     Select,
     and_,
     cast,
     func,
     literal,
+    or_,
     select,
     tuple_,
     union_all,
@@ -348,11 +352,8 @@ def job_stats(
     now = (now or utcnow()).astimezone(UTC)
     current_hour = now.replace(minute=0, second=0, microsecond=0)
     window_start = current_hour - timedelta(hours=hours - 1)
-    counts = {s.value: 0 for s in JobStatus}
-    for status, count in session.execute(select(Job.status, func.count()).group_by(Job.status)):
-        counts[JobStatus(status).value] = int(count)
-    per_hour = _per_hour(session, window_start, now, hours)
-    finished = _finished_in_window(session, window_start, now)
+    counts = _status_counts(session, now)
+    per_hour, finished = _window(session, window_start, now, hours)
     return JobStats(
         now=now,
         hours=hours,
@@ -374,10 +375,74 @@ def job_stats(
     )
 
 
+# All-time counts of the jobs that finished before the previous hour change only
+# when such a job is retried or its client removed: each process counts them at
+# most this often (an index-only scan of every job), and counts the rest each time.
+SETTLED_COUNTS_SECONDS = 300.0
+_settled_counts: dict[tuple[str, datetime], tuple[float, dict[str, int]]] = {}
+_settled_lock = threading.Lock()
+
+
+def forget_cached_counts() -> None:
+    """Drop this process's cached counts and long windows (after a retry, in tests)."""
+    with _settled_lock:
+        _settled_counts.clear()
+        _long_windows.clear()
+
+
+def _status_counts(session: Session, now: datetime) -> dict[str, int]:
+    boundary = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+    key = (str(session.get_bind().engine.url), boundary)
+    with _settled_lock:
+        cached = _settled_counts.get(key)
+    if cached is None or cached[0] < time.monotonic():
+        settled = _count_by_status(session, Job.finished_at < boundary)
+        with _settled_lock:
+            for old in [k for k in _settled_counts if k[0] == key[0]]:
+                del _settled_counts[old]
+            _settled_counts[key] = (time.monotonic() + SETTLED_COUNTS_SECONDS, settled)
+    else:
+        settled = cached[1]
+    recent = _count_by_status(session, or_(Job.finished_at >= boundary, Job.finished_at.is_(None)))
+    return {s.value: settled.get(s.value, 0) + recent.get(s.value, 0) for s in JobStatus}
+
+
+def _count_by_status(session: Session, where: ColumnElement[bool]) -> dict[str, int]:
+    query = select(Job.status, func.count()).where(where).group_by(Job.status)
+    return {JobStatus(status).value: int(count) for status, count in session.execute(query)}
+
+
+# A window longer than a day costs about 0.1 s per 10,000 jobs finished in it
+# (bench/README.md): such windows are computed at most once a minute per process.
+LONG_WINDOW_HOURS = 24
+LONG_WINDOW_CACHE_SECONDS = 60.0
+_long_windows: dict[tuple[str, int], tuple[float, list[HourBucket], _Finished]] = {}
+
+
+def _window(
+    session: Session, start: datetime, now: datetime, hours: int
+) -> tuple[list[HourBucket], _Finished]:
+    if hours <= LONG_WINDOW_HOURS:
+        return _per_hour(session, start, now, hours), _finished_in_window(session, start, now)
+    key = (str(session.get_bind().engine.url), hours)
+    with _settled_lock:
+        cached = _long_windows.get(key)
+    if cached is not None and cached[0] >= time.monotonic() and cached[1][0].hour_start == start:
+        return cached[1], cached[2]
+    per_hour, finished = (
+        _per_hour(session, start, now, hours),
+        _finished_in_window(session, start, now),
+    )
+    with _settled_lock:
+        _long_windows[key] = (time.monotonic() + LONG_WINDOW_CACHE_SECONDS, per_hour, finished)
+    return per_hour, finished
+
+
 def _hour_number(column: Any, dialect: str) -> ColumnElement[Any]:
     """Hours since the epoch, as an integer, on each backend."""
     if dialect == "postgresql":
-        return func.floor(func.extract("epoch", column) / 3600)
+        # Float arithmetic: extract() gives numeric, slow over many rows.
+        return func.floor(cast(func.extract("epoch", column), Float) / 3600.0)
     return cast(func.strftime("%s", column), Integer) // 3600
 
 
@@ -415,7 +480,7 @@ def _finished_in_window(session: Session, start: datetime, now: datetime) -> _Fi
 
 
 def _seconds(end: Any, begin: Any) -> ColumnElement[Any]:
-    return func.extract("epoch", end - begin)
+    return cast(func.extract("epoch", end - begin), Float)
 
 
 def _finished_sql(session: Session, window: ColumnElement[bool]) -> _Finished:
@@ -635,6 +700,7 @@ def retry_job(session: Session, job_id: uuid.UUID, enqueue: Enqueue) -> Job:
         )
     )
     session.commit()
+    forget_cached_counts()
     try:
         enqueue(job_id)
     except Exception as exc:  # the broker is down: the reconciler enqueues it later
