@@ -15,9 +15,10 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TypeVar
 
 import torch
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from shared import jobs
@@ -53,6 +54,12 @@ from worker.registry import WorkerRegistry
 log = logging.getLogger(__name__)
 
 UNEXPECTED_ERROR_CODE = "internal_error"
+# While the database cannot be reached, a write is tried again after these
+# pauses (doubling up to the last): a worker waits for the database rather than
+# dropping its message or its job.
+DB_RETRY_FIRST_SECONDS = 0.2
+DB_RETRY_MAX_SECONDS = 2.0
+T = TypeVar("T")
 TIMEOUT_ERROR_CODE = "timeout"
 
 
@@ -64,7 +71,9 @@ class Outcome(StrEnum):
     FAILED = "failed"
     CANCELED = "canceled"
     LEASE_LOST = "lease_lost"  # another worker owns the job now; we wrote nothing more
-    RELEASED = "released"  # the worker is shutting down: checkpointed and handed back, queued
+    # The worker is shutting down: the job checkpointed and handed back, queued (or,
+    # the database down, never claimed); its message is sent again.
+    RELEASED = "released"
 
 
 @dataclass
@@ -129,13 +138,28 @@ def run_job(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
     """Run one delivery of a job's message to its end. Never raises for a job's own failure."""
     with ctx.db.session() as session:
         max_attempts = ctx.settings.max_attempts
-        claim = jobs.claim_job(
-            session,
-            job_id,
-            worker=ctx.name,
-            lease_seconds=ctx.settings.lease_seconds,
-            max_attempts=max_attempts,
-        )
+        try:
+            # The database down (a restart, a failover): wait for it with the
+            # message in hand, unacknowledged, rather than drop the message.
+            claim = retry_while_unavailable(
+                session,
+                lambda: jobs.claim_job(
+                    session,
+                    job_id,
+                    worker=ctx.name,
+                    lease_seconds=ctx.settings.lease_seconds,
+                    max_attempts=max_attempts,
+                ),
+                what=f"claim job {job_id}",
+                give_up=ctx.shutting_down.is_set,
+            )
+        except DatabaseWaitAbandoned:
+            log.info(
+                "job %s not claimed: the worker is shutting down and the database is down",
+                job_id,
+                extra=job_event(Outcome.RELEASED, job_id, worker=ctx.name),
+            )
+            return Outcome.RELEASED
         if claim is None:
             exhausted = jobs.fail_exhausted_job(session, job_id, max_attempts=max_attempts)
             if exhausted is not None:
@@ -195,6 +219,11 @@ def _run_claimed(
         ctx.storage.put(claim.job_id, RESULT_FILE, encode_png(output))
     except EngineInterrupted as exc:
         if reporter.lease_lost:
+            if reporter.lease_ran_out:
+                # Cut off from the database, not replaced: the lease has not expired
+                # in the database yet, so no other worker can have claimed the job.
+                # The next attempt resumes from here and redoes nothing.
+                ctx.storage.put(claim.job_id, CHECKPOINT_FILE, exc.state.to_bytes())
             raise LeaseLostError(f"lost the lease on job {claim.job_id}") from None
         if reporter.timed_out:
             ctx.storage.delete(claim.job_id, CHECKPOINT_FILE)  # a failed job is never resumed
@@ -203,10 +232,14 @@ def _run_claimed(
                 f"the job ran longer than the maximum run time ({limit:g} s, "
                 f"STYLEQUEUE_MAX_RUN_SECONDS) and was stopped at iteration {exc.state.iteration}"
             )
-            return _fail(ctx, session, claim, TIMEOUT_ERROR_CODE, message)
+            return _fail(ctx, session, claim, reporter, TIMEOUT_ERROR_CODE, message)
         if not reporter.cancel_requested:  # then the worker is shutting down
-            return _release(ctx, session, claim, exc.state)
-        jobs.cancel_running_job(session, claim, iteration=exc.state.iteration)
+            return _release(ctx, session, claim, reporter, exc.state)
+        stopped_at = exc.state.iteration
+        reporter.write(
+            "record the cancel",
+            lambda: jobs.cancel_running_job(session, claim, iteration=stopped_at),
+        )
         ctx.storage.delete(claim.job_id, CHECKPOINT_FILE)
         log.info(
             "job %s canceled at iteration %d",
@@ -218,7 +251,7 @@ def _run_claimed(
         )
         return Outcome.CANCELED
     except (EngineError, ClientError) as exc:
-        return _fail(ctx, session, claim, exc.code, exc.message)
+        return _fail(ctx, session, claim, reporter, exc.code, exc.message)
     except LeaseLostError:
         raise
     except Exception as exc:
@@ -231,10 +264,12 @@ def _run_claimed(
             ctx,
             session,
             claim,
+            reporter,
             UNEXPECTED_ERROR_CODE,
             f"the worker hit an unexpected error ({exc.__class__.__name__}); it has been logged",
         )
-    jobs.finish_job(session, claim)
+    # The result is stored: the database down now only delays the success.
+    reporter.write("record the success", lambda: jobs.finish_job(session, claim))
     ctx.storage.delete(claim.job_id, CHECKPOINT_FILE)
     log.info(
         "job %s succeeded",
@@ -244,10 +279,14 @@ def _run_claimed(
     return Outcome.SUCCEEDED
 
 
-def _release(ctx: WorkerContext, session: Session, claim: Claim, state: EngineState) -> Outcome:
+def _release(
+    ctx: WorkerContext, session: Session, claim: Claim, reporter: JobReporter, state: EngineState
+) -> Outcome:
     # The checkpoint first: once the row says queued, another worker may claim it.
     ctx.storage.put(claim.job_id, CHECKPOINT_FILE, state.to_bytes())
-    jobs.release_job(session, claim, iteration=state.iteration)
+    reporter.write(
+        "hand the job back", lambda: jobs.release_job(session, claim, iteration=state.iteration)
+    )
     log.info(
         "job %s released at iteration %d: the worker is shutting down",
         claim.job_id,
@@ -284,7 +323,7 @@ def _transfer(
             resume=resume,
         )
 
-    resume = _load_checkpoint(ctx, session, claim)
+    resume = _load_checkpoint(ctx, session, claim, reporter)
     if resume is None:
         return run(None)
     try:
@@ -302,9 +341,18 @@ def _transfer(
         return run(None)
 
 
-def _fail(ctx: WorkerContext, session: Session, claim: Claim, code: str, message: str) -> Outcome:
+def _fail(
+    ctx: WorkerContext,
+    session: Session,
+    claim: Claim,
+    reporter: JobReporter,
+    code: str,
+    message: str,
+) -> Outcome:
     session.rollback()  # whatever the failed step left half-done in the session
-    jobs.fail_job(session, claim, code=code, message=message)
+    reporter.write(
+        "record the failure", lambda: jobs.fail_job(session, claim, code=code, message=message)
+    )
     log.info(
         "job %s failed: %s: %s",
         claim.job_id,
@@ -327,7 +375,9 @@ def _load_inputs(ctx: WorkerContext, claim: Claim) -> tuple[torch.Tensor, list[t
     return content, styles
 
 
-def _load_checkpoint(ctx: WorkerContext, session: Session, claim: Claim) -> EngineState | None:
+def _load_checkpoint(
+    ctx: WorkerContext, session: Session, claim: Claim, reporter: JobReporter
+) -> EngineState | None:
     if claim.attempt <= 1 or not ctx.storage.exists(claim.job_id, CHECKPOINT_FILE):
         return None
     try:
@@ -348,8 +398,64 @@ def _load_checkpoint(ctx: WorkerContext, session: Session, claim: Claim) -> Engi
             EventKind.RESUMED, claim.job_id, iteration=state.iteration, **_who(ctx, claim)
         ),
     )
-    jobs.record_resumed(session, claim, iteration=state.iteration)
+    reporter.write(
+        "record the resume", lambda: jobs.record_resumed(session, claim, iteration=state.iteration)
+    )
     return state
+
+
+class DatabaseWaitAbandoned(Exception):
+    """``retry_while_unavailable`` gave up: the database did not answer in time."""
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database cannot be reached (down, restarting, connection lost)."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+def retry_while_unavailable(
+    session: Session,
+    write: Callable[[], T],
+    *,
+    what: str,
+    give_up: Callable[[], bool],
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """``write()``, tried again while the database cannot be reached, until ``give_up()``.
+
+    Each failure rolls the session back (its connection is gone) and waits a
+    little longer, up to DB_RETRY_MAX_SECONDS. Any other error is raised at once;
+    DatabaseWaitAbandoned once ``give_up()`` says so.
+    """
+    delay = DB_RETRY_FIRST_SECONDS
+    failures = 0
+    while True:
+        try:
+            result = write()
+        except SQLAlchemyError as exc:
+            if not database_unavailable(exc):
+                raise
+            session.rollback()
+            failures += 1
+            if give_up():
+                log.warning("could not %s: the database did not answer in time", what)
+                raise DatabaseWaitAbandoned(what) from exc
+            # The first failure with its cause, then a line now and then.
+            if failures == 1 or failures % 30 == 0:
+                log.warning(
+                    "could not %s: the database cannot be reached (%s); trying again",
+                    what,
+                    exc.__class__.__name__,
+                    exc_info=failures == 1,
+                )
+            sleep(delay)
+            delay = min(2 * delay, DB_RETRY_MAX_SECONDS)
+            continue
+        if failures:
+            log.info("%s: done after %d failed tries (the database is back)", what, failures)
+        return result
 
 
 class JobReporter:
@@ -385,7 +491,9 @@ class JobReporter:
         self._deadline = started + ctx.settings.max_run_seconds
         self.cancel_requested = False
         self.lease_lost = False
+        self.lease_ran_out = False  # lost because the heartbeats failed, not to another worker
         self.timed_out = False
+        self._failed_heartbeats = 0
 
     def should_stop(self) -> bool:
         return (
@@ -401,13 +509,13 @@ class JobReporter:
         if now - self._last_heartbeat >= settings.heartbeat_seconds:
             self._last_heartbeat = now
             self._heartbeat(progress, now)
-        if now >= self._lease_until:
+        if now >= self._lease_until and not self.lease_lost:
             log.warning(
                 "job %s: could not renew the lease in time; stopping",
                 self._claim.job_id,
                 extra=self._event("lease_expired"),
             )
-            self.lease_lost = True
+            self.lease_lost = self.lease_ran_out = True
         if now >= self._deadline and not self.timed_out:
             log.warning(
                 "job %s: past the maximum run time; stopping",
@@ -423,6 +531,28 @@ class JobReporter:
         if now - self._last_checkpoint >= settings.checkpoint_seconds:
             self._last_checkpoint = now
             self._best_effort("checkpoint", self._save_checkpoint, progress)
+
+    @property
+    def lease_until(self) -> float:
+        """When the lease this worker last renewed runs out, on ``clock``."""
+        return self._lease_until
+
+    def write(self, what: str, write: Callable[[], T]) -> T:
+        """A write of this job's outcome, tried again while the database is down.
+
+        Only until the lease runs out: after that another worker may claim the
+        job, so this one gives up (LeaseLostError) and the next attempt resumes
+        from the last checkpoint.
+        """
+        try:
+            return retry_while_unavailable(
+                self._session,
+                write,
+                what=f"{what} of job {self._claim.job_id}",
+                give_up=lambda: self._clock() + DB_RETRY_MAX_SECONDS >= self._lease_until,
+            )
+        except DatabaseWaitAbandoned:
+            raise LeaseLostError(f"could not {what} before the lease ran out") from None
 
     def _save_preview(self, progress: Progress) -> None:
         preview = encode_png(progress.image())
@@ -470,9 +600,22 @@ class JobReporter:
             self.lease_lost = True  # run_job logs it once the engine has stopped
         except Exception:  # a database hiccup: keep computing, the next heartbeat retries
             self._session.rollback()
+            self._failed_heartbeats += 1
+            # The traceback once per outage; then one line each time.
             log.warning(
-                "job %s: heartbeat failed",
+                "job %s: heartbeat failed (%d in a row; the lease runs out in %.0f s)",
                 self._claim.job_id,
-                exc_info=True,
+                self._failed_heartbeats,
+                max(0.0, self._lease_until - now),
+                exc_info=self._failed_heartbeats == 1,
                 extra=self._event("heartbeat_failed"),
             )
+            return
+        if self._failed_heartbeats:
+            log.info(
+                "job %s: heartbeat renewed the lease after %d failures",
+                self._claim.job_id,
+                self._failed_heartbeats,
+                extra=self._event("heartbeat_recovered", failures=self._failed_heartbeats),
+            )
+            self._failed_heartbeats = 0
