@@ -25,6 +25,11 @@ RUN_JOB_TASK = "stylequeue.run_job"
 RECONCILE_TASK = "stylequeue.reconcile"
 JOBS_QUEUE = "stylequeue.jobs"  # the GPU workers
 MAINTENANCE_QUEUE = "stylequeue.maintenance"  # the scheduler's own worker
+# A new pool process loads VGG19 before it reports for work (worker_process_init):
+# seconds on a busy CPU, longer with CUDA's start on a cold GPU. Celery's default
+# (4 s) kills one that is slower with SIGKILL and starts another, over and over,
+# and a restart after a crash must not fall into that.
+POOL_PROCESS_START_SECONDS = 300.0
 
 # A second delivery is harmless (the claim makes it a no-op), but an early one
 # would start a retry while the first run is still healthy: make it rare.
@@ -45,6 +50,7 @@ def create_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         worker_concurrency=1,
+        worker_proc_alive_timeout=POOL_PROCESS_START_SECONDS,
         task_default_queue=JOBS_QUEUE,
         task_routes={
             RUN_JOB_TASK: {"queue": JOBS_QUEUE},
