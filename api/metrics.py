@@ -3,9 +3,16 @@
 gunicorn runs several processes, so counters kept in one process would each
 see only part of the traffic; every figure here is read from the shared truth
 instead (the ``jobs`` table, the ``workers`` registry, the broker's Redis
-lists), so any process answers the same. The database part is a few aggregate
-queries (one per metric family), cached for ``CACHE_SECONDS`` per process so
-that several scrapers cost no more than one.
+lists), so any process answers the same. The database part is cached for
+``CACHE_SECONDS`` per process so that several scrapers cost no more than one.
+
+The wait and run time histograms are cumulative over every finished job in the
+database. Aggregating a million rows at every scrape would cost seconds, so
+each process does it once (bucketed in SQL), then at each scrape reads only the
+jobs that finished since (the ``finished_at`` index), re-reading the last
+``OVERLAP`` so that a row committed a little after its ``finished_at`` is not
+missed (each job is counted once per ``(id, finished_at)``: a retried job's
+second run counts again).
 
 Open by default (scrape it over the internal network); with
 ``STYLEQUEUE_METRICS_KEY`` set it requires ``Authorization: Bearer <that key>``.
@@ -16,8 +23,10 @@ from __future__ import annotations
 import hmac
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Blueprint, Response, current_app, request
@@ -33,7 +42,7 @@ from shared import admin
 from shared.auth import bearer_token
 from shared.celery_app import JOBS_QUEUE, MAINTENANCE_QUEUE
 from shared.errors import UnauthorizedError
-from shared.models import Job, JobStatus
+from shared.models import Job, JobStatus, utcnow
 
 blueprint = Blueprint("metrics", __name__)
 
@@ -48,7 +57,9 @@ KOMBU_PRIORITY_SEP = "\x06\x16"
 KOMBU_PRIORITY_STEPS = (0, 3, 6, 9)
 KOMBU_UNACKED = "unacked"
 QUEUES = (JOBS_QUEUE, MAINTENANCE_QUEUE)
-FINISHED_LABELS = frozenset(s.value for s in JobStatus if s.is_finished)
+FINISHED = tuple(s.value for s in JobStatus if s.is_finished)
+# A job's row may commit a little after the finished_at its worker wrote: re-read this much.
+OVERLAP = timedelta(minutes=10)
 
 
 @blueprint.get("/metrics")
@@ -67,19 +78,138 @@ def metrics() -> Response:
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 
 
-@dataclass(frozen=True)
-class _HistogramRow:
-    labels: tuple[str, ...]
-    count: int
-    total: float
-    buckets: tuple[int, ...]  # cumulative counts, one per bound
+class Histogram:
+    """Cumulative bucket counts (the last one +Inf), a count and a sum."""
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.per_bucket = [0] * (len(self.bounds) + 1)  # not cumulative; the last: over all bounds
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.per_bucket[_bucket_index(self.bounds, value)] += 1
+        self.total += value
+
+    def add(self, index: int, count: int, total: float) -> None:
+        self.per_bucket[index] += count
+        self.total += total
+
+    @property
+    def count(self) -> int:
+        return sum(self.per_bucket)
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip((*self.bounds, float("inf")), self.per_bucket, strict=True):
+            running += count
+            out.append(("+Inf" if bound == float("inf") else repr(float(bound)), float(running)))
+        return out
+
+
+def _bucket_index(bounds: Sequence[float], value: float) -> int:
+    for index, bound in enumerate(bounds):
+        if value <= bound:
+            return index
+    return len(bounds)
+
+
+@dataclass
+class FinishedJobHistograms:
+    """Wait (created → first start) and run (first start → end) times of finished jobs."""
+
+    wait: Histogram = field(default_factory=lambda: Histogram(WAIT_BUCKETS))
+    run: dict[str, Histogram] = field(
+        default_factory=lambda: {s: Histogram(RUN_BUCKETS) for s in FINISHED}
+    )
+    watermark: datetime | None = None  # the latest finished_at counted
+    recent: set[tuple[uuid.UUID, datetime]] = field(default_factory=set)  # counted, in the overlap
+
+    def update(self, session: Session, now: datetime) -> None:
+        if self.watermark is None:
+            self._load(session, now - OVERLAP)
+        assert self.watermark is not None
+        since = self.watermark - OVERLAP
+        rows = session.execute(
+            select(Job.id, Job.status, Job.created_at, Job.started_at, Job.finished_at).where(
+                Job.finished_at >= since
+            )
+        )
+        watermark = self.watermark
+        for job_id, status, created_at, started_at, finished_at in rows:
+            if finished_at is None or (job_id, finished_at) in self.recent:
+                continue
+            self.recent.add((job_id, finished_at))
+            watermark = max(watermark, finished_at)
+            if started_at is not None:
+                self._observe(status, created_at, started_at, finished_at)
+        self.watermark = watermark
+        cutoff = watermark - OVERLAP
+        self.recent = {key for key in self.recent if key[1] >= cutoff}
+
+    def _observe(
+        self, status: JobStatus, created: datetime, started: datetime, finished: datetime
+    ) -> None:
+        self.wait.observe(max(0.0, (started - created).total_seconds()))
+        histogram = self.run.get(str(status.value))
+        if histogram is not None:
+            histogram.observe(max(0.0, (finished - started).total_seconds()))
+
+    def _load(self, session: Session, before: datetime) -> None:
+        """Everything that finished before ``before``, bucketed in SQL (once per process)."""
+        started = Job.started_at.is_not(None) & (Job.finished_at < before)
+        wait = seconds_between(session, Job.created_at, Job.started_at)
+        run = seconds_between(session, Job.started_at, Job.finished_at)
+        # Bucketed in a subquery, grouped outside: one CASE per row, and no bound
+        # parameters repeated in GROUP BY (PostgreSQL would not match them).
+        waits = (
+            select(_bucket_case(wait, WAIT_BUCKETS).label("bucket"), wait.label("seconds"))
+            .where(started)
+            .subquery()
+        )
+        for index, count, total in session.execute(
+            select(waits.c.bucket, func.count(), func.sum(waits.c.seconds)).group_by(waits.c.bucket)
+        ):
+            self.wait.add(int(index), int(count), float(total or 0.0))
+        runs = (
+            select(
+                Job.status.label("status"),
+                _bucket_case(run, RUN_BUCKETS).label("bucket"),
+                run.label("seconds"),
+            )
+            .where(started)
+            .subquery()
+        )
+        query = select(
+            runs.c.status, runs.c.bucket, func.count(), func.sum(runs.c.seconds)
+        ).group_by(runs.c.status, runs.c.bucket)
+        for status, index, count, total in session.execute(query):
+            histogram = self.run.get(str(getattr(status, "value", status)))
+            if histogram is not None:
+                histogram.add(int(index), int(count), float(total or 0.0))
+        # The rows just before ``before`` are counted: remember them so the overlap skips them.
+        self.recent = {
+            (job_id, finished_at)
+            for job_id, finished_at in session.execute(
+                select(Job.id, Job.finished_at).where(
+                    Job.finished_at >= before - OVERLAP, Job.finished_at < before
+                )
+            )
+            if finished_at is not None
+        }
+        self.watermark = before
+
+
+def _bucket_case(seconds: ColumnElement[float], bounds: Sequence[float]) -> ColumnElement[int]:
+    """The index of the first bound ``seconds`` is under (len(bounds) if none), as one CASE."""
+    return case(
+        *((seconds <= bound, index) for index, bound in enumerate(bounds)), else_=len(bounds)
+    )
 
 
 @dataclass(frozen=True)
 class DatabaseFigures:
     by_status: dict[str, int]
-    wait: list[_HistogramRow]
-    run: list[_HistogramRow]
     workers_live: int
     workers_busy: int
 
@@ -91,29 +221,31 @@ class StylequeueCollector:
         self._svc = svc
         self._lock = threading.Lock()
         self._cached: tuple[float, DatabaseFigures] | None = None
+        self._histograms = FinishedJobHistograms()
 
     def collect(self) -> Iterator[Metric]:
-        figures = self._database_figures()
+        with self._lock:
+            figures = self._database_figures()
+            wait = _histogram_family(
+                "stylequeue_job_wait_seconds",
+                "Time from submit to a worker's first claim, over every finished job that started.",
+                [],
+                [((), self._histograms.wait)],
+            )
+            run = _histogram_family(
+                "stylequeue_job_run_seconds",
+                "Time from a job's first start to its end, over every finished job that started.",
+                ["status"],
+                [((status,), h) for status, h in self._histograms.run.items()],
+            )
         jobs = GaugeMetricFamily(
             "stylequeue_jobs", "Jobs in the database by status.", labels=["status"]
         )
         for status in JobStatus:
             jobs.add_metric([status.value], figures.by_status.get(status.value, 0))
         yield jobs
-        yield _histogram(
-            "stylequeue_job_wait_seconds",
-            "Time from submit to a worker's first claim, over every job that has started.",
-            [],
-            WAIT_BUCKETS,
-            figures.wait,
-        )
-        yield _histogram(
-            "stylequeue_job_run_seconds",
-            "Time from a job's first start to its end, over every finished job that started.",
-            ["status"],
-            RUN_BUCKETS,
-            figures.run,
-        )
+        yield wait
+        yield run
         yield GaugeMetricFamily(
             "stylequeue_workers_live",
             "Workers with a recent heartbeat in the workers registry.",
@@ -127,14 +259,22 @@ class StylequeueCollector:
         yield from self._redis_metrics()
 
     def _database_figures(self) -> DatabaseFigures:
-        with self._lock:
-            now = time.monotonic()
-            if self._cached is not None and now - self._cached[0] < CACHE_SECONDS:
-                return self._cached[1]
-            with self._svc.db.session() as session:
-                figures = database_figures(session)
-            self._cached = (now, figures)
-            return figures
+        now = time.monotonic()
+        if self._cached is not None and now - self._cached[0] < CACHE_SECONDS:
+            return self._cached[1]
+        with self._svc.db.session() as session:
+            self._histograms.update(session, utcnow())
+            # The admin statistics' all-time counts: the settled part cached per process,
+            # so a scrape does not count a million rows (shared.admin._status_counts).
+            by_status = admin.job_stats(session, hours=1).counts
+            workers = admin.live_workers(session)
+        figures = DatabaseFigures(
+            by_status=by_status,
+            workers_live=len(workers),
+            workers_busy=sum(1 for w in workers if w.current_job_id is not None),
+        )
+        self._cached = (now, figures)
+        return figures
 
     def _redis_metrics(self) -> Iterator[Metric]:
         prefix = self._svc.settings.redis_prefix
@@ -174,25 +314,16 @@ class StylequeueCollector:
         )
 
 
-def _histogram(
+def _histogram_family(
     name: str,
     documentation: str,
     labels: list[str],
-    bounds: Sequence[float],
-    rows: list[_HistogramRow],
+    series: list[tuple[tuple[str, ...], Histogram]],
 ) -> HistogramMetricFamily:
     family = HistogramMetricFamily(name, documentation, labels=labels)
-    for row in rows:
-        buckets: list[tuple[str, float]] = [
-            (_bound(b), float(c)) for b, c in zip(bounds, row.buckets, strict=True)
-        ]
-        buckets.append(("+Inf", float(row.count)))
-        family.add_metric(list(row.labels), buckets, row.total)
+    for label_values, histogram in series:
+        family.add_metric(list(label_values), histogram.cumulative(), histogram.total)
     return family
-
-
-def _bound(value: float) -> str:
-    return repr(float(value))
 
 
 def seconds_between(session: Session, start: Any, end: Any) -> ColumnElement[float]:
@@ -200,62 +331,3 @@ def seconds_between(session: Session, start: Any, end: Any) -> ColumnElement[flo
     if session.get_bind().dialect.name == "postgresql":
         return func.extract("epoch", end - start)  # type: ignore[return-value]
     return (func.julianday(end) - func.julianday(start)) * 86400.0
-
-
-def database_figures(session: Session) -> DatabaseFigures:
-    """Every database figure of a scrape: four aggregate queries."""
-    by_status = {
-        str(status.value if isinstance(status, JobStatus) else status): int(count)
-        for status, count in session.execute(select(Job.status, func.count()).group_by(Job.status))
-    }
-    wait = _histogram_rows(
-        session,
-        seconds_between(session, Job.created_at, Job.started_at),
-        WAIT_BUCKETS,
-        Job.started_at.is_not(None),
-        group_by=None,
-    )
-    run = _histogram_rows(
-        session,
-        seconds_between(session, Job.started_at, Job.finished_at),
-        RUN_BUCKETS,
-        Job.started_at.is_not(None) & Job.finished_at.is_not(None),
-        group_by=Job.status,
-    )
-    workers = admin.live_workers(session)
-    return DatabaseFigures(
-        by_status=by_status,
-        wait=wait,
-        run=run,
-        workers_live=len(workers),
-        workers_busy=sum(1 for w in workers if w.current_job_id is not None),
-    )
-
-
-def _histogram_rows(
-    session: Session,
-    seconds: ColumnElement[float],
-    bounds: Sequence[float],
-    where: ColumnElement[bool],
-    *,
-    group_by: Any,
-) -> list[_HistogramRow]:
-    columns: list[Any] = [func.count(), func.coalesce(func.sum(seconds), 0.0)]
-    columns += [func.coalesce(func.sum(case((seconds <= b, 1), else_=0)), 0) for b in bounds]
-    if group_by is None:
-        row = session.execute(select(*columns).where(where)).one()
-        return [_HistogramRow((), int(row[0]), float(row[1]), tuple(int(c) for c in row[2:]))]
-    query = select(group_by, *columns).where(where).group_by(group_by)
-    found: dict[str, _HistogramRow] = {}
-    for row in session.execute(query):
-        label = row[0].value if isinstance(row[0], JobStatus) else str(row[0])
-        found[label] = _HistogramRow(
-            (label,), int(row[1]), float(row[2]), tuple(int(c) for c in row[3:])
-        )
-    # Every finished status always has its series (zeros until a job ends that way).
-    empty = tuple(0 for _ in bounds)
-    return [
-        found.get(s.value, _HistogramRow((s.value,), 0, 0.0, empty))
-        for s in JobStatus
-        if s.is_finished
-    ] + [row for label, row in found.items() if label not in FINISHED_LABELS]

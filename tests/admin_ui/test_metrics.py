@@ -21,6 +21,7 @@ from sqlalchemy import delete
 import migrations
 from api import create_app, metrics
 from api.services import EXTENSION_KEY
+from shared import admin
 from shared.celery_app import JOBS_QUEUE, JobPublisher
 from shared.db import Database
 from shared.models import ApiClient, Job, JobEvent, JobStatus, Worker, utcnow
@@ -56,6 +57,7 @@ def module_database(
 @pytest.fixture
 def fresh_database(module_database: str) -> str:
     """The module's database, emptied."""
+    admin.forget_cached_counts()
     db = Database(module_database)
     try:
         with db.session() as session:
@@ -103,10 +105,10 @@ def scrape(app: Flask, **headers: str) -> dict[str, dict[tuple[tuple[str, str], 
     return samples
 
 
-def add_jobs(app: Flask) -> None:
-    """Five jobs, one per status, with known wait and run times."""
+def add_jobs(app: Flask, *, ago: timedelta = timedelta(hours=1)) -> list[uuid.UUID]:
+    """Five jobs, one per status, created ``ago``, with known wait and run times; their ids."""
     now = utcnow()
-    t0 = now - timedelta(hours=1)
+    t0 = now - ago
 
     def job(status: JobStatus, wait: float | None, run: float | None) -> Job:
         started = None if wait is None else t0 + timedelta(seconds=wait)
@@ -130,35 +132,45 @@ def add_jobs(app: Flask) -> None:
         client = ApiClient(name="metrics", key_hash=secrets.token_hex(32))
         session.add(client)
         session.flush()
-        session.add_all(
-            [
-                job(JobStatus.SUCCEEDED, wait=3, run=50),
-                job(JobStatus.FAILED, wait=0.2, run=700),
-                job(JobStatus.CANCELED, wait=None, run=None),  # canceled while queued
-                job(JobStatus.RUNNING, wait=40, run=None),
-                job(JobStatus.QUEUED, wait=None, run=None),
-            ]
-        )
+        jobs = [
+            job(JobStatus.SUCCEEDED, wait=3, run=50),
+            job(JobStatus.FAILED, wait=0.2, run=700),
+            job(JobStatus.CANCELED, wait=None, run=None),  # canceled while queued
+            job(JobStatus.RUNNING, wait=40, run=None),
+            job(JobStatus.QUEUED, wait=None, run=None),
+        ]
+        session.add_all(jobs)
         session.commit()
+    admin.forget_cached_counts()  # rows that finished long ago appear: not so in production
+    return [j.id for j in jobs]
+
+
+def scrape_another_process(app: Flask) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """One scrape by a fresh app on the same settings (another gunicorn process)."""
+    other = create_app(app.extensions[EXTENSION_KEY].settings)
+    try:
+        return scrape(other)
+    finally:
+        other.extensions[EXTENSION_KEY].db.dispose()
 
 
 def test_jobs_by_status_and_wait_and_run_histograms(metrics_app: Flask) -> None:
-    empty = scrape(metrics_app)
+    empty = scrape_another_process(metrics_app)
     assert empty["stylequeue_jobs"] == {(("status", s.value),): 0 for s in JobStatus}
     assert empty["stylequeue_job_wait_seconds_count"] == {(): 0}
     add_jobs(metrics_app)
     samples = scrape(metrics_app)
     assert samples["stylequeue_jobs"] == {(("status", s.value),): 1 for s in JobStatus}
 
+    # Wait times of the finished jobs that started: 0.2 s and 3 s (the running job's
+    # 40 s counts once it finishes; the job canceled while queued never started).
     wait = samples["stylequeue_job_wait_seconds_bucket"]
-    assert samples["stylequeue_job_wait_seconds_count"] == {(): 3}
-    assert samples["stylequeue_job_wait_seconds_sum"][()] == pytest.approx(43.2, abs=0.01)
-    assert wait[(("le", "0.5"),)] == 1  # the failed job's 0.2 s
+    assert samples["stylequeue_job_wait_seconds_count"] == {(): 2}
+    assert samples["stylequeue_job_wait_seconds_sum"][()] == pytest.approx(3.2, abs=0.01)
+    assert wait[(("le", "0.5"),)] == 1
     assert wait[(("le", "2.0"),)] == 1
-    assert wait[(("le", "5.0"),)] == 2  # + the succeeded job's 3 s
-    assert wait[(("le", "30.0"),)] == 2
-    assert wait[(("le", "60.0"),)] == 3  # + the running job's 40 s
-    assert wait[(("le", "+Inf"),)] == 3
+    assert wait[(("le", "5.0"),)] == 2
+    assert wait[(("le", "+Inf"),)] == 2
 
     run = samples["stylequeue_job_run_seconds_bucket"]
     count = samples["stylequeue_job_run_seconds_count"]
@@ -173,6 +185,75 @@ def test_jobs_by_status_and_wait_and_run_histograms(metrics_app: Flask) -> None:
     assert run[(("le", "1200.0"), ("status", "failed"))] == 1
     sums = samples["stylequeue_job_run_seconds_sum"]
     assert sums[(("status", "failed"),)] == pytest.approx(700, abs=0.01)
+
+
+def add_finished(app: Flask, status: JobStatus, *, finished_ago: timedelta) -> None:
+    """One job that waited 2 s and ran 10 s, finished ``finished_ago``."""
+    finished = utcnow() - finished_ago
+    with app.extensions[EXTENSION_KEY].db.session() as session:
+        client = ApiClient(name="metrics", key_hash=secrets.token_hex(32))
+        session.add(client)
+        session.flush()
+        started = finished - timedelta(seconds=10)
+        session.add(
+            Job(
+                client_id=client.id,
+                status=status,
+                params={},
+                n_styles=1,
+                iterations=10,
+                created_at=started - timedelta(seconds=2),
+                started_at=started,
+                finished_at=finished,
+            )
+        )
+        session.commit()
+
+
+def test_histograms_follow_new_jobs_and_count_each_run_once(metrics_app: Flask) -> None:
+    """The first scrape aggregates old jobs in SQL; later ones add what finished since."""
+    succeeded, failed = (("status", "succeeded"),), (("status", "failed"),)
+    first_batch = add_jobs(metrics_app)  # finished most of an hour ago: the bulk aggregate
+    first = scrape(metrics_app)
+    assert first["stylequeue_job_run_seconds_count"][succeeded] == 1
+    add_finished(metrics_app, JobStatus.SUCCEEDED, finished_ago=timedelta(seconds=30))
+    second = scrape(metrics_app)
+    assert second["stylequeue_job_run_seconds_count"][succeeded] == 2
+    assert second["stylequeue_job_wait_seconds_count"] == {(): 3}
+    # A row that commits late, with a finished_at before the latest one already counted
+    # (inside the overlap), is still counted, and only once.
+    add_finished(metrics_app, JobStatus.SUCCEEDED, finished_ago=timedelta(minutes=5))
+    third = scrape(metrics_app)
+    assert third["stylequeue_job_run_seconds_count"][succeeded] == 3
+    assert third["stylequeue_job_run_seconds_bucket"][(("le", "10.0"), *succeeded)] == 2
+    assert scrape(metrics_app) == third
+    # The running job finishes; the failed job is retried and fails again: two new runs.
+    with metrics_app.extensions[EXTENSION_KEY].db.session() as session:
+        running = session.get(Job, first_batch[3])
+        retried = session.get(Job, first_batch[1])
+        assert running is not None and retried is not None
+        running.status, running.finished_at = JobStatus.SUCCEEDED, utcnow()
+        retried.finished_at = utcnow()
+        session.commit()
+    admin.forget_cached_counts()  # as shared.admin.retry_job does
+    fourth = scrape(metrics_app)
+    assert fourth["stylequeue_job_run_seconds_count"][succeeded] == 4
+    assert fourth["stylequeue_job_run_seconds_count"][failed] == 2
+    assert fourth["stylequeue_job_wait_seconds_count"] == {(): 6}
+    # Another process (a fresh app, as a restarted gunicorn process) counts the same jobs,
+    # except the retried job's first run: the database keeps only its latest.
+    fresh = scrape_another_process(metrics_app)
+    assert fresh["stylequeue_job_run_seconds_bucket"] == {
+        labels: value
+        for labels, value in fourth["stylequeue_job_run_seconds_bucket"].items()
+        if ("status", "failed") not in labels
+    } | {
+        labels: value
+        for labels, value in fresh["stylequeue_job_run_seconds_bucket"].items()
+        if ("status", "failed") in labels
+    }
+    assert fresh["stylequeue_job_run_seconds_count"][failed] == 1
+    assert fresh["stylequeue_job_wait_seconds_count"] == {(): 5}
 
 
 def test_queue_depth_is_the_brokers_list_length(metrics_app: Flask) -> None:
