@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 
 from flask import Blueprint, Response, request, send_file
+from redis.exceptions import RedisError
 
 from api.auth import current_principal
 from api.job_json import job_dict, job_json
@@ -19,6 +21,7 @@ from shared.models import Job, JobRecord, JobStatus, utcnow
 from shared.pagination import Cursor, parse_limit
 from shared.storage import PREVIEW_FILE, RESULT_FILE
 
+log = logging.getLogger(__name__)
 blueprint = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
 
@@ -62,6 +65,14 @@ def submit_job() -> Response:
 
 def _replayed(job: Job) -> Response:
     # The same Idempotency-Key again: the original job, created nothing.
+    if job.status is JobStatus.QUEUED:
+        # A client retries when it got no answer: the API may have died between the
+        # commit and the enqueue. Send the id again rather than wait for the
+        # reconciler; a second message for a job is harmless (the claim is a no-op).
+        try:
+            services().publisher.publish(job.id)
+        except RedisError as exc:
+            log.warning("job %s: could not re-send it on a replay (%s)", job.id, exc)
     response = _job_response(job, 200)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     response.headers["Idempotent-Replayed"] = "true"
