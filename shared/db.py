@@ -55,6 +55,21 @@ def _dispose_after_fork(engine_ref: weakref.ref[Engine]) -> None:
         engine.dispose(close=False)
 
 
+class CommitOutcomeUnknownError(ServiceUnavailableError):
+    """The connection was lost while the database committed: the writes may or may not be in.
+
+    A 503 like any other outage, but whoever wrote must not undo what goes with
+    the rows (a job's input files), and the client must retry with the same
+    Idempotency-Key to learn which it was.
+    """
+
+
+COMMIT_LOST_MESSAGE = (
+    "the database connection was lost while committing: the job may or may not "
+    "have been created; retry with the same Idempotency-Key to find out"
+)
+
+
 class ThreadConnections:
     """One autocommit DBAPI (psycopg) connection per thread, for the poll and the submit.
 
@@ -92,8 +107,9 @@ class ThreadConnections:
 
         A connection found dead before COMMIT is replaced and the transaction
         run again (the server rolled the first one back); one lost during COMMIT
-        is a 503, since the outcome is unknown. A constraint violation is raised
-        as SQLAlchemy's IntegrityError, as the Session would raise it.
+        is a 503 (CommitOutcomeUnknownError), since the outcome is unknown. A
+        constraint violation is raised as SQLAlchemy's IntegrityError, as the
+        Session would raise it.
         """
         dbapi = self._engine.dialect.loaded_dbapi
         for attempt in range(2):
@@ -110,7 +126,9 @@ class ThreadConnections:
             except dbapi.OperationalError:
                 self._discard()
                 if committing:
-                    break
+                    raise CommitOutcomeUnknownError(
+                        COMMIT_LOST_MESSAGE, details={"database": "OperationalError"}
+                    ) from None
         raise ServiceUnavailableError(
             "the database cannot be reached", details={"database": "OperationalError"}
         )

@@ -35,10 +35,10 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from shared.db import Database, ThreadConnections
+from shared.db import CommitOutcomeUnknownError, Database, ThreadConnections
 from shared.errors import LeaseLostError, NotFoundError
 from shared.models import Job, JobEvent, JobRecord, JobStatus, utcnow
 from shared.pagination import Cursor
@@ -136,12 +136,25 @@ def create_job(
         if existing is None:
             raise
         return existing, False
+    except CommitOutcomeUnknownError:
+        # The row may be in: its files stay (a job without its inputs would fail).
+        # If it is not, they are files no job refers to.
+        _rollback_quietly(session)
+        raise
     except BaseException:
-        session.rollback()
+        _rollback_quietly(session)
         storage.delete_job_files(job_id)
         raise
     _enqueue_or_leave_queued(session, job_id, enqueue)
     return Job(**values), True
+
+
+def _rollback_quietly(session: Session) -> None:
+    # With the database gone the rollback fails too: the first error is the one to raise.
+    try:
+        session.rollback()
+    except SQLAlchemyError:
+        log.debug("rollback failed", exc_info=True)
 
 
 # Built once, like _READ_JOB: the statements every submit runs.

@@ -33,7 +33,7 @@ import migrations
 from shared import jobs
 from shared.auth import create_client
 from shared.celery_app import create_celery, enqueue_job
-from shared.db import Database
+from shared.db import CommitOutcomeUnknownError, Database
 from shared.errors import LeaseLostError
 from shared.models import Job, JobEvent, JobStatus
 from shared.params import parse_params
@@ -377,3 +377,73 @@ def test_a_worker_shutting_down_while_the_database_is_down_hands_the_message_bac
     with ctx.db.session() as session:
         claim = jobs.claim_job(session, job_id, worker=ctx.name, lease_seconds=LEASE_SECONDS)
     assert claim is not None and claim.attempt == 1
+
+
+SLOW_COMMIT = """
+CREATE FUNCTION sq_test_slow_commit() RETURNS trigger LANGUAGE plpgsql AS
+$$ BEGIN PERFORM pg_sleep(30); RETURN NULL; END $$;
+CREATE CONSTRAINT TRIGGER sq_test_slow_commit AFTER INSERT ON job_events
+DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION sq_test_slow_commit();
+"""
+
+
+def test_a_submit_whose_commit_is_cut_keeps_its_files_and_says_to_retry(
+    cluster: PostgresCluster, tmp_path: Path, image_bytes: Callable[[str], bytes]
+) -> None:
+    """The API's fast path loses its connection during COMMIT: the outcome is unknown,
+    so the input files stay (the row may be in) and the 503 says to retry with the key."""
+    import psycopg
+
+    with psycopg.connect(cluster.url, autocommit=True) as admin:
+        admin.execute(SLOW_COMMIT)  # the COMMIT runs this deferred trigger: it waits
+    db = Database(cluster.url)
+    storage = LocalStorage(tmp_path)
+    assert db.thread_connections is not None
+    raised: list[BaseException] = []
+
+    def submit() -> None:
+        with db.session() as session:
+            client, _ = create_client(session, "commit-cut")
+            try:
+                jobs.create_job(
+                    session,
+                    storage,
+                    client_id=client.id,
+                    params=parse_params({"size": 32, "iterations": 2, "scales": 1}),
+                    content=image_bytes("tubingen"),
+                    styles=[image_bytes("starry_night")],
+                    idempotency_key="cut",
+                    enqueue=lambda _job_id: None,
+                    driver=db.thread_connections,
+                )
+            except BaseException as exc:
+                raised.append(exc)
+
+    def committing() -> bool:
+        with psycopg.connect(cluster.url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%'"
+                " OR wait_event = 'PgSleep'"
+            ).fetchone()
+            return bool(row and row[0])
+
+    thread = threading.Thread(target=submit)
+    thread.start()
+    try:
+        wait_for("the submit to be committing", committing, timeout=30)
+        cluster.crash()
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+        [error] = raised
+        assert isinstance(error, CommitOutcomeUnknownError), repr(error)
+        assert error.http_status == 503 and "Idempotency-Key" in error.message
+        # Kept: had the commit gone through, the job would need them.
+        [job_dir] = (tmp_path / "jobs").iterdir()
+        assert (job_dir / "content.png").is_file()
+    finally:
+        thread.join(timeout=30)
+        cluster.start()
+        with psycopg.connect(cluster.url, autocommit=True) as admin:
+            admin.execute("DROP TRIGGER sq_test_slow_commit ON job_events")
+            admin.execute("DROP FUNCTION sq_test_slow_commit()")
+        db.dispose()
