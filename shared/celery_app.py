@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import socket
+import time
 import uuid
 from typing import Any
 
@@ -35,6 +36,14 @@ POOL_PROCESS_START_SECONDS = 300.0
 # would start a retry while the first run is still healthy: make it rare.
 VISIBILITY_TIMEOUT_SECONDS = 24 * 3600
 BROKER_CONNECT_TIMEOUT_SECONDS = 2.0  # a submit must not hang on a dead Redis
+# Any one Redis command of a worker or the scheduler (a publish, an ack): a
+# connection that died without a word (failover, NAT, firewall) fails after this
+# instead of hanging the reconciler for good. Above kombu's 1 s BRPOP timeout.
+BROKER_SOCKET_TIMEOUT_SECONDS = 30.0
+# kombu's own checks of the long-lived BRPOP and pub/sub connections (its default).
+BROKER_HEALTH_CHECK_SECONDS = 25
+# The reconciler's marker key (under the prefix): see ``broker_lost_its_keys``.
+BROKER_MARKER_KEY = "stylequeue.reconciler-marker"
 PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2}
 
 
@@ -59,6 +68,15 @@ def create_celery(settings: Settings) -> Celery:
         broker_transport_options=broker_transport_options(settings),
         broker_connection_timeout=BROKER_CONNECT_TIMEOUT_SECONDS,
         broker_connection_retry_on_startup=True,
+        # A Redis restart or outage: reconnect for as long as it takes. Celery's
+        # default gives up after 100 tries (about 46 minutes at its 30 s ceiling) and
+        # the worker or the scheduler exits ("Unrecoverable error").
+        broker_connection_retry=True,
+        broker_connection_max_retries=None,
+        # A running job goes on through a lost broker connection: the database lease,
+        # not the broker's ack, says who runs it, and the message's redelivery is a
+        # no-op. Cancelling it (Celery 6's announced default) would throw work away.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         beat_schedule={
@@ -78,7 +96,46 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
         # (and test runs) sharing one Redis never see each other's messages.
         "global_keyprefix": settings.redis_prefix,
         "socket_connect_timeout": BROKER_CONNECT_TIMEOUT_SECONDS,
+        "socket_timeout": BROKER_SOCKET_TIMEOUT_SECONDS,
+        "socket_keepalive": True,  # the kernel notices a dead peer on an idle connection
+        "health_check_interval": BROKER_HEALTH_CHECK_SECONDS,
     }
+
+
+def broker_lost_its_keys(settings: Settings) -> bool:
+    """Set the reconciler's marker key in Redis; True when it was not there.
+
+    The key never expires, so it goes only when Redis loses its data: a restart
+    without persistence, a FLUSHALL or FLUSHDB, an eviction (``noeviction`` rules
+    that out), or the Redis is new to this deployment. Each may have taken every
+    queued job's message with it, so the reconciler then re-sends every queued job
+    at once rather than STYLEQUEUE_REQUEUE_AFTER_SECONDS after its last change.
+    """
+    client = _short_lived_client(settings)
+    try:
+        marker = f"set by {_HOSTNAME}/{os.getpid()} at {time.time():.0f}"
+        return bool(client.set(settings.redis_prefix + BROKER_MARKER_KEY, marker, nx=True))
+    finally:
+        client.close()
+
+
+def forget_broker_marker(settings: Settings) -> None:
+    """Remove the marker again (the re-send after a loss did not finish: the next run redoes it)."""
+    client = _short_lived_client(settings)
+    try:
+        client.delete(settings.redis_prefix + BROKER_MARKER_KEY)
+    except redis.RedisError:
+        pass  # Redis is gone again; it comes back without the marker, or with the jobs
+    finally:
+        client.close()
+
+
+def _short_lived_client(settings: Settings) -> redis.Redis:
+    return redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=BROKER_CONNECT_TIMEOUT_SECONDS,
+        socket_connect_timeout=BROKER_CONNECT_TIMEOUT_SECONDS,
+    )
 
 
 def enqueue_job(app: Celery, job_id: uuid.UUID) -> None:

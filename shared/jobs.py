@@ -713,7 +713,7 @@ def _end(
 
 
 def requeue_stale_jobs(
-    session: Session, *, older_than_seconds: float, enqueue: Enqueue, limit: int = 1000
+    session: Session, *, older_than_seconds: float, enqueue: Enqueue, limit: int | None = 1000
 ) -> list[uuid.UUID]:
     """Enqueue again the queued jobs that nothing has touched for ``older_than_seconds``
     (their message may be lost), and the running jobs whose lease expired.
@@ -724,7 +724,7 @@ def requeue_stale_jobs(
     second message: harmless, the second claim is a no-op. ``updated_at`` is
     touched so each job is re-sent at most once per period (a re-sent running
     job has ``updated_at`` past its lease's expiry; a heartbeat or claim always
-    leaves it before).
+    leaves it before). ``limit=None``: every such job (after Redis lost its keys).
     """
     now = utcnow()
     cutoff = now - timedelta(seconds=older_than_seconds)

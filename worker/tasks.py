@@ -22,7 +22,14 @@ from celery.signals import (
 from celery.worker.request import Request
 
 from shared import jobs
-from shared.celery_app import RECONCILE_TASK, RUN_JOB_TASK, enqueue_job, settings_of
+from shared.celery_app import (
+    RECONCILE_TASK,
+    RUN_JOB_TASK,
+    broker_lost_its_keys,
+    enqueue_job,
+    forget_broker_marker,
+    settings_of,
+)
 from shared.jobs import EventKind
 from shared.logging import configure_logging, job_event
 
@@ -215,6 +222,8 @@ def reconcile(self: Task) -> int:
     settings = settings_of(self.app)
     db = Database(settings.database_url)
     storage = LocalStorage(settings.data_dir)
+    # Redis restarted empty or was flushed: every queued job's message may be gone.
+    keys_lost = broker_lost_its_keys(settings)
     try:
         with db.session() as session:
             # First the jobs whose workers died too often: failed, not sent again.
@@ -223,16 +232,27 @@ def reconcile(self: Task) -> int:
             )
             requeued = jobs.requeue_stale_jobs(
                 session,
-                older_than_seconds=settings.requeue_after_seconds,
+                older_than_seconds=0 if keys_lost else settings.requeue_after_seconds,
                 enqueue=lambda job_id: enqueue_job(self.app, job_id),
+                limit=None if keys_lost else 1000,
             )
             expired: list[uuid.UUID] = []
             if settings.retention_seconds > 0:
                 expired = jobs.delete_expired_files(
                     session, storage, older_than_seconds=settings.retention_seconds
                 )
+    except BaseException:
+        if keys_lost:
+            forget_broker_marker(settings)  # not every job re-sent: the next run does it again
+        raise
     finally:
         db.dispose()
+    if keys_lost:
+        log.warning(
+            "Redis lost its keys (a restart without persistence, a flush) or is new: "
+            "every queued job re-sent (%d)",
+            len(requeued),
+        )
     for failure in exhausted:
         log.warning(
             "job %s failed: %s: %s",
