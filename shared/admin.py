@@ -10,6 +10,7 @@ frozen dataclasses; the HTTP layer turns them into JSON.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -24,9 +25,9 @@ from sqlalchemy import (
     Integer,
     Select,
     and_,
+    bindparam,
     cast,
     func,
-    literal,
     or_,
     select,
     tuple_,
@@ -195,31 +196,26 @@ def list_jobs(
     (client_id, …), (worker, …)) and stops after ``limit + 1`` rows, however deep
     the cursor; several statuses are one ordered index walk each, merged.
     """
-    wanted = limit + 1
-    conditions = _conditions(filters, cursor)
     statuses = tuple(dict.fromkeys(filters.statuses))
-    if len(statuses) <= 1:
-        if statuses:
-            conditions.append(Job.status == statuses[0])
-        page = _ordered(select(*_JOB_COLUMNS).where(*conditions), wanted).subquery()
-    else:
-        parts = [
-            _ordered(
-                select(*_JOB_COLUMNS).where(*conditions, Job.status == status), wanted
-            ).subquery()
-            for status in statuses
-        ]
-        merged = union_all(*(select(part) for part in parts)).subquery()
-        page = _ordered(select(merged), wanted, merged.c).subquery()
-    rows = session.execute(
-        _ordered(
-            select(page, ApiClient.name.label("client_name")).join(
-                ApiClient, ApiClient.id == page.c.client_id
-            ),
-            wanted,
-            page.c,
-        )
-    ).all()
+    values: dict[str, Any] = {
+        "client_id": filters.client_id,
+        "worker": filters.worker,
+        "created_from": filters.created_from,
+        "created_to": filters.created_to,
+        "wanted": limit + 1,
+    }
+    values |= {f"status_{i}": status for i, status in enumerate(statuses)}
+    if cursor is not None:
+        values |= {"cursor_at": cursor.created_at, "cursor_id": cursor.job_id}
+    statement = _list_statement(
+        len(statuses),
+        client=filters.client_id is not None,
+        worker=filters.worker is not None,
+        created_from=filters.created_from is not None,
+        created_to=filters.created_to is not None,
+        after=cursor is not None,
+    )
+    rows = session.execute(statement, {k: v for k, v in values.items() if v is not None}).all()
     items = [_admin_job(row._mapping) for row in rows]
     if len(items) <= limit:
         return AdminJobPage(items, None)
@@ -246,29 +242,62 @@ _JOB_COLUMNS = (
 )
 
 
-def _conditions(filters: JobFilters, cursor: Cursor | None) -> list[ColumnElement[bool]]:
+@functools.lru_cache(maxsize=512)
+def _list_statement(
+    n_statuses: int,
+    *,
+    client: bool,
+    worker: bool,
+    created_from: bool,
+    created_to: bool,
+    after: bool,
+) -> Select[Any]:
+    """The list query for one filter shape, values as bound parameters: built once
+    per shape (building it cost as much as running it)."""
     conditions: list[ColumnElement[bool]] = []
-    if filters.client_id is not None:
-        conditions.append(Job.client_id == filters.client_id)
-    if filters.worker is not None:
-        conditions.append(Job.worker == filters.worker)
-    if filters.created_from is not None:
-        conditions.append(Job.created_at >= filters.created_from)
-    if filters.created_to is not None:
-        conditions.append(Job.created_at < filters.created_to)
-    if cursor is not None:
+    if client:
+        conditions.append(Job.client_id == bindparam("client_id"))
+    if worker:
+        conditions.append(Job.worker == bindparam("worker", type_=Job.worker.type))
+    if created_from:
+        conditions.append(Job.created_at >= bindparam("created_from", type_=Job.created_at.type))
+    if created_to:
+        conditions.append(Job.created_at < bindparam("created_to", type_=Job.created_at.type))
+    if after:
         # A row comparison: PostgreSQL turns it into one index range, whatever the depth.
         conditions.append(
             tuple_(Job.created_at, Job.id)
             < tuple_(
-                literal(cursor.created_at, Job.created_at.type),
-                literal(cursor.job_id, Job.id.type),
+                bindparam("cursor_at", type_=Job.created_at.type),
+                bindparam("cursor_id", type_=Job.id.type),
             )
         )
-    return conditions
+    wanted = bindparam("wanted", type_=Integer)
+
+    def status_is(i: int) -> ColumnElement[bool]:
+        return Job.status == bindparam(f"status_{i}", type_=Job.status.type)
+
+    if n_statuses <= 1:
+        where = [*conditions, status_is(0)] if n_statuses else conditions
+        page = _ordered(select(*_JOB_COLUMNS).where(*where), wanted).subquery()
+    else:
+        # Several statuses: one ordered index walk each, merged.
+        parts = [
+            _ordered(select(*_JOB_COLUMNS).where(*conditions, status_is(i)), wanted).subquery()
+            for i in range(n_statuses)
+        ]
+        merged = union_all(*(select(part) for part in parts)).subquery()
+        page = _ordered(select(merged), wanted, merged.c).subquery()
+    return _ordered(
+        select(page, ApiClient.name.label("client_name")).join(
+            ApiClient, ApiClient.id == page.c.client_id
+        ),
+        wanted,
+        page.c,
+    )
 
 
-def _ordered(query: Select[Any], limit: int, columns: Any = None) -> Select[Any]:
+def _ordered(query: Select[Any], limit: Any, columns: Any = None) -> Select[Any]:
     created_at, job_id = (
         (Job.created_at, Job.id) if columns is None else (columns.created_at, columns.id)
     )

@@ -36,7 +36,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from shared.db import CommitOutcomeUnknownError, Database, ThreadConnections
 from shared.errors import LeaseLostError, NotFoundError
@@ -446,14 +446,34 @@ def _died_attempts() -> ColumnElement[int]:
     Every claim counts one attempt; one that handed the job back on a shutdown
     has a ``released`` event. A finished attempt ends the job, so on a claimable
     row (queued, or running under an expired lease) every other attempt died,
-    the current one included when its lease expired.
+    the current one included when its lease expired. An admin's retry (a
+    ``retried`` event, with the attempt count it found) starts the count afresh.
     """
-    released = (
-        select(func.count(JobEvent.id))
-        .where(JobEvent.job_id == Job.id, JobEvent.kind == EventKind.RELEASED.value)
+    retry = aliased(JobEvent)
+    retried_at = (
+        select(func.coalesce(func.max(retry.attempt), 0))
+        .where(retry.job_id == Job.id, retry.kind == EventKind.RETRIED.value)
         .scalar_subquery()
     )
-    return Job.attempts - released
+    retried_since = (
+        select(retry.id)
+        .where(
+            retry.job_id == JobEvent.job_id,
+            retry.kind == EventKind.RETRIED.value,
+            retry.attempt >= JobEvent.attempt,
+        )
+        .exists()
+    )
+    released = (
+        select(func.count(JobEvent.id))
+        .where(
+            JobEvent.job_id == Job.id,
+            JobEvent.kind == EventKind.RELEASED.value,
+            ~retried_since,  # released before the last retry: counted in retried_at
+        )
+        .scalar_subquery()
+    )
+    return Job.attempts - retried_at - released
 
 
 @dataclass(frozen=True)

@@ -497,6 +497,28 @@ def test_retry_of_a_failed_job_runs_it_again_to_success(
     assert again.json["error"]["code"] == "job_not_retryable"
 
 
+@pytest.mark.slow
+def test_a_retried_job_gets_a_fresh_attempt_budget(
+    http: FlaskClient,
+    admin_auth: dict[str, str],
+    submit: Any,
+    ctx: WorkerContext,
+    session: Session,
+) -> None:
+    # Three attempts that failed, each retried by an admin: the next claim must run
+    # it (STYLEQUEUE_MAX_ATTEMPTS counts dead workers since the last retry only).
+    assert ctx.settings.max_attempts == 3
+    job_id = uuid.UUID(submit(params=TINY).json["id"])
+    for attempt in (1, 2, 3):
+        claim = jobs.claim_job(session, job_id, worker="flaky/1", lease_seconds=30)
+        assert claim is not None and claim.attempt == attempt
+        jobs.fail_job(session, claim, code="out_of_memory", message="CUDA out of memory")
+        response = http.post(f"/v1/admin/jobs/{job_id}/retry", headers=admin_auth)
+        assert response.status_code == 200, response.json
+    assert run_job(ctx, job_id) is Outcome.SUCCEEDED
+    assert _detail(http, admin_auth, str(job_id))["attempts"] == 4
+
+
 def test_cancel_any_clients_job_then_retry_it(
     http: FlaskClient, admin_auth: dict[str, str], submit: Any
 ) -> None:
