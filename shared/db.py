@@ -21,6 +21,11 @@ SQLITE_BUSY_TIMEOUT_MS = 10_000  # API and worker processes write the same file
 # restart the first query on a dead connection fails (a 503), and SQLAlchemy
 # then drops every pooled connection at once.
 POOL_RECYCLE_SECONDS = 3600
+# A PostgreSQL host that vanished (no RST: a dead machine, a moving failover
+# address) would hold connect() for minutes of TCP retries, and with it every API
+# thread and the worker's heartbeat. Past this a connection attempt is a 503 /
+# a failed heartbeat. A connect_timeout in the URL wins.
+CONNECT_TIMEOUT_SECONDS = 5
 
 
 def normalize_database_url(url: str) -> str:
@@ -38,7 +43,13 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False})
         event.listen(engine, "connect", _configure_sqlite)
         return engine
-    return create_engine(url, pool_recycle=POOL_RECYCLE_SECONDS)
+    return create_engine(url, pool_recycle=POOL_RECYCLE_SECONDS, connect_args=_connect_timeout(url))
+
+
+def _connect_timeout(url: str) -> dict[str, Any]:
+    if not url.startswith("postgresql") or "connect_timeout=" in url:
+        return {}
+    return {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
 
 
 def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
@@ -140,6 +151,7 @@ class ThreadConnections:
             return held[1]
         self._discard()
         cargs, cparams = self._engine.dialect.create_connect_args(self._engine.url)
+        cparams = {**_connect_timeout(str(self._engine.url)), **cparams}
         try:
             connection = self._engine.dialect.loaded_dbapi.connect(*cargs, **cparams)
         except self._engine.dialect.loaded_dbapi.OperationalError as exc:

@@ -34,7 +34,7 @@ from shared import jobs
 from shared.auth import create_client
 from shared.celery_app import create_celery, enqueue_job
 from shared.db import CommitOutcomeUnknownError, Database
-from shared.errors import LeaseLostError
+from shared.errors import LeaseLostError, ServiceUnavailableError
 from shared.models import Job, JobEvent, JobStatus
 from shared.params import parse_params
 from shared.settings import Settings
@@ -447,3 +447,44 @@ def test_a_submit_whose_commit_is_cut_keeps_its_files_and_says_to_retry(
             admin.execute("DROP TRIGGER sq_test_slow_commit ON job_events")
             admin.execute("DROP FUNCTION sq_test_slow_commit()")
         db.dispose()
+
+
+def test_a_database_host_that_never_answers_is_a_503_within_the_connect_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No hang on a host that accepts TCP and says nothing (or drops every packet)."""
+    import socket
+
+    import shared.db
+
+    monkeypatch.setattr(shared.db, "CONNECT_TIMEOUT_SECONDS", 2)  # libpq's minimum
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # the kernel completes the handshakes; nobody answers
+        db = Database(f"postgresql://nobody@127.0.0.1:{silent.getsockname()[1]}/none")
+        assert db.thread_connections is not None
+        driver = db.thread_connections
+        checks = {"pool": db.ping, "driver": lambda: driver.fetch_one("SELECT 1", ())}
+        try:
+            for name, check in checks.items():
+                outcome: list[BaseException | None] = []
+
+                def run(
+                    check: Callable[[], object] = check,
+                    outcome: list[BaseException | None] = outcome,
+                ) -> None:
+                    try:
+                        check()
+                        outcome.append(None)
+                    except BaseException as exc:
+                        outcome.append(exc)
+
+                thread = threading.Thread(target=run, daemon=True)
+                started = time.monotonic()
+                thread.start()
+                thread.join(timeout=10)  # not forever, should it hang
+                assert outcome, f"{name}: still connecting after 10 s"
+                assert isinstance(outcome[0], ServiceUnavailableError), (name, outcome)
+                assert time.monotonic() - started < 5, name
+        finally:
+            db.dispose()
