@@ -34,12 +34,15 @@ class WorkerProcess:
     Always ``stop()`` it (the ``worker_processes`` fixture does): SIGQUIT, then SIGKILL.
     """
 
-    def __init__(self, env: dict[str, str], log_path: Path, name: str) -> None:
+    def __init__(
+        self, env: dict[str, str], log_path: Path, name: str, *, quiet: bool = True
+    ) -> None:
+        """``quiet=False``: with gossip, mingle and heartbeats, as ``stylequeue worker`` runs."""
         self.name = name
         self.log_path = log_path
         with log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                worker_argv(hostname=f"{name}@%h", quiet=True),
+                worker_argv(hostname=f"{name}@%h", quiet=quiet),
                 env={**os.environ, **env},
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -247,8 +247,10 @@ def stack(own_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        for name in ("first", "second"):
-            workers.append(WorkerProcess(env, root / f"{name}.log", name))
+        # One worker as the tests usually start them, one as `stylequeue worker` runs
+        # (gossip, mingle and heartbeats, whose reconnects are Celery's other trap).
+        workers.append(WorkerProcess(env, root / "quiet.log", "quiet"))
+        workers.append(WorkerProcess(env, root / "production.log", "production", quiet=False))
 
         def scheduler_ready() -> bool:
             assert scheduler is not None and scheduler.poll() is None, "the scheduler exited"
