@@ -34,7 +34,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
-from sqlalchemy import ColumnElement, case, func, select
+from sqlalchemy import ColumnElement, case, func, select, text
 from sqlalchemy.orm import Session
 
 from api.services import Services, services
@@ -90,8 +90,12 @@ class Histogram:
         self.per_bucket[_bucket_index(self.bounds, value)] += 1
         self.total += value
 
-    def add(self, index: int, count: int, total: float) -> None:
-        self.per_bucket[index] += count
+    def add_cumulative(self, cumulative: Sequence[int], count: int, total: float) -> None:
+        """Add counts given as Prometheus does: observations <= each bound, and in all."""
+        previous = 0
+        for index, running in enumerate([*cumulative, count]):
+            self.per_bucket[index] += running - previous
+            previous = running
         self.total += total
 
     @property
@@ -160,33 +164,30 @@ class FinishedJobHistograms:
         started = Job.started_at.is_not(None) & (Job.finished_at < before)
         wait = seconds_between(session, Job.created_at, Job.started_at)
         run = seconds_between(session, Job.started_at, Job.finished_at)
-        # Bucketed in a subquery, grouped outside: one CASE per row, and no bound
-        # parameters repeated in GROUP BY (PostgreSQL would not match them).
-        waits = (
-            select(_bucket_case(wait, WAIT_BUCKETS).label("bucket"), wait.label("seconds"))
-            .where(started)
-            .subquery()
-        )
-        for index, count, total in session.execute(
-            select(waits.c.bucket, func.count(), func.sum(waits.c.seconds)).group_by(waits.c.bucket)
-        ):
-            self.wait.add(int(index), int(count), float(total or 0.0))
-        runs = (
-            select(
-                Job.status.label("status"),
-                _bucket_case(run, RUN_BUCKETS).label("bucket"),
-                run.label("seconds"),
-            )
-            .where(started)
-            .subquery()
-        )
-        query = select(
-            runs.c.status, runs.c.bucket, func.count(), func.sum(runs.c.seconds)
-        ).group_by(runs.c.status, runs.c.bucket)
-        for status, index, count, total in session.execute(query):
+        # One scan, grouped by status only (a handful of groups: a hash aggregate),
+        # each bucket a SUM(CASE): cumulative counts, as Prometheus wants them.
+        if session.get_bind().dialect.name == "postgresql":
+            # JIT compiling these expressions costs more than the scan (1.8 s of 2.9 s
+            # at a million jobs); SET LOCAL ends with this session's transaction.
+            session.execute(text("SET LOCAL jit = off"))
+        columns: list[Any] = [Job.status, func.count(), func.sum(wait), func.sum(run)]
+        columns += [
+            func.sum(case((at_most(session, Job.created_at, Job.started_at, b), 1), else_=0))
+            for b in WAIT_BUCKETS
+        ]
+        columns += [
+            func.sum(case((at_most(session, Job.started_at, Job.finished_at, b), 1), else_=0))
+            for b in RUN_BUCKETS
+        ]
+        n_wait = len(WAIT_BUCKETS)
+        for row in session.execute(select(*columns).where(started).group_by(Job.status)):
+            status, count, wait_total, run_total = row[:4]
+            wait_counts = [int(c or 0) for c in row[4 : 4 + n_wait]]
+            run_counts = [int(c or 0) for c in row[4 + n_wait :]]
+            self.wait.add_cumulative(wait_counts, int(count), float(wait_total or 0.0))
             histogram = self.run.get(str(getattr(status, "value", status)))
             if histogram is not None:
-                histogram.add(int(index), int(count), float(total or 0.0))
+                histogram.add_cumulative(run_counts, int(count), float(run_total or 0.0))
         # The rows just before ``before`` are counted: remember them so the overlap skips them.
         self.recent = {
             (job_id, finished_at)
@@ -198,13 +199,6 @@ class FinishedJobHistograms:
             if finished_at is not None
         }
         self.watermark = before
-
-
-def _bucket_case(seconds: ColumnElement[float], bounds: Sequence[float]) -> ColumnElement[int]:
-    """The index of the first bound ``seconds`` is under (len(bounds) if none), as one CASE."""
-    return case(
-        *((seconds <= bound, index) for index, bound in enumerate(bounds)), else_=len(bounds)
-    )
 
 
 @dataclass(frozen=True)
@@ -327,7 +321,15 @@ def _histogram_family(
 
 
 def seconds_between(session: Session, start: Any, end: Any) -> ColumnElement[float]:
-    """``end - start`` in seconds, in SQL, on PostgreSQL and SQLite."""
+    """``end - start`` in seconds (a float), in SQL, on PostgreSQL and SQLite."""
     if session.get_bind().dialect.name == "postgresql":
-        return func.extract("epoch", end - start)  # type: ignore[return-value]
+        # date_part is double precision; EXTRACT would be numeric, several times slower.
+        return func.date_part("epoch", end - start)
     return (func.julianday(end) - func.julianday(start)) * 86400.0
+
+
+def at_most(session: Session, start: Any, end: Any, seconds: float) -> ColumnElement[bool]:
+    """``end - start <= seconds``: on PostgreSQL an interval comparison (no conversion per row)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return (end - start) <= timedelta(seconds=seconds)
+    return seconds_between(session, start, end) <= seconds

@@ -352,7 +352,12 @@ def job_page(job_id: str) -> str:
         data=data,
         status=job.status.value,
         active=job.status in ACTIVE,
-        thumbs=_thumb_urls(job.id, job.status, n_styles=detail.n_styles, size=320),
+        thumbs=_thumb_urls(
+            job.id,
+            JobStatus.RUNNING if job.status in ACTIVE else job.status,  # a preview slot
+            n_styles=detail.n_styles,
+            size=320,
+        ),
         files={
             "content": url_for("admin_ui.image", job_id=job.id, name="content"),
             "styles": [

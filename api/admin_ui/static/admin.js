@@ -15,6 +15,9 @@
       img.setAttribute("data-role", el.getAttribute("data-role"));
       el.replaceWith(img); el = img;
     }
+    // Keep the size this page asked for (96 px in the table, 320 px on a job's page).
+    var size = (el.getAttribute("src") || "").match(/[?&]size=(\d+)/);
+    if (size) src = src.replace(/([?&]size=)\d+/, "$1" + size[1]);
     if (el.getAttribute("src") !== src) el.setAttribute("src", src);
   }
 
