@@ -72,7 +72,16 @@ def use_stylequeue_logging(loglevel: int | str | None = None, **_: Any) -> None:
 
 @worker_process_init.connect
 def load_model_after_fork(**_: Any) -> None:
-    """Load the network once per worker process, in the child, before its first job."""
+    """Load the network once per worker process, in the child, before its first job.
+
+    Celery's solo pool sends this signal too, in the main process: that is the
+    scheduler's own worker (``stylequeue scheduler``), which runs no job and must
+    neither load the network nor register as a job worker.
+    """
+    from billiard.process import current_process
+
+    if current_process().name == "MainProcess":
+        return
     _worker_context(current_app).network()
 
 

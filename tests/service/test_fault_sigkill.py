@@ -140,6 +140,9 @@ class Cluster:
         [worker] = [w for w in self.workers if w.process.pid == parent]
         return worker, pid
 
+    def scheduler_log(self) -> str:
+        return (self.log_dir / "scheduler.log").read_text(errors="replace")
+
     def close(self) -> None:
         for worker in self.workers:
             worker.stop()
@@ -242,6 +245,8 @@ def test_sigkill_of_a_whole_worker_another_worker_resumes_the_job(cluster: Clust
     assert resumed.attempt == 2
     assert resumed.data["iteration"] == checkpoints[-1].data["iteration"], "the last checkpoint"
     assert cluster.events(job_id, "requeued"), "the reconciler re-sent it"
+    assert "re-enqueued by the reconciler" in cluster.scheduler_log()
+    assert "VGG19" not in cluster.scheduler_log(), "the scheduler runs no job"
     assert cluster.row(job_id).attempts == 2
     report = fault_report(cluster.db, [job_id], stopped_at={job_id: [before_kill]})
     print(
