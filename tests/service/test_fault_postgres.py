@@ -38,7 +38,8 @@ from shared.errors import LeaseLostError, ServiceUnavailableError
 from shared.models import Job, JobEvent, JobStatus
 from shared.params import parse_params
 from shared.settings import Settings
-from shared.storage import LocalStorage
+from shared.storage import CHECKPOINT_FILE, LocalStorage
+from worker.engine import EngineState
 from worker.runner import JobReporter, Outcome, WorkerContext, run_job
 
 pytestmark = pytest.mark.slow
@@ -315,11 +316,15 @@ def _queued_job(ctx: WorkerContext, image_bytes: Callable[[str], bytes]) -> uuid
     return job.id
 
 
-def _status(ctx: WorkerContext, job_id: uuid.UUID) -> JobStatus:
+def _row(ctx: WorkerContext, job_id: uuid.UUID) -> Job:
     with ctx.db.session() as session:
         found = session.get(Job, job_id)
         assert found is not None
-        return found.status
+        return found
+
+
+def _status(ctx: WorkerContext, job_id: uuid.UUID) -> JobStatus:
+    return _row(ctx, job_id).status
 
 
 def test_an_outcome_written_during_the_outage_waits_for_the_database_within_the_lease(
@@ -488,3 +493,48 @@ def test_a_database_host_that_never_answers_is_a_503_within_the_connect_timeout(
                 assert time.monotonic() - started < 5, name
         finally:
             db.dispose()
+
+
+def test_an_outage_longer_than_the_lease_stops_the_job_with_a_checkpoint_of_where_it_stopped(
+    cluster: PostgresCluster, tmp_path: Path, image_bytes: Callable[[str], bytes]
+) -> None:
+    """Past the lease the worker stops and lets the job go; the next attempt loses nothing."""
+    with worker_context(
+        cluster.url, tmp_path, lease_seconds=2.0, checkpoint_seconds=1000.0
+    ) as context:  # no periodic checkpoint: only the one saved on stopping
+        context.network()
+        with context.db.session() as session:
+            client, _ = create_client(session, "long-outage")
+            job, _ = jobs.create_job(
+                session,
+                context.storage,
+                client_id=client.id,
+                params=parse_params({"size": 32, "iterations": 5000, "scales": 1}),
+                content=image_bytes("tubingen"),
+                styles=[image_bytes("starry_night")],
+                idempotency_key=None,
+                enqueue=lambda _job_id: None,
+            )
+        outcome: list[Outcome] = []
+        thread = threading.Thread(target=lambda: outcome.append(run_job(context, job.id)))
+        thread.start()
+        try:
+            wait_for("a heartbeat", lambda: _row(context, job.id).iteration > 0, timeout=60)
+            seen = _row(context, job.id).iteration
+            context.db.dispose()
+            cluster.crash()
+            thread.join(timeout=30)  # the lease is 2 s
+            assert outcome == [Outcome.LEASE_LOST]
+        finally:
+            if thread.is_alive():
+                context.shutting_down.set()
+                thread.join(timeout=30)
+            cluster.start()
+        state = EngineState.from_bytes(context.storage.get(job.id, CHECKPOINT_FILE))
+        assert state.iteration > seen  # where the engine stopped, past the last heartbeat
+        stopped = _row(context, job.id)
+        assert stopped.status is JobStatus.RUNNING and stopped.attempts == 1  # nothing written
+        time.sleep(0.5)  # the database's lease (2 s from the last heartbeat) runs out too
+        with context.db.session() as session:
+            claim = jobs.claim_job(session, job.id, worker="next", lease_seconds=30)
+        assert claim is not None and claim.attempt == 2  # the reconciler's re-send, claimed
