@@ -184,6 +184,7 @@ def test_api_restarts_under_submit_load_lose_no_accepted_job(
         time.sleep(UP_SECONDS)
 
         # 3. A reload: SIGHUP to the master (new workers, same listening socket).
+        reloaded_at = time.monotonic()
         api.signal(signal.SIGHUP, group=False)
         time.sleep(UP_SECONDS)
         stop.set()
@@ -230,6 +231,7 @@ def test_api_restarts_under_submit_load_lose_no_accepted_job(
                 assert result.status_code == 200 and result.content[:4] == b"\x89PNG"
 
         errors = Counter(name for _, name in outcomes.errors)
+        after_reload = Counter(name for at, name in outcomes.errors if at >= reloaded_at)
         # A submit killed after its files were written and before its commit leaves them behind.
         orphans = [
             d
@@ -238,7 +240,8 @@ def test_api_restarts_under_submit_load_lose_no_accepted_job(
         ]
         print(
             f"api-restart: {len(accepted)} jobs accepted by {CLIENT_THREADS} clients; "
-            f"answers {dict(outcomes.statuses)}; connection errors {dict(errors)}; "
+            f"answers {dict(outcomes.statuses)}; connection errors {dict(errors)} "
+            f"(after the SIGHUP: {dict(after_reload)}); "
             f"job directories without a job: {len(orphans)}; "
             "API down: "
             + ", ".join(
