@@ -222,6 +222,19 @@ def test_admin_page_in_chromium(
             "img => img.complete && img.naturalWidth > 0", arg=preview.element_handle()
         )
         _shot(page, "running")
+        # The running job's own page: its live preview, refreshed at the page's 320 px size
+        # (the 64 px test image is not enlarged, so the src says which size was asked).
+        page.goto(f"{base}/admin/jobs/{running}")
+        big = page.locator('img[data-role="preview"]')
+        page.wait_for_function(
+            "img => img.complete && img.naturalWidth > 0 && img.src.includes('v=')"
+            " && img.src.includes('size=320')",
+            arg=big.element_handle(),
+        )
+        _shot(page, "job-running")
+        page.goto(f"{base}/admin?status=running&status=queued")
+        row = page.locator(f'tr[data-job="{running}"]')
+        row.wait_for()
         row.locator('[data-role="cancel"]').click()
         page.wait_for_selector(f'tr[data-job="{running}"][data-status="canceled"]')
         assert page.locator(f'tr[data-job="{running}"] .chip').inner_text() == "canceled"
