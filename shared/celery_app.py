@@ -13,10 +13,13 @@ import os
 import socket
 import time
 import uuid
+import warnings
 from typing import Any
 
 import redis
 from celery import Celery
+from celery.exceptions import CPendingDeprecationWarning
+from celery.signals import celeryd_after_setup
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -87,6 +90,18 @@ def create_celery(settings: Settings) -> Celery:
     )
     app.conf["stylequeue_settings"] = settings
     return app
+
+
+@celeryd_after_setup.connect
+def _no_reminder_of_a_chosen_setting(**_: Any) -> None:
+    """worker_cancel_long_running_tasks_on_connection_loss is chosen above: Celery's
+    reminder of it, many lines at every reconnect, is noise. After Celery's logging
+    setup, which turns its own deprecation warnings on ("always")."""
+    warnings.filterwarnings(
+        "ignore",
+        message=r"(?s).*worker_cancel_long_running_tasks_on_connection_loss",
+        category=CPendingDeprecationWarning,
+    )
 
 
 def broker_transport_options(settings: Settings) -> dict[str, Any]:
