@@ -6,6 +6,7 @@ for a run is here, and every state change goes through ``shared.jobs``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -437,7 +438,9 @@ def retry_while_unavailable(
         except SQLAlchemyError as exc:
             if not database_unavailable(exc):
                 raise
-            session.rollback()
+            # On a connection SQLAlchemy has not marked dead yet, the rollback fails too.
+            with contextlib.suppress(SQLAlchemyError):
+                session.rollback()
             failures += 1
             if give_up():
                 log.warning("could not %s: the database did not answer in time", what)
@@ -576,7 +579,8 @@ class JobReporter:
         try:
             save(progress)
         except (OSError, SQLAlchemyError):
-            self._session.rollback()
+            with contextlib.suppress(SQLAlchemyError):  # the connection may be gone
+                self._session.rollback()
             log.warning(
                 "job %s: could not save a %s",
                 self._claim.job_id,
@@ -599,7 +603,8 @@ class JobReporter:
         except LeaseLostError:
             self.lease_lost = True  # run_job logs it once the engine has stopped
         except Exception:  # a database hiccup: keep computing, the next heartbeat retries
-            self._session.rollback()
+            with contextlib.suppress(SQLAlchemyError):  # the connection may be gone
+                self._session.rollback()
             self._failed_heartbeats += 1
             # The traceback once per outage; then one line each time.
             log.warning(
