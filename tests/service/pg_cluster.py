@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -42,6 +43,12 @@ def server_bindir() -> Path | None:
     return None
 
 
+def _unavailable(message: str) -> NoReturn:
+    if IN_CI:
+        pytest.fail(message + " — required under CI=true")
+    pytest.skip(message)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -56,26 +63,31 @@ class PostgresCluster:
     def __init__(self) -> None:
         bindir = server_bindir()
         if bindir is None:
-            message = "no PostgreSQL server binaries (initdb, pg_ctl, postgres) on this machine"
-            if IN_CI:
-                pytest.fail(message + " — required under CI=true")
-            pytest.skip(message)
+            _unavailable("no PostgreSQL server binaries (initdb, pg_ctl, postgres) on this machine")
         self.bindir = bindir
+        self._as_postgres = os.geteuid() == 0
+        if self._as_postgres:
+            try:
+                user = pwd.getpwnam("postgres")
+            except KeyError:
+                _unavailable("running as root, initdb needs the 'postgres' OS user; there is none")
         self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="sq_pg_"))
         self.data = self.root / "data"
         self.socket_dir = self.root / "socket"
         self.log = self.root / "server.log"
-        self._as_postgres = os.geteuid() == 0
         self.socket_dir.mkdir()
         if self._as_postgres:
-            user = pwd.getpwnam("postgres")
             for path in (self.root, self.socket_dir):
                 os.chown(path, user.pw_uid, user.pw_gid)
-        self._run(
-            "initdb", "-D", str(self.data), "-U", SUPERUSER, "--auth=trust",
-            "--no-sync", "--encoding=UTF8", "--locale=C",
-        )  # fmt: skip
+        try:
+            self._run(
+                "initdb", "-D", str(self.data), "-U", SUPERUSER, "--auth=trust",
+                "--no-sync", "--encoding=UTF8", "--locale=C",
+            )  # fmt: skip
+        except BaseException:
+            shutil.rmtree(self.root, ignore_errors=True)
+            raise
         self.admin_url = f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/postgres"
         self.url = f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/stylequeue"
 
