@@ -43,7 +43,9 @@ class WorkerProcess:
         with log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 worker_argv(hostname=f"{name}@%h", quiet=quiet),
-                env={**os.environ, **env},
+                # One math thread each unless the test says otherwise: several workers
+                # and the test itself share two cores, and oversubscribed threads crawl.
+                env={**os.environ, "OMP_NUM_THREADS": "1", **env},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own group: the pool child is signalled too
@@ -112,8 +114,8 @@ def fault_report(
     ids = list(job_ids)
     stopped_at = stopped_at or {}
     with db.session() as session:
-        rows = session.execute(select(Job.id, Job.status).where(Job.id.in_(ids))).tuples()
-        statuses = dict(rows.all())
+        rows = session.execute(select(Job.id, Job.status).where(Job.id.in_(ids)))
+        statuses: dict[uuid.UUID, JobStatus] = {job_id: status for job_id, status in rows}
         events = list(
             session.scalars(select(JobEvent).where(JobEvent.job_id.in_(ids)).order_by(JobEvent.id))
         )
