@@ -11,6 +11,8 @@ import os
 import stat
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
 
 from conftest import Submit, csrf_of, log_in
 from flask import Flask
@@ -271,3 +273,19 @@ def test_the_session_key_is_one_file_shared_by_every_process(
 def test_a_forged_cookie_is_not_a_login(http: FlaskClient, settings: Settings) -> None:
     http.set_cookie(SESSION_COOKIE, "eyJhZG1pbl9pZCI6MX0.forged.signature", path="/admin")
     assert http.get("/admin").status_code == 302
+
+
+def test_stylequeue_secret_key_is_used_when_set(settings: Settings, tmp_path: Path) -> None:
+    own = replace(settings, secret_key="s" * 48, data_dir=tmp_path / "data")
+    app = create_app(own)
+    try:
+        assert app.test_client().get("/admin/login").status_code == 200
+        assert app.secret_key == "s" * 48
+        assert not (tmp_path / "data" / SECRET_FILE).exists()
+        # Other paths never need (or create) a key.
+        other = create_app(replace(settings, data_dir=tmp_path / "other"))
+        assert other.test_client().get("/healthz").status_code == 200
+        assert not other.secret_key
+        other.extensions[EXTENSION_KEY].db.dispose()
+    finally:
+        app.extensions[EXTENSION_KEY].db.dispose()
