@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -49,9 +50,7 @@ from shared.db import Database
 from shared.models import Job, JobEvent, JobStatus, utcnow
 from shared.settings import Settings
 
-pytestmark = pytest.mark.slow
-
-REDIS_SERVER = "/usr/bin/redis-server"
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"  # Debian's
 ITERATIONS = 100  # at 32 px: a second or two per job on a quiet machine, more on a busy one
 JOBS_PER_CASE = 6  # two running, four queued when the fault comes
 WAIT_SECONDS = 120.0
@@ -211,7 +210,10 @@ def own_database(postgresql_url: str) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def stack(own_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     if not os.access(REDIS_SERVER, os.X_OK):
-        pytest.fail(f"{REDIS_SERVER} is needed (apt-get install redis-server)")
+        message = "redis-server is needed (apt-get install redis-server)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)  # CI must never pass by skipping
+        pytest.skip(message)
     root = tmp_path_factory.mktemp("redis-fault")
     server = RedisServer(root)
     env = {
@@ -373,6 +375,7 @@ def _check_and_report(
     assert report.iterations_redone == 0
 
 
+@pytest.mark.slow
 def test_redis_restart_loses_nothing_and_the_same_workers_keep_consuming(stack: Stack) -> None:
     ids = stack.submit(JOBS_PER_CASE)
     _running_on_both_workers(stack, ids)
@@ -400,6 +403,7 @@ def _counts(stack: Stack, ids: list[uuid.UUID]) -> dict[JobStatus, int]:
     return {status: statuses.count(status) for status in set(statuses)}
 
 
+@pytest.mark.slow
 def test_redis_flushall_loses_nothing_and_the_same_workers_keep_consuming(stack: Stack) -> None:
     ids = stack.submit(JOBS_PER_CASE)
     _running_on_both_workers(stack, ids)
