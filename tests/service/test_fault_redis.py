@@ -380,10 +380,16 @@ def test_redis_restart_loses_nothing_and_the_same_workers_keep_consuming(stack: 
     ids = stack.submit(JOBS_PER_CASE)
     _running_on_both_workers(stack, ids)
     at_fault = _counts(stack, ids)
+    running = [i for i, status in stack.statuses(ids).items() if status is JobStatus.RUNNING]
     fault_at = utcnow()
     stack.redis.kill()
     during = _outage_checks(stack)
-    time.sleep(1.0)  # the workers and the scheduler see the connection go
+    # Down until a running job has finished: its worker acknowledges the message on a
+    # dead connection, then waits with nothing to do, past Celery's first retries.
+    wait_for(
+        "a running job to finish while Redis is down",
+        lambda: JobStatus.SUCCEEDED in stack.statuses(running).values(),
+    )
     stack.redis.start()
     back_at = utcnow()
     assert stack.redis.client.dbsize() == 0  # everything the broker held is gone
