@@ -287,9 +287,13 @@ def test_live_and_busy_workers_come_from_the_registry(metrics_app: Flask) -> Non
 
 def test_redis_down_is_reported_not_a_500(metrics_app: Flask) -> None:
     import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
     svc = metrics_app.extensions[EXTENSION_KEY]
-    svc.redis = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    svc.redis = redis.Redis(  # nothing listens on port 1; no retries, so the test is quick
+        host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)
+    )
     samples = scrape(metrics_app)
     assert samples["stylequeue_redis_up"] == {(): 0}
     assert "stylequeue_queue_depth" not in samples
