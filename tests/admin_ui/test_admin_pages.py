@@ -111,6 +111,16 @@ def test_the_table_shows_every_clients_jobs_and_filters_by_status(
     assert 'data-status="queued"' not in only_canceled.split("<tbody>")[1]
     both = http.get("/admin?status=canceled&status=queued&limit=100").text
     assert f'data-job="{canceled}"' in both and f'data-job="{queued}"' in both
+    # A failed job shows its error code in the table.
+    with app.extensions[EXTENSION_KEY].db.session() as session:
+        job = session.get(Job, uuid.UUID(queued))
+        assert job is not None
+        job.status, job.error_code, job.error_message = JobStatus.FAILED, "out_of_memory", "OOM"
+        job.finished_at = job.created_at
+        session.commit()
+    failed = http.get("/admin?status=failed&limit=100").text
+    row = failed.split(f'data-job="{queued}"')[1].split("</tr>")[0]
+    assert "out_of_memory" in row and 'title="OOM"' in row
 
 
 def test_older_pages_follow_the_cursor(
