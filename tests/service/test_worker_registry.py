@@ -1,0 +1,80 @@
+"""The worker side of the workers registry: registration, the beating thread, a database
+that goes away (best effort: never an exception into the job)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from datetime import UTC, datetime
+
+import torch
+from service_helpers import wait_for
+
+from shared import admin
+from shared.db import Database
+from shared.models import Worker
+from worker.registry import WorkerRegistry, describe_device
+
+
+def test_describe_device_on_the_cpu() -> None:
+    info = describe_device(torch.device("cpu"))
+    assert (info.device, info.name, info.memory_bytes) == ("cpu", None, None)
+
+
+def test_the_registry_registers_beats_and_stops(database_url: str) -> None:
+    db = Database(database_url)
+    name = f"{socket.gethostname()}/{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    registry = WorkerRegistry(db, name, lambda: torch.device("cpu"), beat_seconds=0.05)
+    try:
+        registry.start()
+        registry.start()  # idempotent: one row, one thread
+
+        def row() -> Worker | None:
+            with db.session() as session:
+                return session.get(Worker, name)
+
+        first = row()
+        assert first is not None and first.hostname == socket.gethostname()
+        assert first.device == "cpu" and first.jobs_done == 0
+        wait_for(
+            "a beat",
+            lambda: (r := row()) is not None and r.last_heartbeat_at > first.last_heartbeat_at,
+            timeout=10,
+        )
+        job = uuid.uuid4()
+        registry.job_started(job)
+        started = row()
+        assert started is not None and started.current_job_id == job
+        registry.job_ended(succeeded=True, failed=False)
+        ended = row()
+        assert ended is not None and ended.current_job_id is None and ended.jobs_done == 1
+        with db.session() as session:
+            assert name in {w.name for w in admin.live_workers(session)}
+    finally:
+        registry.stop()
+    stopped = row()
+    assert stopped is not None
+    time.sleep(0.3)  # six beats' time: none came
+    after = row()
+    assert after is not None and after.last_heartbeat_at == stopped.last_heartbeat_at
+    with db.session() as session:
+        later = datetime.now(UTC).replace(year=datetime.now(UTC).year + 1)
+        assert name not in {w.name for w in admin.live_workers(session, now=later)}
+        dead = {w.name: w for w in admin.live_workers(session, now=later, include_dead=True)}
+        assert dead[name].alive is False
+    db.dispose()
+
+
+def test_a_registry_without_a_database_never_raises() -> None:
+    db = Database("postgresql://nobody@127.0.0.1:1/none?connect_timeout=1")
+    registry = WorkerRegistry(db, "ghost/1", lambda: torch.device("cpu"), beat_seconds=0.05)
+    try:
+        registry.start()
+        registry.job_started(uuid.uuid4())
+        registry.job_ended(succeeded=False, failed=True)
+        time.sleep(0.2)
+    finally:
+        registry.stop()
+        db.dispose()
