@@ -1,24 +1,48 @@
-"""Helpers for the service tests: submitting a job the way a client does."""
+"""Fixtures for the service tests: a database session and storage for the state-machine
+tests, and submitting a job the way a client does."""
 
 from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
+from sqlalchemy.orm import Session
 from werkzeug.test import TestResponse
 
 from api.services import EXTENSION_KEY
+from shared.db import Database
 from shared.models import Job, JobEvent
 from shared.settings import Settings
+from shared.storage import LocalStorage
 
 # Small enough that a stray job could never hurt: the API tests have no worker anyway.
 TINY_PARAMS = {"size": 32, "iterations": 2, "scales": 1}
 
 Submit = Callable[..., TestResponse]
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    """The run's database, on each backend (``database_url`` is parametrized)."""
+    database = Database(database_url)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def session(db: Database) -> Iterator[Session]:
+    with db.session() as s:
+        yield s
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> LocalStorage:
+    return LocalStorage(tmp_path)
 
 
 @pytest.fixture

@@ -10,9 +10,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select, update
@@ -20,30 +18,11 @@ from sqlalchemy.orm import Session
 
 from shared import jobs
 from shared.auth import create_client
-from shared.db import Database
 from shared.models import Job, JobEvent, JobStatus, utcnow
 from shared.params import parse_params
 from shared.storage import CHECKPOINT_FILE, CONTENT_FILE, LocalStorage
 
 LEASE = 30.0
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = Database(database_url)
-    yield database
-    database.dispose()
-
-
-@pytest.fixture
-def session(db: Database) -> Iterator[Session]:
-    with db.session() as s:
-        yield s
-
-
-@pytest.fixture
-def storage(tmp_path: Path) -> LocalStorage:
-    return LocalStorage(tmp_path)
 
 
 @pytest.fixture
