@@ -47,14 +47,11 @@ def _json(body: Any, status: int = 200) -> Response:
 # ---------------------------------------------------------------- parsing
 
 
-def parse_filters(args: MultiDict[str, str]) -> admin.JobFilters:
-    """The admin list's filters from a query string; every bad value is a 400 naming it."""
+def parse_statuses(args: MultiDict[str, str]) -> list[JobStatus]:
+    """The ``status`` filter, repeated and/or comma-separated; an unknown one is a 400."""
     statuses: list[JobStatus] = []
     for raw in args.getlist("status"):
-        for part in raw.split(","):
-            part = part.strip()
-            if not part:
-                continue
+        for part in filter(None, (p.strip() for p in raw.split(","))):
             try:
                 statuses.append(JobStatus(part))
             except ValueError:
@@ -63,6 +60,12 @@ def parse_filters(args: MultiDict[str, str]) -> admin.JobFilters:
                     field="status",
                     code="invalid_status",
                 ) from None
+    return statuses
+
+
+def parse_filters(args: MultiDict[str, str]) -> admin.JobFilters:
+    """The admin list's filters from a query string; every bad value is a 400 naming it."""
+    statuses = parse_statuses(args)
     created_from = _parse_time(args, "created_from")
     created_to = _parse_time(args, "created_to")
     if created_from is not None and created_to is not None and created_to <= created_from:

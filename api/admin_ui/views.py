@@ -25,6 +25,7 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
+from api.admin import parse_statuses
 from api.admin_ui import auth, charts
 from api.admin_ui.thumbnails import THUMB_SIZES, ThumbnailCache, placeholder_svg
 from api.errors import HTTP_ERROR_CODES
@@ -182,17 +183,7 @@ def _safe_next(raw: str | None) -> str:
 
 def parse_filters(args: MultiDict[str, str]) -> admin.JobFilters:
     """The table's filters from the query string; InvalidInputError (400) naming the bad one."""
-    statuses: list[JobStatus] = []
-    for raw in args.getlist("status"):
-        for part in filter(None, raw.split(",")):
-            try:
-                statuses.append(JobStatus(part))
-            except ValueError:
-                raise InvalidInputError(
-                    f"status: {part!r} is not one of {', '.join(s.value for s in JobStatus)}",
-                    field="status",
-                    code="invalid_status",
-                ) from None
+    statuses = parse_statuses(args)
     client_id = None
     raw_client = args.get("client", "").strip()
     if raw_client:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from conftest import Submit, csrf_of, log_in
+from admin_ui_helpers import Submit, csrf_of, log_in
 from flask import Flask
 from flask.testing import FlaskClient
 from PIL import Image
