@@ -9,9 +9,9 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from api.schemas import JobOut
+from api.spec_parts import JOB_ID, LIMIT, cursor, error_responses, json_response
 from shared.admin import DEFAULT_STATS_HOURS, MAX_STATS_HOURS
 from shared.models import JobStatus
-from shared.pagination import DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT
 
 
 class ClientRef(BaseModel):
@@ -122,33 +122,14 @@ class WorkerList(BaseModel):
 
 ADMIN_MODELS: list[type[BaseModel]] = [AdminJobList, AdminJobDetailOut, StatsOut, WorkerList]
 
-_JOB_ID = {
-    "name": "job_id",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string", "format": "uuid"},
-}
-_ERRORS = {
-    400: "Bad input; details.field names the field.",
-    401: "No API key, or an unknown one.",
-    403: "Not an admin key (admin_required).",
-    404: "No such job.",
-    409: "The job is not in a state that allows this.",
-    503: "The database or Redis is unavailable.",
-}
 
-
-def admin_paths(ref: str) -> dict[str, Any]:
-    """The admin endpoints for /openapi.json; ``ref`` is the spec's schema $ref template."""
-
-    def json_of(model: str, description: str) -> dict[str, Any]:
-        schema = {"$ref": ref.format(model=model)}
-        return {"description": description, "content": {"application/json": {"schema": schema}}}
+def admin_paths() -> dict[str, Any]:
+    """The admin endpoints for /openapi.json."""
 
     def errors(*statuses: int) -> dict[str, Any]:
-        return {str(s): json_of("ErrorResponse", _ERRORS[s]) for s in statuses}
+        return error_responses(*statuses, s404="No such job.")
 
-    detail = json_of("AdminJobDetailOut", "The job with its timeline.")
+    detail = json_response("AdminJobDetailOut", "The job with its timeline.")
     query = [
         {
             "name": "status",
@@ -176,22 +157,8 @@ def admin_paths(ref: str) -> dict[str, Any]:
             "schema": {"type": "string", "format": "date-time"},
             "description": "Exclusive; ISO 8601 with a zone.",
         },
-        {
-            "name": "limit",
-            "in": "query",
-            "schema": {
-                "type": "integer",
-                "minimum": 1,
-                "maximum": MAX_PAGE_LIMIT,
-                "default": DEFAULT_PAGE_LIMIT,
-            },
-        },
-        {
-            "name": "cursor",
-            "in": "query",
-            "schema": {"type": "string"},
-            "description": "next_cursor of the previous page (same filters).",
-        },
+        LIMIT,
+        cursor("next_cursor of the previous page (same filters)."),
     ]
     return {
         "/v1/admin/jobs": {
@@ -200,7 +167,7 @@ def admin_paths(ref: str) -> dict[str, Any]:
                 "summary": "Every client's jobs, newest first, filtered (admin)",
                 "parameters": query,
                 "responses": {
-                    "200": json_of("AdminJobList", "A page of jobs."),
+                    "200": json_response("AdminJobList", "A page of jobs."),
                     **errors(400, 401, 403),
                 },
             }
@@ -209,7 +176,7 @@ def admin_paths(ref: str) -> dict[str, Any]:
             "get": {
                 "operationId": "adminGetJob",
                 "summary": "A job with its event timeline (admin)",
-                "parameters": [_JOB_ID],
+                "parameters": [JOB_ID],
                 "responses": {"200": detail, **errors(401, 403, 404)},
             }
         },
@@ -217,7 +184,7 @@ def admin_paths(ref: str) -> dict[str, Any]:
             "post": {
                 "operationId": "adminCancelJob",
                 "summary": "Cancel any client's queued or running job (idempotent; admin)",
-                "parameters": [_JOB_ID],
+                "parameters": [JOB_ID],
                 "responses": {"200": detail, **errors(401, 403, 404)},
             }
         },
@@ -225,7 +192,7 @@ def admin_paths(ref: str) -> dict[str, Any]:
             "post": {
                 "operationId": "adminRetryJob",
                 "summary": "Queue a failed or canceled job again (admin)",
-                "parameters": [_JOB_ID],
+                "parameters": [JOB_ID],
                 "responses": {"200": detail, **errors(401, 403, 404, 409)},
             }
         },
@@ -233,7 +200,7 @@ def admin_paths(ref: str) -> dict[str, Any]:
             "delete": {
                 "operationId": "adminDeleteJobFiles",
                 "summary": "Remove a finished job's files; the row and history stay (admin)",
-                "parameters": [_JOB_ID],
+                "parameters": [JOB_ID],
                 "responses": {"200": detail, **errors(401, 403, 404, 409)},
             }
         },
@@ -254,7 +221,7 @@ def admin_paths(ref: str) -> dict[str, Any]:
                     }
                 ],
                 "responses": {
-                    "200": json_of("StatsOut", "The statistics."),
+                    "200": json_response("StatsOut", "The statistics."),
                     **errors(400, 401, 403),
                 },
             }
@@ -272,7 +239,7 @@ def admin_paths(ref: str) -> dict[str, Any]:
                     }
                 ],
                 "responses": {
-                    "200": json_of("WorkerList", "The workers."),
+                    "200": json_response("WorkerList", "The workers."),
                     **errors(400, 401, 403),
                 },
             }

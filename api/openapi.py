@@ -10,27 +10,28 @@ from pydantic.json_schema import models_json_schema
 
 from api.admin_schemas import ADMIN_MODELS, admin_paths
 from api.schemas import ErrorResponse, Health, JobList, JobOut
+from api.spec_parts import (
+    JOB_ID,
+    LIMIT,
+    REF,
+    cursor,
+    error_responses,
+    json_response,
+    ref,
+)
 from api.uploads import IDEMPOTENCY_KEY_MAX_LENGTH
 from shared.models import JobStatus
-from shared.pagination import DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT
 from shared.params import MAX_STYLES, StyleParams
 
 blueprint = Blueprint("openapi", __name__)
 
 API_TITLE = "stylequeue"
 API_VERSION = "1.0.0"
-REF = "#/components/schemas/{model}"
 PNG = {"image/png": {"schema": {"type": "string", "format": "binary"}}}
-JOB_ID = {
-    "name": "job_id",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string", "format": "uuid"},
-}
 
 
 @blueprint.get("/openapi.json")
-def openapi_json() -> Response:
+def openapijson_response() -> Response:
     return jsonify(openapi_spec())
 
 
@@ -67,32 +68,12 @@ def openapi_spec() -> dict[str, Any]:
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearerAuth": []}],
-        "paths": _paths() | admin_paths(REF),
+        "paths": _paths() | admin_paths(),
     }
-
-
-def _ref(model: str) -> dict[str, str]:
-    return {"$ref": REF.format(model=model)}
-
-
-def _json(model: str, description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": _ref(model)}}}
-
-
-def _errors(*statuses: int) -> dict[str, Any]:
-    descriptions = {
-        400: "Bad input; details.field names the field.",
-        401: "No API key, or an unknown one.",
-        404: "No such job for this client.",
-        409: "The job is not in a state that allows this.",
-        413: "An upload or the request is over its size limit.",
-        503: "The database or Redis is unavailable.",
-    }
-    return {str(s): _json("ErrorResponse", descriptions[s]) for s in statuses}
 
 
 def _paths() -> dict[str, Any]:
-    job = _json("JobOut", "The job.")
+    job = json_response("JobOut", "The job.")
     return {
         "/v1/jobs": {
             "post": {
@@ -114,7 +95,7 @@ def _paths() -> dict[str, Any]:
                 "responses": {
                     "202": {**job, "description": "Accepted: stored durably and queued."},
                     "200": {**job, "description": "The job created earlier with this key."},
-                    **_errors(400, 401, 413),
+                    **error_responses(400, 401, 413),
                 },
             },
             "get": {
@@ -126,24 +107,13 @@ def _paths() -> dict[str, Any]:
                         "in": "query",
                         "schema": {"type": "string", "enum": [s.value for s in JobStatus]},
                     },
-                    {
-                        "name": "limit",
-                        "in": "query",
-                        "schema": {
-                            "type": "integer",
-                            "minimum": 1,
-                            "maximum": MAX_PAGE_LIMIT,
-                            "default": DEFAULT_PAGE_LIMIT,
-                        },
-                    },
-                    {
-                        "name": "cursor",
-                        "in": "query",
-                        "schema": {"type": "string"},
-                        "description": "next_cursor of the previous page.",
-                    },
+                    LIMIT,
+                    cursor("next_cursor of the previous page."),
                 ],
-                "responses": {"200": _json("JobList", "A page of jobs."), **_errors(400, 401)},
+                "responses": {
+                    "200": json_response("JobList", "A page of jobs."),
+                    **error_responses(400, 401),
+                },
             },
         },
         "/v1/jobs/{job_id}": {
@@ -151,7 +121,7 @@ def _paths() -> dict[str, Any]:
                 "operationId": "getJob",
                 "summary": "A job",
                 "parameters": [JOB_ID],
-                "responses": {"200": job, **_errors(401, 404)},
+                "responses": {"200": job, **error_responses(401, 404)},
             }
         },
         "/v1/jobs/{job_id}/cancel": {
@@ -159,7 +129,7 @@ def _paths() -> dict[str, Any]:
                 "operationId": "cancelJob",
                 "summary": "Cancel a queued or running job (idempotent)",
                 "parameters": [JOB_ID],
-                "responses": {"200": job, **_errors(401, 404)},
+                "responses": {"200": job, **error_responses(401, 404)},
             }
         },
         "/v1/jobs/{job_id}/result": {
@@ -169,7 +139,7 @@ def _paths() -> dict[str, Any]:
                 "parameters": [JOB_ID],
                 "responses": {
                     "200": {"description": "The result PNG.", "content": PNG},
-                    **_errors(401, 404, 409),
+                    **error_responses(401, 404, 409),
                 },
             }
         },
@@ -180,7 +150,7 @@ def _paths() -> dict[str, Any]:
                 "parameters": [JOB_ID],
                 "responses": {
                     "200": {"description": "The preview PNG.", "content": PNG},
-                    **_errors(401, 404),
+                    **error_responses(401, 404),
                 },
             }
         },
@@ -189,7 +159,7 @@ def _paths() -> dict[str, Any]:
                 "operationId": "healthz",
                 "summary": "Liveness",
                 "security": [],
-                "responses": {"200": _json("Health", "The process is up.")},
+                "responses": {"200": json_response("Health", "The process is up.")},
             }
         },
         "/readyz": {
@@ -197,7 +167,7 @@ def _paths() -> dict[str, Any]:
                 "operationId": "readyz",
                 "summary": "Readiness: the database and Redis answer",
                 "security": [],
-                "responses": {"200": _json("Health", "Ready."), **_errors(503)},
+                "responses": {"200": json_response("Health", "Ready."), **error_responses(503)},
             }
         },
     }
@@ -219,7 +189,7 @@ def _submission() -> dict[str, Any]:
                     "description": "Style images, in style_blend order.",
                 },
                 "params": {
-                    **_ref("StyleParams"),
+                    **ref("StyleParams"),
                     "description": "JSON text; omitted fields get their defaults.",
                 },
             },
