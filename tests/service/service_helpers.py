@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.orm import Session
 
+from shared import jobs
+from shared.params import parse_params
 from shared.settings import Settings
+from shared.storage import LocalStorage
 from worker.runner import WorkerContext, make_context
 
 
@@ -40,3 +45,30 @@ def worker_context(database_url: str, data_dir: Path, **settings: Any) -> Iterat
         yield context
     finally:
         context.close()
+
+
+DATA = Path(__file__).parent.parent / "data"
+
+
+def store_job(
+    session: Session,
+    storage: LocalStorage,
+    client_id: int,
+    *,
+    iterations: int,
+    size: int = 32,
+    enqueue: Callable[[uuid.UUID], None] = lambda _job_id: None,
+) -> uuid.UUID:
+    """A job of tubingen in the style of starry_night (64 px samples), stored as the API
+    would store it, one scale; by default not sent to any broker."""
+    job, _ = jobs.create_job(
+        session,
+        storage,
+        client_id=client_id,
+        params=parse_params({"size": size, "iterations": iterations, "scales": 1}),
+        content=(DATA / "tubingen.png").read_bytes(),
+        styles=[(DATA / "starry_night.png").read_bytes()],
+        idempotency_key=None,
+        enqueue=enqueue,
+    )
+    return job.id

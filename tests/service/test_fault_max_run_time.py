@@ -3,17 +3,15 @@ with error code ``timeout``, in-process with the real engine."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from service_helpers import worker_context
+from service_helpers import store_job, worker_context
 from sqlalchemy import select
 
-from shared import jobs
 from shared.auth import create_client
 from shared.models import Job, JobEvent, JobStatus
-from shared.params import parse_params
 from shared.storage import CHECKPOINT_FILE
 from worker.runner import TIMEOUT_ERROR_CODE, Outcome, WorkerContext, run_job
 
@@ -30,28 +28,17 @@ def ctx(database_url: str, tmp_path: Path) -> Iterator[WorkerContext]:
         yield context
 
 
-def test_a_job_past_the_maximum_run_time_fails_with_timeout(
-    ctx: WorkerContext, image_bytes: Callable[[str], bytes]
-) -> None:
+def test_a_job_past_the_maximum_run_time_fails_with_timeout(ctx: WorkerContext) -> None:
     ctx.network()  # loading the weights is not the job's run time
     iterations = 5000  # far more than a second's worth at 32 px
     with ctx.db.session() as session:
         client, _ = create_client(session, "timeout")
-        job, _ = jobs.create_job(
-            session,
-            ctx.storage,
-            client_id=client.id,
-            params=parse_params({"size": 32, "iterations": iterations, "scales": 1}),
-            content=image_bytes("tubingen"),
-            styles=[image_bytes("starry_night")],
-            idempotency_key=None,
-            enqueue=lambda _id: None,
-        )
+        job_id = store_job(session, ctx.storage, client.id, iterations=iterations)
 
-    assert run_job(ctx, job.id) is Outcome.FAILED
+    assert run_job(ctx, job_id) is Outcome.FAILED
 
     with ctx.db.session() as session:
-        row = session.get(Job, job.id)
+        row = session.get(Job, job_id)
         assert row is not None
         assert row.status is JobStatus.FAILED
         assert row.error_code == TIMEOUT_ERROR_CODE == "timeout"
@@ -59,8 +46,8 @@ def test_a_job_past_the_maximum_run_time_fails_with_timeout(
         assert 0 < row.iteration < iterations, "stopped mid-run, not at the end"
         kinds = list(
             session.scalars(
-                select(JobEvent.kind).where(JobEvent.job_id == job.id).order_by(JobEvent.id)
+                select(JobEvent.kind).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
             )
         )
     assert kinds[-1] == "failed"
-    assert not ctx.storage.exists(job.id, CHECKPOINT_FILE), "a failed job keeps no checkpoint"
+    assert not ctx.storage.exists(job_id, CHECKPOINT_FILE), "a failed job keeps no checkpoint"

@@ -26,7 +26,7 @@ import service_helpers
 from api_process import ApiProcess
 from fault_helpers import WorkerProcess, fault_report, started_workers
 from pg_cluster import PostgresCluster, free_port
-from service_helpers import worker_context
+from service_helpers import store_job, worker_context
 from sqlalchemy import select
 
 import migrations
@@ -300,20 +300,10 @@ def ctx(cluster: PostgresCluster, tmp_path: Path) -> Iterator[WorkerContext]:
         yield context
 
 
-def _queued_job(ctx: WorkerContext, image_bytes: Callable[[str], bytes]) -> uuid.UUID:
+def _queued_job(ctx: WorkerContext) -> uuid.UUID:
     with ctx.db.session() as session:
         client, _ = create_client(session, f"worker-{uuid.uuid4().hex[:6]}")
-        job, _ = jobs.create_job(
-            session,
-            ctx.storage,
-            client_id=client.id,
-            params=parse_params({"size": 32, "iterations": SHORT_ITERATIONS, "scales": 1}),
-            content=image_bytes("tubingen"),
-            styles=[image_bytes("starry_night")],
-            idempotency_key=None,
-            enqueue=lambda _job_id: None,
-        )
-    return job.id
+        return store_job(session, ctx.storage, client.id, iterations=SHORT_ITERATIONS)
 
 
 def _row(ctx: WorkerContext, job_id: uuid.UUID) -> Job:
@@ -328,9 +318,9 @@ def _status(ctx: WorkerContext, job_id: uuid.UUID) -> JobStatus:
 
 
 def test_an_outcome_written_during_the_outage_waits_for_the_database_within_the_lease(
-    cluster: PostgresCluster, ctx: WorkerContext, image_bytes: Callable[[str], bytes]
+    cluster: PostgresCluster, ctx: WorkerContext
 ) -> None:
-    job_id = _queued_job(ctx, image_bytes)
+    job_id = _queued_job(ctx)
     with ctx.db.session() as session:
         claim = jobs.claim_job(session, job_id, worker=ctx.name, lease_seconds=LEASE_SECONDS)
         assert claim is not None
@@ -349,9 +339,9 @@ def test_an_outcome_written_during_the_outage_waits_for_the_database_within_the_
 
 
 def test_an_outcome_not_written_before_the_lease_runs_out_is_given_up(
-    cluster: PostgresCluster, ctx: WorkerContext, image_bytes: Callable[[str], bytes]
+    cluster: PostgresCluster, ctx: WorkerContext
 ) -> None:
-    job_id = _queued_job(ctx, image_bytes)
+    job_id = _queued_job(ctx)
     now = [0.0]
     with ctx.db.session() as session:
         claim = jobs.claim_job(session, job_id, worker=ctx.name, lease_seconds=LEASE_SECONDS)
@@ -369,9 +359,9 @@ def test_an_outcome_not_written_before_the_lease_runs_out_is_given_up(
 
 
 def test_a_worker_shutting_down_while_the_database_is_down_hands_the_message_back(
-    cluster: PostgresCluster, ctx: WorkerContext, image_bytes: Callable[[str], bytes]
+    cluster: PostgresCluster, ctx: WorkerContext
 ) -> None:
-    job_id = _queued_job(ctx, image_bytes)
+    job_id = _queued_job(ctx)
     cluster.crash()
     ctx.shutting_down.set()
     assert run_job(ctx, job_id) is Outcome.RELEASED
@@ -496,7 +486,7 @@ def test_a_database_host_that_never_answers_is_a_503_within_the_connect_timeout(
 
 
 def test_an_outage_longer_than_the_lease_stops_the_job_with_a_checkpoint_of_where_it_stopped(
-    cluster: PostgresCluster, tmp_path: Path, image_bytes: Callable[[str], bytes]
+    cluster: PostgresCluster, tmp_path: Path
 ) -> None:
     """Past the lease the worker stops and lets the job go; the next attempt loses nothing."""
     with worker_context(
@@ -505,22 +495,13 @@ def test_an_outage_longer_than_the_lease_stops_the_job_with_a_checkpoint_of_wher
         context.network()
         with context.db.session() as session:
             client, _ = create_client(session, "long-outage")
-            job, _ = jobs.create_job(
-                session,
-                context.storage,
-                client_id=client.id,
-                params=parse_params({"size": 32, "iterations": 5000, "scales": 1}),
-                content=image_bytes("tubingen"),
-                styles=[image_bytes("starry_night")],
-                idempotency_key=None,
-                enqueue=lambda _job_id: None,
-            )
+            job_id = store_job(session, context.storage, client.id, iterations=5000)
         outcome: list[Outcome] = []
-        thread = threading.Thread(target=lambda: outcome.append(run_job(context, job.id)))
+        thread = threading.Thread(target=lambda: outcome.append(run_job(context, job_id)))
         thread.start()
         try:
-            wait_for("a heartbeat", lambda: _row(context, job.id).iteration > 0, timeout=60)
-            seen = _row(context, job.id).iteration
+            wait_for("a heartbeat", lambda: _row(context, job_id).iteration > 0, timeout=60)
+            seen = _row(context, job_id).iteration
             context.db.dispose()
             cluster.crash()
             thread.join(timeout=30)  # the lease is 2 s
@@ -530,11 +511,11 @@ def test_an_outage_longer_than_the_lease_stops_the_job_with_a_checkpoint_of_wher
                 context.shutting_down.set()
                 thread.join(timeout=30)
             cluster.start()
-        state = EngineState.from_bytes(context.storage.get(job.id, CHECKPOINT_FILE))
+        state = EngineState.from_bytes(context.storage.get(job_id, CHECKPOINT_FILE))
         assert state.iteration > seen  # where the engine stopped, past the last heartbeat
-        stopped = _row(context, job.id)
+        stopped = _row(context, job_id)
         assert stopped.status is JobStatus.RUNNING and stopped.attempts == 1  # nothing written
         time.sleep(0.5)  # the database's lease (2 s from the last heartbeat) runs out too
         with context.db.session() as session:
-            claim = jobs.claim_job(session, job.id, worker="next", lease_seconds=30)
+            claim = jobs.claim_job(session, job_id, worker="next", lease_seconds=30)
         assert claim is not None and claim.attempt == 2  # the reconciler's re-send, claimed

@@ -28,16 +28,15 @@ import pytest
 import service_helpers
 from fault_helpers import WorkerProcess, fault_report
 from processes import stop_process_group
+from service_helpers import store_job
 from sqlalchemy import select
 
 from cli.server_cmds import scheduler_argv
-from shared import jobs
 from shared.auth import create_client
 from shared.celery_app import create_celery, enqueue_job
 from shared.db import Database
 from shared.images import decode_image
 from shared.models import Job, JobEvent, JobStatus
-from shared.params import parse_params
 from shared.settings import Settings
 from shared.storage import CHECKPOINT_FILE, RESULT_FILE, LocalStorage
 from worker.tasks import pool_worker_name
@@ -58,11 +57,8 @@ def wait_for(what: str, found: Callable[[], Any], timeout: float = WAIT_SECONDS)
 class Cluster:
     """One scheduler, the live workers, and the database they share, for this module."""
 
-    def __init__(
-        self, env: dict[str, str], log_dir: Path, image_bytes: Callable[[str], bytes]
-    ) -> None:
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
         self.env = env
-        self.image_bytes = image_bytes
         self.log_dir = log_dir
         self.settings = Settings.from_env(env)
         self.db = Database(self.settings.database_url)
@@ -102,17 +98,14 @@ class Cluster:
 
     def submit(self, iterations: int = ITERATIONS) -> uuid.UUID:
         with self.db.session() as session:
-            job, _ = jobs.create_job(
+            return store_job(
                 session,
                 self.storage,
-                client_id=self.client_id,
-                params=parse_params({"size": SIZE, "iterations": iterations, "scales": 1}),
-                content=self.image_bytes("tubingen"),
-                styles=[self.image_bytes("starry_night")],
-                idempotency_key=None,
+                self.client_id,
+                iterations=iterations,
+                size=SIZE,
                 enqueue=lambda job_id: enqueue_job(self.celery, job_id),
             )
-        return job.id
 
     def row(self, job_id: uuid.UUID) -> Job:
         with self.db.session() as session:
@@ -163,7 +156,6 @@ def cluster(
     redis_url: str,
     redis_prefix: str,
     tmp_path_factory: pytest.TempPathFactory,
-    image_bytes: Callable[[str], bytes],
 ) -> Iterator[Cluster]:
     tmp = tmp_path_factory.mktemp("sigkill")
     env = {
@@ -181,7 +173,7 @@ def cluster(
         # few cores otherwise spin against each other, several times slower.
         "OMP_NUM_THREADS": "1",
     }
-    running = Cluster(env, tmp, image_bytes)
+    running = Cluster(env, tmp)
     try:
         yield running
     finally:

@@ -16,14 +16,13 @@ from typing import Any
 import pytest
 import service_helpers
 from fault_helpers import WorkerProcess, fault_report, started_workers
+from service_helpers import store_job
 from sqlalchemy import select
 
-from shared import jobs
 from shared.auth import create_client
 from shared.celery_app import create_celery, enqueue_job
 from shared.db import Database
 from shared.models import Job, JobEvent, JobStatus
-from shared.params import parse_params
 from shared.settings import Settings
 from shared.storage import CHECKPOINT_FILE, LocalStorage
 
@@ -64,7 +63,6 @@ def test_sigterm_mid_job_hands_the_job_back_and_a_restarted_worker_resumes_it(
     env: dict[str, str],
     workers: list[WorkerProcess],
     tmp_path: Path,
-    image_bytes: Callable[[str], bytes],
 ) -> None:
     settings = Settings.from_env(env)
     db = Database(settings.database_url)
@@ -73,12 +71,12 @@ def test_sigterm_mid_job_hands_the_job_back_and_a_restarted_worker_resumes_it(
 
     def events(kind: str) -> list[JobEvent]:
         with db.session() as s:
-            query = select(JobEvent).where(JobEvent.job_id == job.id, JobEvent.kind == kind)
+            query = select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.kind == kind)
             return list(s.scalars(query.order_by(JobEvent.id)))
 
     def row() -> Job:
         with db.session() as s:
-            found = s.get(Job, job.id)
+            found = s.get(Job, job_id)
             assert found is not None
             return found
 
@@ -86,14 +84,11 @@ def test_sigterm_mid_job_hands_the_job_back_and_a_restarted_worker_resumes_it(
         workers.append(WorkerProcess(env, tmp_path / "first.log", "first"))
         with db.session() as session:
             client, _ = create_client(session, "sigterm")
-            job, _ = jobs.create_job(
+            job_id = store_job(
                 session,
                 storage,
-                client_id=client.id,
-                params=parse_params({"size": 32, "iterations": ITERATIONS, "scales": 1}),
-                content=image_bytes("tubingen"),
-                styles=[image_bytes("starry_night")],
-                idempotency_key=None,
+                client.id,
+                iterations=ITERATIONS,
                 enqueue=lambda job_id: enqueue_job(celery, job_id),
             )
         wait_for("a checkpoint", lambda: events("checkpoint"))
@@ -112,7 +107,7 @@ def test_sigterm_mid_job_hands_the_job_back_and_a_restarted_worker_resumes_it(
         assert stopped.attempts == 1 and stopped.error_code is None
         [released] = events("released")
         assert released.attempt == 1 and 0 < released.data["iteration"] < ITERATIONS
-        assert storage.exists(job.id, CHECKPOINT_FILE)
+        assert storage.exists(job_id, CHECKPOINT_FILE)
         assert not events("failed")
 
         workers.append(WorkerProcess(env, tmp_path / "second.log", "second"))
@@ -124,7 +119,7 @@ def test_sigterm_mid_job_hands_the_job_back_and_a_restarted_worker_resumes_it(
         claims = events("claimed")
         assert [c.attempt for c in claims] == [1, 2]
         assert claims[0].worker != claims[1].worker
-        report = fault_report(db, [job.id])
+        report = fault_report(db, [job_id])
         print(report.line(f"sigterm-{'group' if to_group else 'main'}"))
         assert (report.submitted, report.completed, report.run_twice) == (1, 1, 0)
         assert report.iterations_redone == 0

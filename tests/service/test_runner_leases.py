@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import service_helpers
-from service_helpers import worker_context
+from service_helpers import store_job, worker_context
 from sqlalchemy import select, update
 
 from shared import jobs
@@ -58,60 +58,51 @@ def wait_for(what: str, found: Callable[[], Any]) -> Any:
 
 
 def test_lost_lease_stops_the_run_and_the_next_attempt_resumes_from_the_checkpoint(
-    ctx: WorkerContext, image_bytes: Callable[[str], bytes]
+    ctx: WorkerContext,
 ) -> None:
     with ctx.db.session() as session:
         client, _ = create_client(session, "runner")
-        job, _ = jobs.create_job(
-            session,
-            ctx.storage,
-            client_id=client.id,
-            params=parse_params({"size": 32, "iterations": 3000, "scales": 1}),
-            content=image_bytes("tubingen"),
-            styles=[image_bytes("starry_night")],
-            idempotency_key=None,
-            enqueue=lambda _id: None,
-        )
+        job_id = store_job(session, ctx.storage, client.id, iterations=3000)
 
     def event(kind: str) -> JobEvent | None:
         with ctx.db.session() as s:
-            query = select(JobEvent).where(JobEvent.job_id == job.id, JobEvent.kind == kind)
+            query = select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.kind == kind)
             return s.scalars(query.order_by(JobEvent.id.desc())).first()
 
     def expire_lease() -> None:
         with ctx.db.session() as s:
             past = utcnow() - timedelta(seconds=1)
-            s.execute(update(Job).where(Job.id == job.id).values(lease_expires_at=past))
+            s.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=past))
             s.commit()
 
-    first = Background(ctx, job.id)
+    first = Background(ctx, job_id)
     checkpoint = wait_for("a checkpoint", lambda: event("checkpoint"))
-    assert ctx.storage.exists(job.id, CHECKPOINT_FILE)
+    assert ctx.storage.exists(job_id, CHECKPOINT_FILE)
     # Another worker takes the job over (as if this one had stalled past its lease).
     expire_lease()
     with ctx.db.session() as s:
-        thief = jobs.claim_job(s, job.id, worker="thief", lease_seconds=30.0)
+        thief = jobs.claim_job(s, job_id, worker="thief", lease_seconds=30.0)
     assert thief is not None and thief.attempt == 2
     assert first.join() is Outcome.LEASE_LOST
     with ctx.db.session() as s:
-        row = s.get(Job, job.id)
+        row = s.get(Job, job_id)
         assert row is not None
         assert row.status is JobStatus.RUNNING and row.lease_owner == "thief"
 
     # The thief dies in turn; the next attempt continues from the checkpoint.
     expire_lease()
-    second = Background(ctx, job.id)
+    second = Background(ctx, job_id)
     resumed = wait_for("the resumed attempt", lambda: event("resumed"))
     assert resumed.attempt == 3
     assert resumed.data["iteration"] >= checkpoint.data["iteration"] > 0
     with ctx.db.session() as s:
-        jobs.cancel_job(s, job.id, client_id=None)
+        jobs.cancel_job(s, job_id, client_id=None)
     assert second.join() is Outcome.CANCELED
     with ctx.db.session() as s:
-        row = s.get(Job, job.id)
+        row = s.get(Job, job_id)
         assert row is not None and row.status is JobStatus.CANCELED
         assert row.iteration >= resumed.data["iteration"]
-    assert not ctx.storage.exists(job.id, CHECKPOINT_FILE), "a finished job keeps no checkpoint"
+    assert not ctx.storage.exists(job_id, CHECKPOINT_FILE), "a finished job keeps no checkpoint"
 
 
 def test_a_worker_cut_off_from_the_database_stops_when_its_lease_runs_out(
