@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from processes import stop_process_group
+from processes import required, stop_process_group
 
 from api import create_app
 from api.services import EXTENSION_KEY
@@ -34,7 +34,6 @@ from cli.server_cmds import worker_argv
 from shared.auth import create_client
 from shared.settings import Settings
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
 POSTGRES_ADMIN_URL = os.environ.get(
     "STYLEQUEUE_TEST_POSTGRES_URL", f"postgresql://{getpass.getuser()}@127.0.0.1:5432/postgres"
 )
@@ -45,10 +44,7 @@ MakeApiKey = Callable[..., str]
 
 
 def service_unavailable(what: str, exc: BaseException) -> None:
-    message = f"{what} is not reachable ({exc.__class__.__name__}: {exc})"
-    if IN_CI:
-        pytest.fail(message + " — required under CI=true")
-    pytest.skip(message)
+    required(f"{what} is not reachable ({exc.__class__.__name__}: {exc})")
 
 
 @pytest.fixture(scope="session")

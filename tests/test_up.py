@@ -16,19 +16,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from processes import free_port
 
 from cli.server_cmds import _redis_server_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 UP_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def answers(port: int) -> bool:

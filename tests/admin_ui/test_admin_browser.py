@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -26,14 +25,13 @@ from typing import Any
 
 import httpx
 import pytest
-from processes import stop_process_group
+from processes import free_port, required, stop_process_group
 
 from shared.auth import create_client
 from shared.db import Database
 from shared.models import Job, JobStatus
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
-IN_CI = os.environ.get("CI", "").lower() == "true"
 SCREENSHOTS = os.environ.get("ADMIN_SCREENSHOTS")
 QUICK = {"size": 32, "iterations": 3, "scales": 1}
 LONG = {"size": 64, "iterations": 5000, "scales": 1}  # minutes on a CPU: canceled long before
@@ -42,19 +40,6 @@ JOB_SECONDS = 180.0  # the worker is shared with the session's other tests
 UI_MS = 30_000
 
 pytestmark = pytest.mark.slow
-
-
-def _missing(what: str) -> None:
-    if IN_CI:
-        pytest.fail(f"{what} — required under CI=true (scripts/services installs chromium)")
-    pytest.skip(what)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -70,7 +55,7 @@ def api_server(worker_stack: Any, tmp_path: Path) -> Iterator[tuple[str, str]]:
         "STYLEQUEUE_DATA_DIR": str(settings.data_dir),
         "STYLEQUEUE_ADMIN_KEY": admin_key,
     }
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path / "api.log"
     command = str(Path(sys.executable).with_name("stylequeue"))
     with log_path.open("wb") as log:
@@ -103,9 +88,11 @@ def browser() -> Iterator[Any]:
     try:
         from playwright.sync_api import sync_playwright
     except ImportError as exc:
-        _missing(f"the playwright package is not installed ({exc})")
+        required(f"the playwright package is not installed ({exc})")
     if not Path(CHROMIUM).is_file():
-        _missing(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+        required(
+            f"no Chromium at {CHROMIUM} (scripts/services installs it: apt-get install chromium)"
+        )
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
         try:

@@ -14,7 +14,6 @@ import contextlib
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,14 +23,13 @@ from typing import Any
 
 import httpx
 import pytest
-from processes import stop_process_group
+from processes import free_port, required, stop_process_group
 
 from api import create_app
 from api.services import EXTENSION_KEY
 from shared.auth import create_client
 from shared.settings import Settings
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
 FLOWER_READY_SECONDS = 60.0
 WORKER_READY_SECONDS = 90.0  # a cold start loads VGG19 on a busy CPU
 EVENTS_ENABLED = "enabled by remote"  # the worker's log line when Flower turns events on
@@ -72,9 +70,7 @@ def test_flower_lists_a_task_run_by_a_real_worker(
     try:
         import flower  # noqa: F401
     except ImportError:
-        if IN_CI:
-            pytest.fail("flower is not installed (pip install -e '.[dev]')")
-        pytest.skip("flower is not installed (pip install -e '.[monitoring]')")
+        required("flower is not installed (pip install -e '.[monitoring]')")
     stylequeue_env = {
         "STYLEQUEUE_DATABASE_URL": postgresql_url,
         "STYLEQUEUE_REDIS_URL": redis_url,
@@ -83,9 +79,7 @@ def test_flower_lists_a_task_run_by_a_real_worker(
         "STYLEQUEUE_DEVICE": "cpu",
     }
     env = {**os.environ, **stylequeue_env}
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     # The production worker command line, with no --events: Flower turns events on itself.
     worker_log, flower_log = tmp_path / "worker.log", tmp_path / "flower.log"
     worker = _start([str(Path(sys.executable).with_name("stylequeue")), "worker"], env, worker_log)

@@ -12,16 +12,13 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import NoReturn
 
-import pytest
+from processes import free_port, required
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
 SUPERUSER = "stylequeue"  # the cluster's own superuser (trust auth on its own socket and port)
 START_SECONDS = 60.0
 
@@ -43,19 +40,6 @@ def server_bindir() -> Path | None:
     return None
 
 
-def _unavailable(message: str) -> NoReturn:
-    if IN_CI:
-        pytest.fail(message + " — required under CI=true")
-    pytest.skip(message)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class PostgresCluster:
     """One throwaway cluster: ``start()``, ``crash()`` (stop -m immediate), ``start()`` again,
     ``destroy()``. ``url`` is a database ``stylequeue`` in it."""
@@ -63,14 +47,14 @@ class PostgresCluster:
     def __init__(self) -> None:
         bindir = server_bindir()
         if bindir is None:
-            _unavailable("no PostgreSQL server binaries (initdb, pg_ctl, postgres) on this machine")
+            required("no PostgreSQL server binaries (initdb, pg_ctl, postgres) on this machine")
         self.bindir = bindir
         self._as_postgres = os.geteuid() == 0
         if self._as_postgres:
             try:
                 user = pwd.getpwnam("postgres")
             except KeyError:
-                _unavailable("running as root, initdb needs the 'postgres' OS user; there is none")
+                required("running as root, initdb needs the 'postgres' OS user; there is none")
         self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="sq_pg_"))
         self.data = self.root / "data"

@@ -30,7 +30,7 @@ import service_helpers
 from api_process import ApiProcess
 from fault_helpers import WorkerProcess, fault_report, started_workers
 from flask.testing import FlaskClient
-from pg_cluster import free_port
+from processes import free_port
 from sqlalchemy import func, select
 
 from shared.auth import create_client

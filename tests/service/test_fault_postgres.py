@@ -25,7 +25,8 @@ import pytest
 import service_helpers
 from api_process import ApiProcess
 from fault_helpers import WorkerProcess, fault_report, started_workers
-from pg_cluster import PostgresCluster, free_port
+from pg_cluster import PostgresCluster
+from processes import free_port
 from service_helpers import store_job, worker_context
 from sqlalchemy import select
 
