@@ -24,14 +24,15 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: the project
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the other benchmarks
+
+from service_stack import database  # noqa: E402
 
 import migrations  # noqa: E402
 from api import create_app  # noqa: E402
@@ -40,25 +41,11 @@ from shared import admin  # noqa: E402
 from shared.pagination import Cursor  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 
-POSTGRES_ADMIN_URL = os.environ.get(
-    "BENCH_POSTGRES_URL", "postgresql://root@127.0.0.1:5432/postgres"
-)
 PAGE_P99_MS_TARGET = 50.0
 CLIENTS = 100
 WORKERS = 20
 DAYS = 90
 ADMIN_KEY = "sq_bench-admin-key"
-
-
-@contextmanager
-def database(name: str) -> Iterator[str]:
-    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 LOAD_SQL = [

@@ -25,7 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # admin_pagination's loader
 
-from admin_pagination import ADMIN_KEY, database, load  # noqa: E402
+from admin_pagination import ADMIN_KEY, load  # noqa: E402
+from service_stack import database  # noqa: E402
 
 import migrations  # noqa: E402
 from api import create_app, metrics  # noqa: E402

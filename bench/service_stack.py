@@ -126,7 +126,8 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
 
 
 @contextlib.contextmanager
-def _database(name: str) -> Iterator[str]:
+def database(name: str) -> Iterator[str]:
+    """A PostgreSQL database of this name for the benchmark, dropped at the end; yields its URL."""
     with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
@@ -152,7 +153,7 @@ def running_stack(gunicorn: GunicornConfig) -> Iterator[Stack]:
     data_dir = Path(tempfile.mkdtemp(prefix=f"{tag}_"))
     prefix = f"{tag}:"
     try:
-        with _database(tag) as database_url:
+        with database(tag) as database_url:
             env = {
                 **os.environ,
                 "STYLEQUEUE_DATABASE_URL": database_url,
