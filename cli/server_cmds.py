@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -24,6 +25,7 @@ DEFAULT_API_THREADS = 4  # per process: a submit spends much of its time waiting
 API_APP = "api.wsgi:app"
 CELERY_APP = "worker.celery_worker"
 REDIS_START_WAIT_SECONDS = 5.0
+LEFTOVER_STOP_SECONDS = 10.0  # a child's own children (a worker's pool process) after it exits
 
 
 def register(group: click.Group) -> None:
@@ -226,9 +228,12 @@ def up(host: str, port: int) -> None:
             children.append(redis_process)
         migrations.upgrade(settings.database_url)
         click.echo("schema up to date")
-        children.append(subprocess.Popen(api_argv(host, port, DEFAULT_API_WORKERS)))
-        children.append(subprocess.Popen(worker_argv()))
-        children.append(subprocess.Popen(scheduler_argv(settings)))
+        for argv in (
+            api_argv(host, port, DEFAULT_API_WORKERS),
+            worker_argv(),
+            scheduler_argv(settings),
+        ):
+            children.append(_start(argv))
         click.echo(f"stylequeue is up: http://{host}:{port}/docs (Ctrl-C stops everything)")
         while all(child.poll() is None for child in children):
             time.sleep(0.5)
@@ -276,7 +281,7 @@ def _ensure_redis(settings: Settings) -> subprocess.Popen[bytes] | None:
         "--logfile", str(log_file),
         "--maxmemory-policy", "noeviction",
     ]  # fmt: skip
-    process = subprocess.Popen(argv)
+    process = _start(argv)
     deadline = time.monotonic() + REDIS_START_WAIT_SECONDS
     while not _reachable(host, port):
         if time.monotonic() > deadline or process.poll() is not None:
@@ -311,6 +316,12 @@ def _reachable(host: str, port: int) -> bool:
         return False
 
 
+def _start(argv: list[str]) -> subprocess.Popen[bytes]:
+    # A process group of its own: stopping it stops what it started too (gunicorn's and
+    # Celery's pool processes), whatever the timing. Ctrl-C reaches up alone, which stops all.
+    return subprocess.Popen(argv, process_group=0)
+
+
 def _stop(children: list[subprocess.Popen[bytes]]) -> None:
     # Reverse order: API and workers first, Redis last.
     for child in reversed(children):
@@ -321,3 +332,17 @@ def _stop(children: list[subprocess.Popen[bytes]]) -> None:
             child.wait(timeout=30)
         except subprocess.TimeoutExpired:
             child.kill()
+            child.wait()
+        _stop_leftovers(child.pid)
+
+
+def _stop_leftovers(process_group: int) -> None:
+    """What outlived its parent in ``process_group`` (a worker's pool process that was
+    still loading the network when the worker went): SIGTERM, then SIGKILL."""
+    with contextlib.suppress(ProcessLookupError):  # the group is empty: done
+        os.killpg(process_group, signal.SIGTERM)
+        deadline = time.monotonic() + LEFTOVER_STOP_SECONDS
+        while time.monotonic() < deadline:
+            os.killpg(process_group, 0)
+            time.sleep(0.1)
+        os.killpg(process_group, signal.SIGKILL)

@@ -6,6 +6,7 @@ free port where nothing answers.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -42,12 +43,22 @@ def ready(api_port: int) -> bool:
         return False
 
 
-def process_group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)  # up and everything it started share its process group
-    except ProcessLookupError:
-        return False
-    return True
+def session_processes(sid: int) -> list[int]:
+    """Live processes of session ``sid``: up leads its own (start_new_session), and all it
+    started, in their own process groups, stay in it."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        # Fields after the command (which may hold spaces): state, ppid, pgrp, session.
+        state, _ppid, _pgrp, session = stat.rsplit(")", 1)[1].split()[:4]
+        if int(session) == sid and state != "Z":
+            found.append(int(entry.name))
+    return found
 
 
 @pytest.mark.slow
@@ -94,8 +105,9 @@ def test_up_starts_a_redis_where_none_answers_and_stops_it_on_sigterm(tmp_path: 
         up.wait(timeout=STOP_TIMEOUT_SECONDS)
         assert not answers(redis_port), "the Redis that up started outlived it"
         assert not ready(api_port)
-        assert not process_group_alive(up.pid), "a process that up started outlived it"
+        assert not session_processes(up.pid), "a process that up started outlived it"
     finally:
-        if up.poll() is None:
-            os.killpg(up.pid, signal.SIGKILL)
-            up.wait()
+        for pid in session_processes(up.pid):  # whatever is left, up included
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        up.wait()
