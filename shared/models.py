@@ -50,6 +50,8 @@ ERROR_CODE_LENGTH = 64
 WORKER_LENGTH = 255
 EVENT_KIND_LENGTH = 32
 KEY_HASH_LENGTH = 64  # sha256 hex
+FILE_NAME_LENGTH = 64  # a job file's name in storage, e.g. result.a2.png
+DIGEST_LENGTH = 64  # sha256 hex
 
 
 class JobStatus(enum.StrEnum):
@@ -163,6 +165,13 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    # The committed files: each written by one attempt under a name of its own; only
+    # the file a row names is served or resumed from (None: there is none yet).
+    result_file: Mapped[str | None] = mapped_column(String(FILE_NAME_LENGTH))
+    checkpoint_file: Mapped[str | None] = mapped_column(String(FILE_NAME_LENGTH))
+    preview_file: Mapped[str | None] = mapped_column(String(FILE_NAME_LENGTH))
+    # sha256 of the submit's inputs and parameters: an Idempotency-Key replay must match it.
+    request_digest: Mapped[str | None] = mapped_column(String(DIGEST_LENGTH))
 
 
 class JobRecord(Protocol):
