@@ -1,4 +1,4 @@
-"""The admin JSON API (issue 6): every client's jobs, a job's timeline, statistics, workers,
+"""The admin JSON API: every client's jobs, a job's timeline, statistics, workers,
 and the actions cancel, retry and delete-files. Admin keys only (401 without a key,
 403 ``admin_required`` with a client key). Views parse, call ``shared.admin``, return JSON.
 """

@@ -1,4 +1,4 @@
-"""The one error handler: every error leaves the API in DESIGN.md's JSON shape."""
+"""The one error handler: every error leaves the API in the one JSON error shape."""
 
 from __future__ import annotations
 

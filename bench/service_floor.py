@@ -7,7 +7,7 @@ the size of a real poll's answer) with gunicorn as ``stylequeue api`` does, load
 it like service_http.py's poll phase (16 keep-alive connections, closed loop)
 and prints the requests per second and the CPU milliseconds per request. What a
 real poll costs above this is the application's share; the rest is gunicorn
-and Flask, which issue 3 keeps.
+and Flask, which the service keeps.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@
 
 Starts its own stack (service_stack.py: a fresh PostgreSQL database, a Redis
 key prefix, gunicorn serving ``api.wsgi:app``), loads it from this machine
-over loopback only (service_load.py), prints the figures against the targets
-of issue 3, and removes everything it made. Every phase is bounded in count and
+over loopback only (service_load.py), prints the figures against the service
+targets (bench/README.md), and removes everything it made. Every phase is bounded in count and
 time. Phases, in this order so that no worker drains the submit backlog:
 
 1. dispatch: one idle Celery worker (``-c 1``); ~20 tiny jobs one at a time;

@@ -76,7 +76,7 @@ class Stack:
         return f"http://{self.host}:{self.port}"
 
     def start_worker(self) -> None:
-        """One real Celery worker, concurrency 1, as DESIGN.md runs it."""
+        """One real Celery worker, concurrency 1, as production runs it."""
         log = open(self.data_dir / "worker.log", "wb")  # noqa: SIM115 - closed with the process
         self.processes["worker"] = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "worker.celery_worker", "worker", "-c", "1",

@@ -1,4 +1,4 @@
-"""StylequeueClient: the API of DESIGN.md v1 as Python methods, over httpx."""
+"""StylequeueClient: the HTTP API v1 as Python methods, over httpx."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What the API returns, as frozen dataclasses parsed from its JSON (DESIGN.md, "A job").
+"""What the API returns, as frozen dataclasses parsed from its JSON.
 
 Parsing is strict about the fields the API promises (a missing or mistyped one
 raises InvalidResponseError naming it) and ignores fields it does not know, so

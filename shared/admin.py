@@ -1,4 +1,4 @@
-"""What operators see and do, for every client (issue 6): the admin API, page and metrics use this.
+"""What operators see and do, for every client: the admin API, page and metrics use this.
 
 Reads: ``list_jobs`` (filtered, keyset-paginated, newest first), ``job_detail``
 (a job with its event timeline), ``job_stats`` (counts, throughput, wait and

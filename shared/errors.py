@@ -14,7 +14,7 @@
     └── EngineError                 the style-transfer engine could not finish (worker side)
 
 The HTTP layer turns every ClientError and ServiceUnavailableError into the
-JSON error shape of DESIGN.md in one handler; anything else is a 500 and a bug.
+JSON error shape in one handler; anything else is a 500 and a bug.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class StylequeueError(Exception):
         self.details: dict[str, Any] = dict(details or {})
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON error shape of DESIGN.md (without the outer ``error`` key)."""
+        """The JSON error shape (without the outer ``error`` key)."""
         return {"code": self.code, "message": self.message, "details": self.details}
 
 

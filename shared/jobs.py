@@ -66,7 +66,7 @@ class EventKind(StrEnum):
     FILES_DELETED = "files_deleted"
     RELEASED = "released"
     WORKER_LOST = "worker_lost"
-    RETRIED = "retried"  # an admin queued a failed or canceled job again (issue 6)
+    RETRIED = "retried"  # an admin queued a failed or canceled job again
 
 
 # ---------------------------------------------------------------- client side

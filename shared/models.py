@@ -124,7 +124,7 @@ class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
         UniqueConstraint("client_id", "idempotency_key"),
-        # A client's jobs newest first, keyset-paginated (and issue 6's admin history).
+        # A client's jobs newest first, keyset-paginated (and the admin history).
         Index("ix_jobs_client_created", "client_id", "created_at", "id"),
         # The reconciler and the admin list by status (keyset: created_at, id).
         Index("ix_jobs_status_created", "status", "created_at", "id"),

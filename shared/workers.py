@@ -1,4 +1,4 @@
-"""The ``workers`` registry, written by each worker process (issue 6).
+"""The ``workers`` registry, written by each worker process.
 
 A worker registers once its network is loaded (or on its first job), then beats
 every ``BEAT_SECONDS`` from a background thread; it records its current job on

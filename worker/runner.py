@@ -96,7 +96,7 @@ class WorkerContext:
         return default_device() if device == "auto" else torch.device(device)
 
     def registry(self) -> WorkerRegistry:
-        """This process in the ``workers`` table (issue 6), started once the network is loaded."""
+        """This process in the ``workers`` table, started once the network is loaded."""
         if self._registry is None:
             self._registry = WorkerRegistry(self.db, self.name, self.device)
         return self._registry

@@ -151,7 +151,7 @@ class JobRequest(Request):
     it, leaving it to the reconciler once the lease runs out (up to
     STYLEQUEUE_LEASE_SECONDS + STYLEQUEUE_RECONCILE_SECONDS). The process is
     known dead, so its lease ends here first: the requeued message retries the
-    job at once. Rule 3 holds: nobody else was running it.
+    job at once. At most one run still holds: nobody else was running it.
     """
 
     def on_failure(

@@ -1,4 +1,4 @@
-"""Issue 6, the admin API: the workers registry and the indexes the admin list needs.
+"""The admin API: the workers registry and the indexes the admin list needs.
 
 Revision ID: 0002_admin
 Revises: 0001_initial

@@ -1,6 +1,6 @@
 """Fixtures for the client tests.
 
-Pure tests use ``job_json`` (a job as DESIGN.md's API shapes it). API tests
+Pure tests use ``job_json`` (a job as the API shapes it). API tests
 talk to the real app (``app`` of tests/conftest.py: real PostgreSQL or SQLite
 and Redis) through ``httpx.WSGITransport``; ``driver`` moves a job through its
 states with shared.jobs, as a worker would, where a test needs it to progress.

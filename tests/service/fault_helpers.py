@@ -1,4 +1,4 @@
-"""What the fault tests (issue 4) share: real worker processes and the per-test report.
+"""What the fault tests share: real worker processes and the per-test report.
 
 Imported by the test modules, not fixtures. A fault test starts its own
 ``celery worker`` process groups with ``WorkerProcess``, kills them the way the
@@ -76,7 +76,7 @@ class WorkerProcess:
 
 @dataclass(frozen=True)
 class FaultReport:
-    """What a fault test reports (issue 4): per test, over the jobs it submitted."""
+    """What a fault test reports: per test, over the jobs it submitted."""
 
     submitted: int
     completed: int  # succeeded

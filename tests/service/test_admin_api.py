@@ -1,4 +1,4 @@
-"""The admin API (issue 6): admin keys only, filters, keyset pages, timeline, stats, workers,
+"""The admin API: admin keys only, filters, keyset pages, timeline, stats, workers,
 cancel, retry and delete-files. On PostgreSQL and SQLite.
 
 The test database is shared with the whole session, so each test's jobs are its

@@ -1,4 +1,4 @@
-"""Fault point 4 (issue 4): the API restarted under submit load.
+"""Faults: the API restarted under submit load.
 
 The real API (``stylequeue api``: gunicorn, gthread 2x4) and a real worker on
 the run's database; no reconciler runs, so a job committed just before a

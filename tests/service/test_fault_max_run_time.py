@@ -1,4 +1,4 @@
-"""Fault point 6: a job that computes past STYLEQUEUE_MAX_RUN_SECONDS is stopped and fails
+"""Faults: a job that computes past STYLEQUEUE_MAX_RUN_SECONDS is stopped and fails
 with error code ``timeout``, in-process with the real engine."""
 
 from __future__ import annotations

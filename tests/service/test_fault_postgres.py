@@ -1,4 +1,4 @@
-"""Fault point 4 (issue 4): PostgreSQL crashes and comes back.
+"""Faults: PostgreSQL crashes and comes back.
 
 The test runs a PostgreSQL server of its own (``pg_cluster``), the real API
 (``stylequeue api``, gunicorn) and a real worker against it, and crashes the

@@ -1,4 +1,4 @@
-"""Fault point 3: Redis restarted (everything in it lost), and Redis flushed, with jobs queued
+"""Faults: Redis restarted (everything in it lost), and Redis flushed, with jobs queued
 and running. Every accepted job still completes, each on one worker, and the same worker
 processes go on consuming afterwards (the celery#8030 trap: workers that stop after a reconnect).
 

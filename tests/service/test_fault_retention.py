@@ -1,4 +1,4 @@
-"""Fault point 7: the reconciler removes the files of jobs finished longer ago than
+"""Faults: the reconciler removes the files of jobs finished longer ago than
 STYLEQUEUE_RETENTION_SECONDS; the job row keeps its history, and the result is a clear 404."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Fault point 2: a worker killed with SIGKILL mid-job. The job is picked up again and
+"""Faults: a worker killed with SIGKILL mid-job. The job is picked up again and
 completes, resumed from its last checkpoint; a job whose workers keep dying fails with
 ``too_many_attempts`` after STYLEQUEUE_MAX_ATTEMPTS deaths instead of looping.
 

@@ -1,4 +1,4 @@
-"""Fault point 5: SIGTERM to a worker mid-job. The worker checkpoints and hands the job back
+"""Faults: SIGTERM to a worker mid-job. The worker checkpoints and hands the job back
 (queued again, not failed); a restarted worker resumes from that checkpoint and finishes it.
 
 The real ``celery worker`` (prefork, one child), signalled the way ``docker stop`` does it
