@@ -23,6 +23,7 @@ DEFAULT_PORT = 8000
 DEFAULT_API_WORKERS = 2  # gunicorn processes; one per core is a fair start
 DEFAULT_API_THREADS = 4  # per process: a submit spends much of its time waiting on fsync
 API_APP = "api.wsgi:app"
+SERVING_CONFIG = "api.serving"  # gunicorn settings and hooks (a Python module)
 CELERY_APP = "worker.celery_worker"
 REDIS_START_WAIT_SECONDS = 5.0
 LEFTOVER_STOP_SECONDS = 10.0  # a child's own children (a worker's pool process) after it exits
@@ -49,6 +50,8 @@ def api_argv(host: str, port: int, workers: int, *, access_log: bool = False) ->
         sys.executable,
         "-m",
         "gunicorn",
+        "--config",
+        f"python:{SERVING_CONFIG}",
         "--bind",
         f"{host}:{port}",
         "--workers",

@@ -14,7 +14,10 @@ answered with a 5xx; nothing runs twice.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+import socket
 import threading
 import time
 import uuid
@@ -256,6 +259,93 @@ def test_api_restarts_under_submit_load_lose_no_accepted_job(
         stop.set()
         api.stop()
         db.dispose()
+
+
+def worker_pids(master: int) -> set[int]:
+    """The live (not zombie) processes whose parent is ``master``, from /proc."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == master and fields[0] != "Z":
+                found.add(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+RESTART_READY_SECONDS = 10.0  # gunicorn retries a bind in use 5 times, a second apart
+
+
+@pytest.mark.slow
+def test_an_api_started_right_after_its_master_was_killed_binds_and_serves(
+    postgresql_url: str, redis_url: str, redis_prefix: str, tmp_path: Path
+) -> None:
+    """SIGKILL to gunicorn's master alone (an OOM kill, a crash): its workers go with it.
+
+    A client holds a kept-alive connection and another has sent half a request, as
+    clients do at any moment; the new API started at once on the same port binds,
+    answers, and no worker of the old one is left.
+    """
+    env = {
+        "STYLEQUEUE_DATABASE_URL": postgresql_url,
+        "STYLEQUEUE_REDIS_URL": redis_url,
+        "STYLEQUEUE_REDIS_PREFIX": f"{redis_prefix}masterkill:",
+        "STYLEQUEUE_DATA_DIR": str(tmp_path / "data"),
+    }
+    api = ApiProcess(env, free_port(), tmp_path / "api.log")
+    old_workers: set[int] = set()
+    try:
+        api.start()
+        api.wait_ready()
+        assert api.process is not None
+        master = api.process.pid
+
+        def both_workers() -> set[int]:
+            found = worker_pids(master)
+            return found if len(found) >= 2 else set()
+
+        old_workers = service_helpers.wait_for("both gunicorn workers", both_workers, timeout=30)
+        with contextlib.ExitStack() as connections:
+            kept = connections.enter_context(httpx.Client(base_url=api.base_url, timeout=5))
+            assert kept.get("/healthz").status_code == 200  # the connection stays open
+            partial = connections.enter_context(
+                socket.create_connection(("127.0.0.1", api.port), timeout=5)
+            )
+            partial.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # no end of headers
+
+            killed_at = time.monotonic()
+            os.kill(master, signal.SIGKILL)
+            api.wait_exit()
+            api.start()  # at once, on the same port
+            # An orphaned worker would still answer on the old listening socket: wait for
+            # them to be gone (the clients' connections still open) before asking the new one.
+            service_helpers.wait_for(
+                "the old master's workers to be gone",
+                lambda: not any(alive(pid) for pid in old_workers),
+                timeout=5,
+            )
+            ready = api.wait_ready()
+            assert ready < RESTART_READY_SECONDS, api.log()[-3000:]
+            new_start = api.log().split("--- start 2")[1]
+            assert "Listening at" in new_start and "Connection in use" not in new_start, new_start
+        print(
+            f"master-kill: the new API answered /healthz {ready:.2f} s after its start, "
+            f"{time.monotonic() - killed_at:.2f} s after the kill"
+        )
+    finally:
+        api.stop()
+        for pid in old_workers:  # only if the test failed: orphans of the old master
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_a_replay_of_a_queued_job_sends_its_id_again(
