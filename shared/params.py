@@ -6,6 +6,7 @@ model validates (and fills defaults); ``openapi.json`` is generated from it.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from typing import Any, Final, Literal
 
@@ -140,10 +141,23 @@ def parse_params(raw: Mapping[str, Any] | None) -> StyleParams:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"]) or "params"
         if err["type"] == "extra_forbidden":
-            raise ParameterError(loc, "unknown parameter") from None
+            raise unknown_parameter(loc) from None
         raise ParameterError(
             loc, err["msg"], details={"input": _jsonable(err.get("input"))}
         ) from None
+
+
+def unknown_parameter(name: str) -> ParameterError:
+    """The error for a name that is not a parameter: the closest known name, and all of them."""
+    known = list(StyleParams.model_fields)
+    close = difflib.get_close_matches(name.lower(), known, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}? " if close else ""
+    details: dict[str, Any] = {"known": known}
+    if close:
+        details["suggestion"] = close[0]
+    return ParameterError(
+        name, f"unknown parameter; {hint}known: {', '.join(known)}", details=details
+    )
 
 
 def _jsonable(value: Any) -> Any:

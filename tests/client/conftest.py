@@ -4,12 +4,18 @@ Pure tests use ``job_json`` (a job as the API shapes it). API tests
 talk to the real app (``app`` of tests/conftest.py: real PostgreSQL or SQLite
 and Redis) through ``httpx.WSGITransport``; ``driver`` moves a job through its
 states with shared.jobs, as a worker would, where a test needs it to progress.
+Command-line tests run the real ``stylequeue`` program (``stylequeue_cli``)
+against a real ``stylequeue api`` (``api_server``) on the same database.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,8 +23,14 @@ import pytest
 from client_job_driver import JobDriver
 from flask import Flask
 from PIL import Image
+from processes import free_port
+from service.api_process import ApiProcess
 
 from client import StylequeueClient
+from shared.settings import Settings
+
+STYLEQUEUE = str(Path(sys.executable).with_name("stylequeue"))
+CLI_TIMEOUT_S = 60.0  # one command; the machine may be busy
 
 JobJsonFactory = Callable[..., dict[str, Any]]
 
@@ -96,3 +108,42 @@ def png() -> Callable[[int, int], bytes]:
 @pytest.fixture
 def driver(app: Flask) -> JobDriver:
     return JobDriver(app)
+
+
+# -- the real `stylequeue` command against a real `stylequeue api` ----------------------
+
+
+@pytest.fixture(scope="session")
+def api_server(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``stylequeue api`` (gunicorn) on the app's database, files and key space; its URL."""
+    env = {
+        "STYLEQUEUE_DATABASE_URL": settings.database_url,
+        "STYLEQUEUE_REDIS_URL": settings.redis_url,
+        "STYLEQUEUE_REDIS_PREFIX": settings.redis_prefix,
+        "STYLEQUEUE_DATA_DIR": str(settings.data_dir),
+        "STYLEQUEUE_MAX_UPLOAD_BYTES": str(settings.max_upload_bytes),
+        "STYLEQUEUE_MAX_IMAGE_PIXELS": str(settings.max_image_pixels),
+    }
+    api = ApiProcess(env, free_port(), tmp_path_factory.mktemp("api") / "api.log")
+    api.start()
+    try:
+        api.wait_ready()
+        yield api.base_url
+    finally:
+        api.stop()
+
+
+StylequeueCli = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def stylequeue_cli(api_server: str, api_key: str) -> StylequeueCli:
+    """Runs ``stylequeue ARGS...`` as a program, with STYLEQUEUE_URL and _API_KEY set."""
+
+    def run(*args: str, key: str = api_key) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "STYLEQUEUE_URL": api_server, "STYLEQUEUE_API_KEY": key}
+        return subprocess.run(
+            [STYLEQUEUE, *args], env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S
+        )
+
+    return run

@@ -22,7 +22,7 @@ from client import (
     StylequeueClient,
     UnauthorizedError,
 )
-from shared.params import DEFAULT_OPTIMIZER
+from shared.params import DEFAULT_OPTIMIZER, StyleParams
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 CONTENT = DATA / "tubingen.png"
@@ -125,6 +125,32 @@ def test_a_bad_parameter_names_its_field(
     assert info.value.code == "invalid_parameter"
     assert info.value.details["field"] == field
     assert field in info.value.message
+
+
+def test_an_unknown_parameter_names_the_closest_and_the_known_ones(sq: StylequeueClient) -> None:
+    with pytest.raises(BadRequestError) as info:
+        sq.submit(CONTENT, [STYLE], {**TINY, "iteration": 5})
+    error = info.value
+    assert error.status == 400 and error.code == "invalid_parameter"
+    assert error.details["field"] == "iteration"
+    assert error.details["suggestion"] == "iterations"
+    assert error.details["known"] == list(StyleParams.model_fields)
+    assert error.message.startswith(
+        "iteration: unknown parameter; did you mean iterations? known: "
+    )
+    assert ", ".join(StyleParams.model_fields) in error.message
+
+
+def test_an_unknown_parameter_far_from_any_name_lists_them_without_a_guess(
+    sq: StylequeueClient,
+) -> None:
+    with pytest.raises(BadRequestError) as info:
+        sq.submit(CONTENT, [STYLE], {"colour": "red"})
+    assert "suggestion" not in info.value.details and "did you mean" not in info.value.message
+    assert (
+        info.value.message
+        == f"colour: unknown parameter; known: {', '.join(StyleParams.model_fields)}"
+    )
 
 
 def test_an_upload_that_is_not_an_image_is_rejected(sq: StylequeueClient) -> None:

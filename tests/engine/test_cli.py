@@ -1,7 +1,9 @@
-"""``stylequeue stylize`` through click's CliRunner, on the real engine."""
+"""``stylequeue stylize`` on the real engine: through click's CliRunner, and as a program."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -11,6 +13,12 @@ from cli.main import cli
 from cli.params import parse_params
 
 DATA = Path(__file__).resolve().parents[1] / "data"
+STYLEQUEUE = str(Path(sys.executable).with_name("stylequeue"))
+
+
+def _program(*args: str) -> subprocess.CompletedProcess[str]:
+    """``stylequeue ARGS...`` run as a program, as a user runs it."""
+    return subprocess.run([STYLEQUEUE, *args], capture_output=True, text=True, timeout=120)
 
 
 def _stylize(*args: str) -> tuple[int, str]:
@@ -43,6 +51,19 @@ def test_bad_parameter_exits_non_zero_naming_it(tmp_path: Path) -> None:
         )  # fmt: skip
         assert code != 0
         assert f"{name}:" in output
+
+
+def test_an_unknown_parameter_names_the_closest_one(tmp_path: Path) -> None:
+    done = _program(
+        "stylize", str(DATA / "tubingen.png"), str(DATA / "starry_night.png"),
+        "-o", str(tmp_path / "o.png"), "--param", "style_wieght=3",
+    )  # fmt: skip
+    assert done.returncode == 1 and not (tmp_path / "o.png").exists()
+    assert done.stderr.strip().splitlines() == [
+        "Error: style_wieght: unknown parameter; did you mean style_weight? known: size, "
+        "iterations, optimizer, content_weight, style_weight, tv_weight, style_blend, "
+        "style_scale, init, preserve_colors, scales, seed"
+    ]
 
 
 def test_blend_mismatch_exits_before_any_work(tmp_path: Path) -> None:
