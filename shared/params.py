@@ -115,14 +115,15 @@ def check_style_blend(params: StyleParams, n_styles: int) -> None:
     if n_styles < 1:
         raise ParameterError("style", "at least one style image is required")
     if n_styles > MAX_STYLES:
-        raise ParameterError("style", f"at most {MAX_STYLES} style images are allowed")
+        raise ParameterError("style", f"at most {_count(MAX_STYLES, 'style image')} are allowed")
     blend = params.style_blend
     if blend is None:
         return
     if len(blend) != n_styles:
         raise ParameterError(
             "style_blend",
-            f"has {len(blend)} weights but there are {n_styles} style images",
+            f"has {_count(len(blend), 'weight')} but there "
+            f"{'is' if n_styles == 1 else 'are'} {_count(n_styles, 'style image')}",
         )
     if any(w < 0 for w in blend):
         raise ParameterError("style_blend", "weights must be non-negative")
@@ -158,6 +159,11 @@ def unknown_parameter(name: str) -> ParameterError:
     return ParameterError(
         name, f"unknown parameter; {hint}known: {', '.join(known)}", details=details
     )
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 weight``, ``2 weights``: a count with its noun in the right number."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _jsonable(value: Any) -> Any:

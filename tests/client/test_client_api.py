@@ -153,6 +153,13 @@ def test_an_unknown_parameter_far_from_any_name_lists_them_without_a_guess(
     )
 
 
+def test_a_blend_of_one_weight_counts_it_in_the_singular(sq: StylequeueClient) -> None:
+    with pytest.raises(BadRequestError) as info:
+        sq.submit(CONTENT, [STYLE, STYLE], {**TINY, "style_blend": [1]})
+    assert info.value.details["field"] == "style_blend"
+    assert info.value.message == "style_blend: has 1 weight but there are 2 style images"
+
+
 def test_an_upload_that_is_not_an_image_is_rejected(sq: StylequeueClient) -> None:
     with pytest.raises(BadRequestError) as info:
         sq.submit(b"this is not a picture", [STYLE], TINY)

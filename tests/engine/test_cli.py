@@ -75,6 +75,15 @@ def test_blend_mismatch_exits_before_any_work(tmp_path: Path) -> None:
     assert "style_blend:" in output
 
 
+def test_a_blend_for_one_style_image_counts_it_in_the_singular(tmp_path: Path) -> None:
+    done = _program(
+        "stylize", str(DATA / "tubingen.png"), str(DATA / "starry_night.png"),
+        "-o", str(tmp_path / "o.png"), "--param", "style_blend=[1, 2]",
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.strip() == "Error: style_blend: has 2 weights but there is 1 style image"
+
+
 def test_unreadable_files_exit_non_zero_naming_them(tmp_path: Path) -> None:
     text = tmp_path / "notes.png"
     text.write_text("not an image")
