@@ -9,7 +9,7 @@ from flask import Flask, Response, jsonify
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
-from shared.errors import ClientError, ServiceUnavailableError, StylequeueError
+from shared.errors import ClientError, ServiceUnavailableError, StorageError, StylequeueError
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,9 @@ def error_response(status: int, code: str, message: str, details: dict | None = 
 
 def handle_error(exc: Exception) -> Response:
     """Turn any exception into a JSON error; only a bug becomes a 500."""
+    if isinstance(exc, StorageError):
+        # The operator's business (a full or broken disk), not the caller's: say it in the log.
+        log.warning("%s [%s]", exc.message, exc.__cause__ or exc.code)
     if isinstance(exc, ClientError | ServiceUnavailableError):
         return _from_stylequeue_error(exc)
     if isinstance(exc, HTTPException):
@@ -49,6 +52,8 @@ def handle_error(exc: Exception) -> Response:
 def _from_stylequeue_error(exc: StylequeueError) -> Response:
     response = jsonify({"error": exc.to_dict()})
     response.status_code = exc.http_status
+    if isinstance(exc, ServiceUnavailableError):
+        response.headers["Retry-After"] = str(exc.retry_after)
     return response
 
 

@@ -95,7 +95,15 @@ def _paths() -> dict[str, Any]:
                 "responses": {
                     "202": {**job, "description": "Accepted: stored durably and queued."},
                     "200": {**job, "description": "The job created earlier with this key."},
-                    **error_responses(400, 401, 413),
+                    **error_responses(
+                        400,
+                        401,
+                        413,
+                        503,
+                        s503="The database or Redis is unavailable, or the storage is full or"
+                        " unavailable (storage_full, storage_unavailable); nothing was stored."
+                        " Retry after the Retry-After seconds.",
+                    ),
                 },
             },
             "get": {

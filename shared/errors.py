@@ -11,10 +11,15 @@
     │   ├── ConflictError           409: the resource is not in a state that allows this
     │   └── PayloadTooLargeError    413: an upload or the request is over a size limit
     ├── ServiceUnavailableError     503: the database or Redis cannot be reached right now
+    │   └── StorageError            503: the data dir cannot store or read job files right now
+    │       ├── StorageFullError          storage_full: no space left, or a quota used up
+    │       └── StorageUnavailableError   storage_unavailable: missing, read-only, refused, failing
     └── EngineError                 the style-transfer engine could not finish (worker side)
 
 The HTTP layer turns every ClientError and ServiceUnavailableError into the
-JSON error shape in one handler; anything else is a 500 and a bug.
+JSON error shape in one handler (a ServiceUnavailableError is a 503 with a
+``Retry-After`` of its ``retry_after`` seconds); anything else is a 500 and a
+bug. A worker that meets a StorageError leaves its job to be retried, not failed.
 """
 
 from __future__ import annotations
@@ -125,6 +130,31 @@ class ServiceUnavailableError(StylequeueError):
 
     code = "service_unavailable"
     http_status = 503
+    retry_after: int = 5  # seconds: the Retry-After header of the 503
+
+
+class StorageError(ServiceUnavailableError):
+    """Raised when a job file cannot be written or read because of the storage itself.
+
+    Not the caller's fault and not a bug: the same request succeeds once the
+    operator has made room or brought the data dir back. ``details`` carry the
+    ``errno`` name (e.g. ``ENOSPC``). A missing job file is a NotFoundError, not this.
+    """
+
+    code = "storage_unavailable"
+    retry_after = 30  # a full or broken disk takes an operator, not a blip
+
+
+class StorageFullError(StorageError):
+    """Raised when the data dir has no space left, or its quota is used up (ENOSPC, EDQUOT)."""
+
+    code = "storage_full"
+
+
+class StorageUnavailableError(StorageError):
+    """Raised when the data dir is missing, read-only, refuses access or fails (EIO)."""
+
+    code = "storage_unavailable"
 
 
 class EngineError(StylequeueError):

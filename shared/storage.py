@@ -11,6 +11,8 @@ a submit. Pillow reads them by content, not by name.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -19,7 +21,12 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from shared.errors import NotFoundError
+from shared.errors import (
+    NotFoundError,
+    StorageError,
+    StorageFullError,
+    StorageUnavailableError,
+)
 
 CONTENT_FILE = "content.png"
 PREVIEW_FILE = "preview.png"
@@ -34,6 +41,12 @@ def style_file(index: int) -> str:
     return f"style-{index}.png"
 
 
+# OSErrors that are the storage's state, not a bug: what a StorageError stands for.
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+UNAVAILABLE_ERRNOS = frozenset(
+    {errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO, errno.ESTALE, errno.ENODEV, errno.ENXIO}
+)
+
 ALLOWED_NAMES = frozenset({CONTENT_FILE, PREVIEW_FILE, CHECKPOINT_FILE, RESULT_FILE})
 
 
@@ -42,6 +55,10 @@ class LocalStorage:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
+        # Made once, when a process starts: a data dir that goes missing later (a volume
+        # unmounted, a directory removed) is a StorageUnavailableError, not made again.
+        with contextlib.suppress(OSError):
+            self.root.mkdir(parents=True, exist_ok=True)
 
     def job_dir(self, job_id: uuid.UUID) -> Path:
         return self.root / JOBS_DIR / str(job_id)
@@ -68,31 +85,67 @@ class LocalStorage:
         together: a submit waits for two disk flushes rather than one per file.
         """
         directory = self.job_dir(job_id)
-        created = not directory.is_dir()
-        directory.mkdir(parents=True, exist_ok=True)
-        staged: list[tuple[Path, Path]] = []
+        targets = {name: self.path(job_id, name) for name in files}
         try:
-            for name, data in files.items():
-                staged.append((_write_temp(directory, name, data), self.path(job_id, name)))
-            if durable:
-                _fsync_concurrently([tmp for tmp, _ in staged])
-            for tmp, target in staged:
-                os.replace(tmp, target)
-        except BaseException:
-            for tmp, _ in staged:
-                tmp.unlink(missing_ok=True)
-            raise
-        if durable:
-            # The renames must survive a crash too: fsync the directory entries,
-            # and the job directory's own entry in jobs/ when it is new.
-            _fsync_concurrently([directory, directory.parent] if created else [directory])
+            created = self._make_job_dir(directory)
+            try:
+                _write_all(directory, files, targets, durable=durable, created=created)
+            except BaseException:
+                if created:  # leave no half directory behind
+                    with contextlib.suppress(OSError):
+                        directory.rmdir()
+                raise
+        except OSError as exc:
+            error = self._storage_error(exc, f"could not write {', '.join(files)}")
+            if error is None:
+                raise
+            raise error from exc
+
+    def _make_job_dir(self, directory: Path) -> bool:
+        """Create ``jobs/<id>/`` (True) or find it (False); never the data dir itself.
+
+        A missing data dir is an unmounted or removed volume: creating it afresh
+        would hide that and scatter files where nobody backs them up.
+        """
+        directory.parent.mkdir(exist_ok=True)
+        try:
+            directory.mkdir()
+        except FileExistsError:
+            return False
+        return True
 
     def get(self, job_id: uuid.UUID, name: str) -> bytes:
-        """The bytes of a job file; NotFoundError if there is none."""
+        """The bytes of a job file; NotFoundError if there is none, StorageError if unreadable."""
         try:
             return self.path(job_id, name).read_bytes()
-        except FileNotFoundError:
-            raise NotFoundError(f"job {job_id} has no {name}") from None
+        except OSError as exc:
+            error = self._storage_error(exc, f"could not read {name}")
+            if error is not None:
+                raise error from exc
+            if isinstance(exc, FileNotFoundError):
+                raise NotFoundError(f"job {job_id} has no {name}") from None
+            raise
+
+    def _storage_error(self, exc: OSError, what: str) -> StorageError | None:
+        """The StorageError that ``exc`` means, or None when it means none (a bug)."""
+        name = errno.errorcode.get(exc.errno or 0, "")
+        details = {"errno": name} if name else {}
+        if exc.errno in FULL_ERRNOS:
+            return StorageFullError(
+                f"storage full: {what} (no space left where job files are kept); "
+                "retry once space has been freed",
+                details=details,
+            )
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR) and not self.root.is_dir():
+            return StorageUnavailableError(
+                f"storage unavailable: {what} (the data dir is missing or not a directory)",
+                details=details,
+            )
+        if exc.errno in UNAVAILABLE_ERRNOS:
+            return StorageUnavailableError(
+                f"storage unavailable: {what} ({exc.strerror or name})", details=details
+            )
+        return None
 
     def exists(self, job_id: uuid.UUID, name: str) -> bool:
         return self.path(job_id, name).is_file()
@@ -113,6 +166,32 @@ def _check_name(name: str) -> None:
     if name.startswith("style-") and name.endswith(".png") and name[6:-4].isdigit():
         return
     raise ValueError(f"not a job file name: {name!r}")
+
+
+def _write_all(
+    directory: Path,
+    files: Mapping[str, bytes],
+    targets: Mapping[str, Path],
+    *,
+    durable: bool,
+    created: bool,
+) -> None:
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for name, data in files.items():
+            staged.append((_write_temp(directory, name, data), targets[name]))
+        if durable:
+            _fsync_concurrently([tmp for tmp, _ in staged])
+        for tmp, target in staged:
+            os.replace(tmp, target)
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+    if durable:
+        # The renames must survive a crash too: fsync the directory entries,
+        # and the job directory's own entry in jobs/ when it is new.
+        _fsync_concurrently([directory, directory.parent] if created else [directory])
 
 
 def _write_temp(directory: Path, name: str, data: bytes) -> Path:

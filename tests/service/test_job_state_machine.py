@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from shared import jobs
 from shared.auth import create_client
-from shared.errors import LeaseLostError
+from shared.errors import LeaseLostError, StorageUnavailableError
 from shared.models import Job, JobEvent, JobStatus, utcnow
 from shared.params import parse_params
 from shared.storage import CONTENT_FILE, LocalStorage
@@ -162,7 +162,7 @@ def test_a_failed_store_leaves_no_row_and_no_files(session, tmp_path, client_id)
     blocker.write_text("a file where the jobs directory should be")
     broken = LocalStorage(blocker)
     before = session.query(Job).count()
-    with pytest.raises(OSError):
+    with pytest.raises(StorageUnavailableError):
         new_job(session, broken, client_id)
     assert session.query(Job).count() == before
 
