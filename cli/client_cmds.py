@@ -4,7 +4,9 @@ They find the server and key in ``STYLEQUEUE_URL`` and ``STYLEQUEUE_API_KEY``.
 Tests (or a wrapper program) pass a ``ClientConfig`` as click's ``obj`` to build
 the client another way, for example over ``httpx.WSGITransport``.
 Output is for people by default and JSON with ``--json``; every error is one
-line on stderr and a non-zero exit (1; 3 when a waited-for job did not succeed).
+line on stderr and a non-zero exit: 1 for an error, 2 for a usage error, 3 when
+the job ended otherwise than asked (``submit --wait``: it failed or was canceled;
+``cancel``: it had already succeeded or failed).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import click
 
 from cli.params import parse_params
 from client import Job, JobStatus, StylequeueClient, StylequeueClientError, TransportError
-from client.text import describe_job, format_progress, job_table
+from client.text import describe_cancel, describe_job, format_progress, job_table
 
 ENV_URL = "STYLEQUEUE_URL"
 ENV_API_KEY = "STYLEQUEUE_API_KEY"
@@ -30,7 +32,15 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_LIST_LIMIT = 20  # jobs that `list` shows unless told otherwise
 LIST_PAGE_SIZE = 50  # jobs per request while `list` pages through
 EXIT_JOB_NOT_SUCCEEDED = 3  # `submit --wait`: the job failed or was canceled
+EXIT_NOTHING_TO_CANCEL = 3  # `cancel`: the job had already succeeded or failed
 EXIT_INTERRUPTED = 130  # Ctrl-C while waiting (the job goes on on the server)
+
+# The end of `cancel --help`.
+CANCEL_EXIT_HELP = f"""\b
+Exit status:
+  0    canceled, or (a running job) the cancel is requested
+  1    an error on one line: no such job, or the server cannot be reached
+  {EXIT_NOTHING_TO_CANCEL}    the job had already succeeded or failed: nothing was canceled"""
 
 
 @dataclass(frozen=True)
@@ -44,6 +54,12 @@ class JobNotSucceeded(click.ClickException):
     """Raised when ``submit --wait`` sees the job end failed or canceled."""
 
     exit_code = EXIT_JOB_NOT_SUCCEEDED
+
+
+class NothingToCancel(click.ClickException):
+    """Raised when ``cancel`` finds the job already succeeded or failed."""
+
+    exit_code = EXIT_NOTHING_TO_CANCEL
 
 
 class WaitInterrupted(click.ClickException):
@@ -226,18 +242,30 @@ def list_cmd(ctx: click.Context, status: str | None, limit: int, as_json: bool) 
         click.echo("no jobs", err=True)
 
 
-@click.command("cancel")
+@click.command("cancel", epilog=CANCEL_EXIT_HELP)
 @click.argument("job_id", metavar="ID")
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
 @click.pass_context
 def cancel_cmd(ctx: click.Context, job_id: str, as_json: bool) -> None:
-    """Cancel a queued or running job (a finished job stays as it is)."""
+    """Cancel a queued or running job.
+
+    A queued job is canceled at once. A running job is asked to stop: its
+    worker sees the request within about a second (its heartbeat) and stops
+    after the iteration it is on; `stylequeue status ID` then shows canceled.
+    A job that has already succeeded or failed stays as it is.
+    """
     try:
         with _make_client(ctx) as client:
             job = client.cancel(job_id)
     except (StylequeueClientError, OSError) as exc:
         raise _fail(exc) from exc
-    _echo_json(job.to_json()) if as_json else click.echo(f"job {job.id} {job.status.value}")
+    if as_json:
+        _echo_json(job.to_json())
+    nothing_to_cancel = job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED)
+    if nothing_to_cancel:
+        raise NothingToCancel(describe_cancel(job))
+    if not as_json:
+        click.echo(describe_cancel(job))
 
 
 @click.command("result")

@@ -1,4 +1,5 @@
-"""Jobs as plain text, as pure functions: the progress line, a description, a table.
+"""Jobs as plain text, as pure functions: the progress line, a description, a table,
+what a cancel did.
 
 The command line prints these; a program using the client may too.
 """
@@ -86,3 +87,20 @@ def job_table(jobs: Sequence[Job]) -> str:
         + row[3]
         for row in rows
     )
+
+
+def describe_cancel(job: Job) -> str:
+    """What a cancel did, from the job the server answered with.
+
+    A queued job is canceled at once. A running one is asked to stop: its worker
+    reads the request at its next heartbeat (about a second) and stops after the
+    iteration it is on. A job that had already finished stays as it was.
+    """
+    if job.status is JobStatus.CANCELED:
+        return f"job {job.id} canceled"
+    if not job.status.is_final:
+        return (
+            f"cancel requested: job {job.id} is {job.status.value}; its worker sees the request "
+            "within about a second and stops after the iteration it is on, then the job is canceled"
+        )
+    return f"job {job.id} had already {job.status.value}; there was nothing to cancel"

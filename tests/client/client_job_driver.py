@@ -46,6 +46,15 @@ class JobDriver:
             time.sleep(0.02)
         raise TimeoutError(f"no queued job for client {client_id}")
 
+    def claim(self, job_id: uuid.UUID | str) -> jobs.Claim:
+        """Claim the job as a worker would: it is running from then on."""
+        with self._services.db.session() as session:
+            claim = jobs.claim_job(
+                session, uuid.UUID(str(job_id)), worker=self.WORKER, lease_seconds=self.LEASE_S
+            )
+        assert claim is not None, f"job {job_id} was not claimable"
+        return claim
+
     def run(
         self, job_id: uuid.UUID | str, *, result: bytes, steps: int = 3, step_s: float = 0.05
     ) -> None:
