@@ -35,7 +35,21 @@ EXIT_JOB_NOT_SUCCEEDED = 3  # `submit --wait`: the job failed or was canceled
 EXIT_NOTHING_TO_CANCEL = 3  # `cancel`: the job had already succeeded or failed
 EXIT_INTERRUPTED = 130  # Ctrl-C while waiting (the job goes on on the server)
 
-# The end of `cancel --help`.
+# The end of every client command's --help: where it finds the server and the key.
+ENVIRONMENT_HELP = f"""\b
+Environment:
+  {ENV_URL}      the API's base URL (default {DEFAULT_URL})
+  {ENV_API_KEY}  your API key, required (`stylequeue keys create NAME`)"""
+
+SUBMIT_EXIT_HELP = f"""\b
+Exit status:
+  0    submitted (with --wait: the job succeeded and its result is saved)
+  1    an error, one line on stderr: a bad parameter or image, the server
+       refused or cannot be reached, or --timeout ran out (the job goes on)
+  2    a usage error (a missing file, a bad option)
+  {EXIT_JOB_NOT_SUCCEEDED}    with --wait: the job failed or was canceled (the reason on stderr)
+  {EXIT_INTERRUPTED}  with --wait: interrupted by Ctrl-C (the job goes on)"""
+
 CANCEL_EXIT_HELP = f"""\b
 Exit status:
   0    canceled, or (a running job) the cancel is requested
@@ -121,7 +135,7 @@ class _ProgressLine:
             click.echo("", err=True)
 
 
-@click.command("submit")
+@click.command("submit", epilog=f"{SUBMIT_EXIT_HELP}\n\n{ENVIRONMENT_HELP}")
 @click.argument("content", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument(
     "styles", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -196,7 +210,7 @@ def _wait_with_progress(client: StylequeueClient, job_id: str, timeout: float | 
         bar.close()
 
 
-@click.command("status")
+@click.command("status", epilog=ENVIRONMENT_HELP)
 @click.argument("job_id", metavar="ID")
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
 @click.pass_context
@@ -210,7 +224,7 @@ def status_cmd(ctx: click.Context, job_id: str, as_json: bool) -> None:
     _echo_json(job.to_json()) if as_json else click.echo(describe_job(job))
 
 
-@click.command("list")
+@click.command("list", epilog=ENVIRONMENT_HELP)
 @click.option(
     "--status",
     "status",
@@ -242,7 +256,7 @@ def list_cmd(ctx: click.Context, status: str | None, limit: int, as_json: bool) 
         click.echo("no jobs", err=True)
 
 
-@click.command("cancel", epilog=CANCEL_EXIT_HELP)
+@click.command("cancel", epilog=f"{CANCEL_EXIT_HELP}\n\n{ENVIRONMENT_HELP}")
 @click.argument("job_id", metavar="ID")
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
 @click.pass_context
@@ -268,7 +282,7 @@ def cancel_cmd(ctx: click.Context, job_id: str, as_json: bool) -> None:
         click.echo(describe_cancel(job))
 
 
-@click.command("result")
+@click.command("result", epilog=ENVIRONMENT_HELP)
 @click.argument("job_id", metavar="ID")
 @click.option(
     "-o",

@@ -4,17 +4,21 @@ to a real ``stylequeue api`` (gunicorn) on the test database."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from client_job_driver import JobDriver
 
-from cli.client_cmds import EXIT_NOTHING_TO_CANCEL
+from cli.client_cmds import DEFAULT_URL, EXIT_NOTHING_TO_CANCEL
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 CONTENT = str(DATA / "tubingen.png")
 STYLE = str(DATA / "starry_night.png")
+STYLEQUEUE = str(Path(sys.executable).with_name("stylequeue"))
 StylequeueCli = Callable[..., subprocess.CompletedProcess[str]]
 TINY = ["--param", "size=32", "--param", "iterations=2", "--param", "scales=1"]
 
@@ -74,3 +78,35 @@ def test_cancel_of_a_finished_job_says_nothing_was_canceled(
     )
     as_json = stylequeue_cli("cancel", job_id, "--json")
     assert as_json.returncode == 3 and json.loads(as_json.stdout)["status"] == "failed"
+
+
+def _help(*command: str) -> str:
+    env = {**os.environ, "COLUMNS": "80"}
+    done = subprocess.run(
+        [STYLEQUEUE, *command, "--help"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    too_wide = [line for line in done.stdout.splitlines() if len(line) > 80]
+    assert not too_wide, too_wide
+    return done.stdout
+
+
+@pytest.mark.parametrize("command", ["submit", "status", "list", "cancel", "result"])
+def test_the_help_of_each_client_command_names_its_variables(command: str) -> None:
+    text = _help(command)
+    assert "STYLEQUEUE_URL" in text and DEFAULT_URL in text
+    assert "STYLEQUEUE_API_KEY" in text and "stylequeue keys create NAME" in text
+
+
+def test_the_help_of_submit_gives_its_exit_status() -> None:
+    lines = [line.strip() for line in _help("submit").splitlines()]
+    assert "Exit status:" in lines
+    assert any(line.startswith("0 ") and "succeeded" in line for line in lines)
+    assert any(line.startswith("3 ") and "failed or was canceled" in line for line in lines)
+    assert any(line.startswith("130 ") and "Ctrl-C" in line for line in lines)
+
+
+def test_the_help_of_cancel_says_when_a_running_job_stops() -> None:
+    text = " ".join(_help("cancel").split())
+    assert "A running job is asked to stop" in text and "within about a second" in text
+    assert "3 the job had already succeeded or failed" in text
