@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import click
@@ -18,11 +19,14 @@ from shared.celery_app import JOBS_QUEUE, MAINTENANCE_QUEUE
 from shared.errors import ConfigError
 from shared.settings import Settings
 
+if TYPE_CHECKING:
+    from shared.db import Database
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 DEFAULT_API_WORKERS = 2  # gunicorn processes; one per core is a fair start
-DEFAULT_API_THREADS = 4  # per process: a submit spends much of its time waiting on fsync
-API_APP = "api.wsgi:app"
+DEFAULT_API_THREADS = 4  # per process, for the Flask app: a submit waits much on fsync
+API_APP = "api.asgi:app"  # the Flask app behind a bridge that reads requests whole
 SERVING_CONFIG = "api.serving"  # gunicorn settings and hooks (a Python module)
 CELERY_APP = "worker.celery_worker"
 REDIS_START_WAIT_SECONDS = 5.0
@@ -56,8 +60,6 @@ def api_argv(host: str, port: int, workers: int, *, access_log: bool = False) ->
         f"{host}:{port}",
         "--workers",
         str(workers),
-        "--worker-class",
-        "gthread",
         "--threads",
         str(DEFAULT_API_THREADS),
         *log_options,
@@ -135,7 +137,8 @@ def scheduler_argv(settings: Settings, loglevel: str = "INFO") -> list[str]:
 @click.option("--access-log", is_flag=True, help="Log every request to stdout.")
 @click.option("--dev", is_flag=True, help="Flask's development server instead of gunicorn.")
 def api(host: str, port: int, workers: int, access_log: bool, dev: bool) -> None:
-    """Serve the HTTP API (gunicorn, gthread: WORKERS processes x 4 threads)."""
+    """Serve the HTTP API: gunicorn, WORKERS processes, each an event loop that reads requests
+    whole and runs the app on 4 threads (api/serving.py)."""
     settings = _settings()
     if dev:
         from api import create_app
@@ -221,6 +224,7 @@ def up(host: str, port: int) -> None:
     import migrations
 
     settings = _settings()
+    _check_port_free(host, port)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     # SIGTERM (docker stop, systemd, timeout) stops the children too, like Ctrl-C.
     signal.signal(signal.SIGTERM, _exit_on_signal)
@@ -231,20 +235,119 @@ def up(host: str, port: int) -> None:
             children.append(redis_process)
         migrations.upgrade(settings.database_url)
         click.echo("schema up to date")
-        for argv in (
-            api_argv(host, port, DEFAULT_API_WORKERS),
-            worker_argv(),
-            scheduler_argv(settings),
-        ):
-            children.append(_start(argv))
+        pieces = {
+            "the API": _start(api_argv(host, port, DEFAULT_API_WORKERS)),
+            "the worker": _start(worker_argv()),
+            "the scheduler": _start(scheduler_argv(settings)),
+        }
+        children.extend(pieces.values())
+        click.echo(
+            f"waiting for the API on {host}:{port} and for the worker (it loads VGG19 first)"
+        )
+        _wait_until_up(host, port, settings, pieces)
         click.echo(f"stylequeue is up: http://{host}:{port}/docs (Ctrl-C stops everything)")
-        while all(child.poll() is None for child in children):
+        while True:
+            for name, child in pieces.items():
+                if child.poll() is not None:
+                    raise click.ClickException(
+                        f"{name} exited with status {child.returncode}; stopped the others"
+                    )
             time.sleep(0.5)
-        click.echo("a process exited; stopping the others", err=True)
     except KeyboardInterrupt:
         pass
     finally:
         _stop(children)
+
+
+UP_READY_TIMEOUT_SECONDS = 600.0  # the worker loads VGG19: seconds, or minutes on a busy CPU
+READY_PROBE_SECONDS = 2.0
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail in one line before anything starts when the API's address is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
+        # As gunicorn binds: a port that only has connections in TIME_WAIT is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise click.ClickException(
+                f"cannot serve the API on {host}:{port}: {exc.strerror or exc} "
+                "(another stylequeue up? stop it, or choose another --port)"
+            ) from None
+
+
+def _wait_until_up(
+    host: str, port: int, settings: Settings, pieces: dict[str, subprocess.Popen[bytes]]
+) -> None:
+    """Until the API answers /readyz and the worker that up started has registered; a
+    ClickException naming the piece that exited first, or what was still missing."""
+    from shared.db import Database
+
+    probe_host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    if ":" in probe_host:
+        probe_host = f"[{probe_host}]"
+    readyz = f"http://{probe_host}:{port}/readyz"
+    worker_group = pieces["the worker"].pid
+    database = Database(settings.database_url)
+    api_ready = worker_ready = False
+    deadline = time.monotonic() + UP_READY_TIMEOUT_SECONDS
+    try:
+        while not (api_ready and worker_ready):
+            for name, child in pieces.items():
+                if child.poll() is not None:
+                    raise click.ClickException(
+                        f"{name} exited with status {child.returncode} before stylequeue "
+                        "was up (its lines above say why); stopped the others"
+                    )
+            if time.monotonic() > deadline:
+                missing = "the API's /readyz" if not api_ready else "the worker's registration"
+                raise click.ClickException(
+                    f"not up after {UP_READY_TIMEOUT_SECONDS:.0f} s: still waiting for "
+                    f"{missing}; stopped everything"
+                )
+            api_ready = api_ready or _answers_ready(readyz)
+            worker_ready = worker_ready or _worker_registered(database, worker_group)
+            if not (api_ready and worker_ready):
+                time.sleep(0.5)
+    finally:
+        database.dispose()
+
+
+def _answers_ready(url: str) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=READY_PROBE_SECONDS) as response:
+            return bool(response.status == 200)
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def _worker_registered(database: Database, worker_group: int) -> bool:
+    """Whether a process of the worker that up started (its pool process, in the worker's
+    process group) is in the ``workers`` registry: it registers once VGG19 is loaded."""
+    from sqlalchemy import select
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from shared.models import Worker
+
+    try:
+        with database.session() as session:
+            pids = session.scalars(
+                select(Worker.pid).where(Worker.hostname == socket.gethostname())
+            ).all()
+    except SQLAlchemyError:
+        return False
+    for pid in pids:
+        try:
+            if os.getpgid(pid) == worker_group:
+                return True
+        except OSError:
+            continue  # a row of a process that is gone
+    return False
 
 
 def _exit_on_signal(signum: int, _frame: object) -> None:
