@@ -146,7 +146,8 @@ class _ProgressLine:
     "param_items",
     multiple=True,
     metavar="NAME=VALUE",
-    help="A job parameter (repeatable); VALUE is JSON when it parses, else a string.",
+    help="A job parameter (repeatable; `stylequeue params` lists them); VALUE is JSON "
+    "when it parses, else a string.",
 )
 @click.option(
     "--wait", "wait_", is_flag=True, help="Show progress until the job ends, then save the result."

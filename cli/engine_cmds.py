@@ -65,7 +65,11 @@ def _read_image(path: Path, field: str) -> Any:
     help="Output image (.png, .jpg).",
 )
 @click.option(
-    "--param", "params", multiple=True, metavar="NAME=VALUE", help="A job parameter; repeatable."
+    "--param",
+    "params",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A job parameter (repeatable; `stylequeue params` lists them).",
 )
 @click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
@@ -85,7 +89,7 @@ def stylize(
 ) -> None:
     """Stylize CONTENT after one or more STYLE images and write OUTPUT, on this machine.
 
-    Parameters are those of a job (see docs/engine.md), e.g.
+    Parameters are those of a job (`stylequeue params` lists them), e.g.
     --param size=512 --param iterations=300 --param style_blend=[2,1].
     """
     from shared.params import parse_params

@@ -1,16 +1,21 @@
 """The job parameters: one schema, used by the API, the worker, the engine and the CLI.
 
 Every knob has a named default and a range, defined here once. The pydantic
-model validates (and fills defaults); ``openapi.json`` is generated from it.
+model validates (and fills defaults); ``openapi.json`` is generated from it, and
+``param_specs`` reads it back for ``stylequeue params``.
 """
 
 from __future__ import annotations
 
 import difflib
+import types
+import typing
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.fields import FieldInfo
 
 from shared.errors import ParameterError
 
@@ -146,6 +151,83 @@ def parse_params(raw: Mapping[str, Any] | None) -> StyleParams:
         raise ParameterError(
             loc, err["msg"], details={"input": _jsonable(err.get("input"))}
         ) from None
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One job parameter as the schema defines it, for people to read (``stylequeue params``).
+
+    ``kind`` is ``integer``, ``number``, ``boolean``, ``string`` (then ``choices``
+    lists the values) or ``numbers`` (a list of ``min_items`` to ``max_items``);
+    ``minimum``/``maximum`` are inclusive bounds; ``nullable`` says null is a value.
+    """
+
+    name: str
+    kind: str
+    default: Any
+    description: str
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] | None = None
+    min_items: int | None = None
+    max_items: int | None = None
+    nullable: bool = False
+
+
+def param_specs() -> list[ParamSpec]:
+    """Every job parameter, in the schema's order, read from StyleParams itself.
+
+    A field of a shape it does not know raises TypeError rather than being
+    listed wrongly.
+    """
+    return [_spec(name, field) for name, field in StyleParams.model_fields.items()]
+
+
+def _spec(name: str, field: FieldInfo) -> ParamSpec:
+    annotation = field.annotation
+    nullable = False
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        nullable = len(members) < len(typing.get_args(annotation))
+        if len(members) != 1:
+            raise TypeError(f"{name}: cannot describe the type {annotation}")
+        annotation = members[0]
+    bounds: dict[str, Any] = {}
+    for rule in field.metadata:
+        for attribute, key in (
+            ("ge", "minimum"),
+            ("le", "maximum"),
+            ("min_length", "min_items"),
+            ("max_length", "max_items"),
+        ):
+            if hasattr(rule, attribute):
+                bounds[key] = getattr(rule, attribute)
+                break
+        else:
+            raise TypeError(f"{name}: cannot describe the constraint {rule!r}")
+    origin = typing.get_origin(annotation)
+    choices = None
+    if origin is Literal:
+        kind, choices = "string", tuple(typing.get_args(annotation))
+    elif origin is list and typing.get_args(annotation) == (float,):
+        kind = "numbers"
+    elif annotation is bool:
+        kind = "boolean"
+    elif annotation is int:
+        kind = "integer"
+    elif annotation is float:
+        kind = "number"
+    else:
+        raise TypeError(f"{name}: cannot describe the type {annotation}")
+    return ParamSpec(
+        name=name,
+        kind=kind,
+        default=field.default,
+        description=field.description or "",
+        choices=choices,
+        nullable=nullable,
+        **bounds,
+    )
 
 
 def unknown_parameter(name: str) -> ParameterError:
