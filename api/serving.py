@@ -1,18 +1,33 @@
 """How ``stylequeue api`` serves: gunicorn's settings and hooks (``gunicorn -c python:api.serving``).
 
+The serving model: a gunicorn master and its worker processes (one per core),
+each an asyncio event loop (gunicorn's ``asgi`` worker) that reads requests
+whole and hands them to a few threads running the Flask app (``api.asgi``). A
+slow client costs a socket and a buffer, never a thread; the limits below bound
+how long it may take and how many connections a process holds.
+
 The command line (``cli.server_cmds.api_argv``) adds the bind address, the number
-of processes and the application; everything else that shapes the serving model
-is here, so that ``stylequeue api``, ``stylequeue up``, the image and the
-benchmarks run the same server.
+of processes and threads, and the application; everything else that shapes the
+serving model is here, so that ``stylequeue api``, ``stylequeue up``, the image and
+the benchmarks run the same server.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import os
 import signal
 import sys
 from typing import Any
+
+from gunicorn.asgi.protocol import ASGIProtocol
+from gunicorn.workers import gasgi
+
+worker_class = "api.serving.Worker"
+worker_connections = 1000  # per process: a connection beyond it is closed at once
+HEAD_SECONDS = 10.0  # a new connection's first request head must be complete by then
+keepalive = 5  # seconds an idle kept-alive connection stays open (and a next head may take)
 
 # The master's control socket (gunicornc) is one path per user by default, shared by
 # every gunicorn that user runs; nothing here uses it.
@@ -47,3 +62,80 @@ def post_fork(server: Any, worker: Any) -> None:
     its workers from its main thread, the one that lives as long as the master.
     """
     die_with_parent(server.pid)
+
+
+class GuardedProtocol(ASGIProtocol):
+    """gunicorn's HTTP/1 protocol with a deadline on a new connection's first request head,
+    and a cap on the connections a process holds.
+
+    Later heads on a kept-alive connection are bounded by its keep-alive timer,
+    which gunicorn arms while it waits for the next request.
+    """
+
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        if self.worker.nr_conns > self.worker.worker_connections:
+            self._keepalive_timeout()  # closes the connection and lets its task end
+            return
+        self._head_timer = self.worker.loop.call_later(HEAD_SECONDS, self._head_timeout)
+        self.worker.protocols.add(self)
+
+    def _on_headers_complete(self) -> Any:
+        self._cancel_head_timer()
+        return super()._on_headers_complete()
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        if self._current_request is None and not self._closed:
+            self.log.info("closing a connection whose request head took over %g s", HEAD_SECONDS)
+            self._keepalive_timeout()
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._cancel_head_timer()
+        self.worker.protocols.discard(self)
+        super().connection_lost(exc)
+
+    def close_if_idle(self) -> None:
+        """Close the connection unless a request is under way on it (for a stopping worker)."""
+        if self._current_request is None and not self._closed:
+            self._keepalive_timeout()
+
+
+class Worker(gasgi.ASGIWorker):
+    """gunicorn's asyncio worker, serving through ``GuardedProtocol``; ``--threads`` sizes the
+    thread pool of the app's bridge (``api.asgi.WsgiBridge``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.protocols: set[GuardedProtocol] = set()
+
+    @classmethod
+    def check_config(cls, cfg: Any, log: Any) -> None:
+        """gunicorn's warning that this worker ignores ``--threads`` does not apply here."""
+
+    def init_process(self) -> None:
+        # The worker builds its connections' protocol from this module-level name.
+        gasgi.ASGIProtocol = GuardedProtocol
+        super().init_process()
+
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        from api.asgi import WsgiBridge
+
+        if isinstance(self.asgi, WsgiBridge):
+            self.asgi.threads = self.cfg.threads
+
+    async def _shutdown(self) -> None:
+        """A stopping worker closes its idle and half-opened connections at once (a client's next
+        request goes to the new workers), then waits for the requests under way, as gunicorn
+        does, for at most its graceful timeout."""
+        for protocol in list(self.protocols):
+            protocol.close_if_idle()
+        await super()._shutdown()

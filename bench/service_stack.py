@@ -2,7 +2,7 @@
 
 Its own PostgreSQL database (created, then dropped), its own Redis key
 prefix (deleted afterwards), a temporary data dir, gunicorn serving
-``api.wsgi:app`` (``create_app()``, as ``stylequeue api`` serves it) and, on
+``api.asgi:app`` with ``api.serving``'s settings (as ``stylequeue api`` serves it) and, on
 request, one real Celery worker. Everything it
 starts it stops, in reverse order, even when the benchmark fails.
 """
@@ -41,13 +41,14 @@ class GunicornConfig:
 
     workers: int = 2  # one per core: the views are CPU-bound Python between short DB/Redis waits
     threads: int = 4  # overlap the PostgreSQL, Redis and fsync waits within a worker
-    worker_class: str = "gthread"
-    app: str = "api.wsgi:app"  # what `stylequeue api` serves: create_app() with logging set up
+    worker_class: str = "api.serving.Worker"  # asyncio, requests read whole (api/serving.py)
+    app: str = "api.asgi:app"  # what `stylequeue api` serves: the Flask app behind its bridge
     access_log: bool = False  # off by default in `stylequeue api` too (--access-log turns it on)
 
     def argv(self, host: str, port: int) -> list[str]:
         return [
-            sys.executable, "-m", "gunicorn", "-k", self.worker_class, "-w", str(self.workers),
+            sys.executable, "-m", "gunicorn", "-c", "python:api.serving",
+            "-k", self.worker_class, "-w", str(self.workers),
             "--threads", str(self.threads), "-b", f"{host}:{port}", "--keep-alive", "30",
             *(["--access-logfile", "-"] if self.access_log else []), self.app,
         ]  # fmt: skip

@@ -25,8 +25,8 @@ if TYPE_CHECKING:
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 DEFAULT_API_WORKERS = 2  # gunicorn processes; one per core is a fair start
-DEFAULT_API_THREADS = 4  # per process: a submit spends much of its time waiting on fsync
-API_APP = "api.wsgi:app"
+DEFAULT_API_THREADS = 4  # per process, for the Flask app: a submit waits much on fsync
+API_APP = "api.asgi:app"  # the Flask app behind a bridge that reads requests whole
 SERVING_CONFIG = "api.serving"  # gunicorn settings and hooks (a Python module)
 CELERY_APP = "worker.celery_worker"
 REDIS_START_WAIT_SECONDS = 5.0
@@ -60,8 +60,6 @@ def api_argv(host: str, port: int, workers: int, *, access_log: bool = False) ->
         f"{host}:{port}",
         "--workers",
         str(workers),
-        "--worker-class",
-        "gthread",
         "--threads",
         str(DEFAULT_API_THREADS),
         *log_options,
@@ -139,7 +137,8 @@ def scheduler_argv(settings: Settings, loglevel: str = "INFO") -> list[str]:
 @click.option("--access-log", is_flag=True, help="Log every request to stdout.")
 @click.option("--dev", is_flag=True, help="Flask's development server instead of gunicorn.")
 def api(host: str, port: int, workers: int, access_log: bool, dev: bool) -> None:
-    """Serve the HTTP API (gunicorn, gthread: WORKERS processes x 4 threads)."""
+    """Serve the HTTP API: gunicorn, WORKERS processes, each an event loop that reads requests
+    whole and runs the app on 4 threads (api/serving.py)."""
     settings = _settings()
     if dev:
         from api import create_app

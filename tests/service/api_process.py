@@ -1,4 +1,4 @@
-"""The real API process for the fault tests: ``stylequeue api`` (gunicorn, gthread 2x4).
+"""The real API process for the fault tests: ``stylequeue api`` (gunicorn, 2 processes).
 
 Started in a process group of its own, so that a SIGKILL reaches the master
 and its workers alike, as a crashed container or a killed unit would.

@@ -1,6 +1,6 @@
 """Faults: the API restarted under submit load.
 
-The real API (``stylequeue api``: gunicorn, gthread 2x4) and a real worker on
+The real API (``stylequeue api``: gunicorn, 2 processes) and a real worker on
 the run's database; no reconciler runs, so a job committed just before a
 SIGKILL, its id not yet sent to Redis, must be sent again by the client's
 retry (a replay of a queued job re-sends its id). Client threads
