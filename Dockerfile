@@ -69,8 +69,9 @@ ENV PATH=/opt/venv/bin:$PATH \
 USER stylequeue
 WORKDIR /var/lib/stylequeue
 EXPOSE 8000
-# gunicorn, gthread workers: keep-alive, and database and fsync waits overlap
-# (bench/README.md, "Service"). More processes for more cores: --workers N.
+# `stylequeue api` is the serving model (api/serving.py, docs/deployment.md): gunicorn, one
+# asyncio process per core that reads each request whole before a thread runs the app, so slow
+# clients hold no thread. More processes for more cores: --workers N.
 CMD ["stylequeue", "api", "--host", "0.0.0.0", "--port", "8000"]
 
 # --- flower: the runtime image plus Celery's monitoring UI (compose profile "monitoring") --

@@ -156,3 +156,25 @@ def test_stylequeue_commands_in_the_dockerfile_exist() -> None:
     assert {"api", "worker", "stylize"} <= used
     for name in used:
         assert cli.get_command(None, name) is not None, f"`stylequeue {name}` does not exist"  # type: ignore[arg-type]
+
+
+def test_the_api_ships_the_serving_model_that_reads_requests_whole(
+    compose: dict[str, Any],
+) -> None:
+    """Compose and the image run `stylequeue api`, and that is gunicorn with the asyncio worker
+    and the bridge that reads each request whole (no proxy in front is needed for slow clients)."""
+    from gunicorn.workers.gasgi import ASGIWorker
+
+    import api.serving
+    from cli.server_cmds import api_argv
+
+    command = compose["services"]["api"]["command"]
+    assert command[:2] == ["stylequeue", "api"]
+    cmd = re.search(r"^CMD (\[.*\])$", DOCKERFILE, flags=re.MULTILINE)
+    assert cmd is not None and json.loads(cmd.group(1))[:2] == ["stylequeue", "api"]
+    argv = api_argv("0.0.0.0", 8000, 2)
+    assert argv[argv.index("--config") + 1] == "python:api.serving"
+    assert argv[-1] == "api.asgi:app"
+    assert "--worker-class" not in argv  # it comes from the serving module
+    assert api.serving.worker_class == "api.serving.Worker"
+    assert issubclass(api.serving.Worker, ASGIWorker)
