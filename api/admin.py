@@ -6,10 +6,9 @@ and the actions cancel, retry and delete-files. Admin keys only (401 without a k
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, Response, request
@@ -22,7 +21,7 @@ from shared import admin
 from shared.errors import ForbiddenError, InvalidInputError
 from shared.jobs import parse_job_id
 from shared.logging import log_cancel_requested
-from shared.models import WORKER_LENGTH, JobStatus, utcnow
+from shared.models import utcnow
 from shared.pagination import Cursor, parse_limit
 
 blueprint = Blueprint("admin_api", __name__, url_prefix="/v1/admin")
@@ -47,85 +46,9 @@ def _json(body: Any, status: int = 200) -> Response:
 # ---------------------------------------------------------------- parsing
 
 
-def parse_statuses(args: MultiDict[str, str]) -> list[JobStatus]:
-    """The ``status`` filter, repeated and/or comma-separated; an unknown one is a 400."""
-    statuses: list[JobStatus] = []
-    for raw in args.getlist("status"):
-        for part in filter(None, (p.strip() for p in raw.split(","))):
-            try:
-                statuses.append(JobStatus(part))
-            except ValueError:
-                raise InvalidInputError(
-                    f"status: {part!r} is not one of {', '.join(s.value for s in JobStatus)}",
-                    field="status",
-                    code="invalid_status",
-                ) from None
-    return statuses
-
-
 def parse_filters(args: MultiDict[str, str]) -> admin.JobFilters:
-    """The admin list's filters from a query string; every bad value is a 400 naming it."""
-    statuses = parse_statuses(args)
-    created_from = _parse_time(args, "created_from")
-    created_to = _parse_time(args, "created_to")
-    if created_from is not None and created_to is not None and created_to <= created_from:
-        raise InvalidInputError(
-            "created_to: must be later than created_from",
-            field="created_to",
-            code="invalid_time_range",
-        )
-    worker = args.get("worker")
-    if worker is not None and ("\x00" in worker or len(worker) > WORKER_LENGTH):
-        raise InvalidInputError(
-            f"worker: a worker name of at most {WORKER_LENGTH} characters",
-            field="worker",
-            code="invalid_worker",
-        )
-    return admin.JobFilters(
-        statuses=tuple(dict.fromkeys(statuses)),
-        client_id=_parse_client_id(args.get("client_id")),
-        worker=worker if worker else None,
-        created_from=created_from,
-        created_to=created_to,
-    )
-
-
-MAX_INT = 2**31 - 1
-
-
-def _parse_client_id(raw: str | None) -> int | None:
-    if raw is None or raw == "":
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if not 0 < value <= MAX_INT:
-        raise InvalidInputError(
-            "client_id: must be a positive integer", field="client_id", code="invalid_client_id"
-        )
-    return value
-
-
-def _parse_time(args: Mapping[str, str], name: str) -> datetime | None:
-    raw = args.get(name)
-    if raw is None or raw == "":
-        return None
-    # A "+" left unencoded in a query string arrives as a space: "…T00:00:00 01:00".
-    text = re.sub(r" (\d\d(:?\d\d)?)$", r"+\1", raw.strip())
-    try:
-        value: datetime | None = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        if value is not None and value.tzinfo is not None:
-            value.astimezone(UTC)  # out of range once in UTC (year 1 or 9999)
-    except (ValueError, OverflowError):
-        value = None
-    if value is None or value.tzinfo is None:
-        raise InvalidInputError(
-            f"{name}: must be an ISO 8601 time with a zone, e.g. 2026-11-28T00:00:00Z",
-            field=name,
-            code="invalid_time",
-        )
-    return value
+    """The admin list's filters (the parser the /admin page uses too); a bad value is a 400."""
+    return admin.parse_job_filters(args, client_field="client_id")
 
 
 def _reject_unknown(args: Mapping[str, str], known: frozenset[str]) -> None:
@@ -247,14 +170,7 @@ def delete_job_files(job_id: str) -> Response:
 @blueprint.get("/stats")
 def stats() -> Response:
     _reject_unknown(request.args, frozenset({"hours"}))
-    raw = request.args.get("hours")
-    hours = admin.DEFAULT_STATS_HOURS
-    if raw is not None and raw != "":
-        try:
-            hours = int(raw)
-        except ValueError:
-            hours = 0
-    result = admin.job_stats(read_session(), hours=hours)
+    result = admin.job_stats(read_session(), hours=admin.parse_hours(request.args.get("hours")))
     return _json(_plain(asdict(result)))
 
 

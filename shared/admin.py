@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import (
     ColumnElement,
@@ -39,7 +40,7 @@ from sqlalchemy.orm import Session
 from shared import jobs
 from shared.errors import ConflictError, InvalidInputError
 from shared.jobs import Enqueue, EventKind, get_job
-from shared.models import ApiClient, Job, JobEvent, JobStatus, Worker, utcnow
+from shared.models import WORKER_LENGTH, ApiClient, Job, JobEvent, JobStatus, Worker, utcnow
 from shared.pagination import Cursor
 from shared.storage import LocalStorage
 from shared.workers import ALIVE_SECONDS
@@ -64,6 +65,142 @@ class JobFilters:
     worker: str | None = None
     created_from: datetime | None = None
     created_to: datetime | None = None
+
+
+# ---------------------------------------------------------------- parsing query strings
+# The admin JSON API and the /admin page read their filters with these functions (the
+# page names the client filter ``client``, the API ``client_id``): every bad value is an
+# InvalidInputError (400) naming its field, before anything reaches the database.
+
+MAX_ID = 2**31 - 1  # an INTEGER column: a larger id would be a database error, not a miss
+MAX_NUMBER_DIGITS = 10
+MAX_TIME_LENGTH = 64
+SHOWN_CHARACTERS = 40  # of a rejected value, in the error message
+_DIGITS = re.compile(r"[0-9]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+JOB_FILTER_FIELDS = ("status", "worker", "created_from", "created_to")
+
+
+class QueryArgs(Protocol):
+    """A query string as Werkzeug's MultiDict gives it."""
+
+    def get(self, key: str) -> str | None: ...
+    def getlist(self, key: str) -> list[str]: ...
+
+
+def shown(raw: str) -> str:
+    """A rejected value as an error message quotes it: repr'd, and cut when long."""
+    if len(raw) <= SHOWN_CHARACTERS:
+        return repr(raw)
+    return repr(raw[:SHOWN_CHARACTERS]) + f"… ({len(raw)} characters)"
+
+
+def parse_statuses(args: QueryArgs) -> tuple[JobStatus, ...]:
+    """The ``status`` filter, repeated and/or comma-separated, in JobStatus order;
+    an unknown status is a 400 ``invalid_status``."""
+    chosen: set[JobStatus] = set()
+    for raw in args.getlist("status"):
+        for part in filter(None, (p.strip() for p in raw.split(","))):
+            try:
+                chosen.add(JobStatus(part))
+            except ValueError:
+                raise InvalidInputError(
+                    f"status: {shown(part)} is not one of {', '.join(s.value for s in JobStatus)}",
+                    field="status",
+                    code="invalid_status",
+                ) from None
+    return tuple(s for s in JobStatus if s in chosen)
+
+
+def parse_whole_number(
+    raw: str | None, *, field: str, low: int, high: int, code: str
+) -> int | None:
+    """A whole number ``low``..``high`` written in ASCII digits (no sign, no ``_``, no
+    other script's digits); None when absent or empty; otherwise a 400 naming ``field``."""
+    if raw is None or raw.strip() == "":
+        return None
+    text = raw.strip()
+    if _DIGITS.fullmatch(text) and len(text) <= MAX_NUMBER_DIGITS and low <= int(text) <= high:
+        return int(text)
+    raise InvalidInputError(
+        f"{field}: {shown(raw)} is not a whole number from {low} to {high}",
+        field=field,
+        code=code,
+    )
+
+
+def parse_hours(raw: str | None) -> int:
+    """The statistics window (``hours``): 1..MAX_STATS_HOURS, DEFAULT_STATS_HOURS when absent."""
+    hours = parse_whole_number(
+        raw, field="hours", low=1, high=MAX_STATS_HOURS, code="invalid_hours"
+    )
+    return DEFAULT_STATS_HOURS if hours is None else hours
+
+
+def parse_worker(raw: str | None, *, field: str = "worker") -> str | None:
+    """A worker name as the jobs show it: at most WORKER_LENGTH characters, no control
+    characters (PostgreSQL refuses NUL in text); None when absent or empty."""
+    if raw is None or raw.strip() == "":
+        return None
+    text = raw.strip()
+    if len(text) > WORKER_LENGTH or _CONTROL.search(text):
+        raise InvalidInputError(
+            f"{field}: {shown(raw)} is not a worker name (at most {WORKER_LENGTH} "
+            "characters, no control characters)",
+            field=field,
+            code="invalid_worker",
+        )
+    return text
+
+
+def parse_time(raw: str | None, *, field: str) -> datetime | None:
+    """An ISO 8601 time with a zone (``Z`` or ``+01:00``), in UTC; None when absent or empty."""
+    if raw is None or raw.strip() == "":
+        return None
+    # A "+" left unencoded in a query string arrives as a space: "…T00:00:00 01:00".
+    text = re.sub(r" (\d\d(:?\d\d)?)$", r"+\1", raw.strip())
+    value: datetime | None = None
+    if len(text) <= MAX_TIME_LENGTH and not _CONTROL.search(text):
+        try:
+            value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            if value.tzinfo is not None:
+                value = value.astimezone(UTC)  # out of range once in UTC (year 1 or 9999)
+        except (ValueError, OverflowError):
+            value = None
+    if value is None or value.tzinfo is None:
+        raise InvalidInputError(
+            f"{field}: must be an ISO 8601 time with a zone, e.g. 2026-11-28T00:00:00Z",
+            field=field,
+            code="invalid_time",
+        )
+    return value
+
+
+def parse_job_filters(args: QueryArgs, *, client_field: str = "client_id") -> JobFilters:
+    """The job list's filters from a query string: ``status`` (repeated or comma-separated),
+    ``client_field`` (a client id), ``worker``, ``created_from`` (inclusive) and
+    ``created_to`` (exclusive, later than ``created_from``). Every bad value is a 400
+    naming its field; nothing that reaches the database can make it fail."""
+    statuses = parse_statuses(args)
+    client_id = parse_whole_number(
+        args.get(client_field), field=client_field, low=1, high=MAX_ID, code="invalid_client_id"
+    )
+    worker = parse_worker(args.get("worker"))
+    created_from = parse_time(args.get("created_from"), field="created_from")
+    created_to = parse_time(args.get("created_to"), field="created_to")
+    if created_from is not None and created_to is not None and created_to <= created_from:
+        raise InvalidInputError(
+            "created_to: must be later than created_from",
+            field="created_to",
+            code="invalid_time_range",
+        )
+    return JobFilters(
+        statuses=statuses,
+        client_id=client_id,
+        worker=worker,
+        created_from=created_from,
+        created_to=created_to,
+    )
 
 
 @dataclass(frozen=True)

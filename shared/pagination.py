@@ -7,12 +7,13 @@ import binascii
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from shared.errors import InvalidInputError
 
 DEFAULT_PAGE_LIMIT = 20
 MAX_PAGE_LIMIT = 100
+MAX_CURSOR_LENGTH = 200  # the ones ``encode`` makes are about 100 characters
 
 
 @dataclass(frozen=True)
@@ -30,13 +31,24 @@ class Cursor:
     def decode(cls, token: str) -> Cursor:
         """Parse a token from ``encode``; anything else is a 400 ``invalid_cursor``."""
         try:
+            if len(token) > MAX_CURSOR_LENGTH:
+                raise ValueError("longer than any cursor this API makes")
             padded = token + "=" * (-len(token) % 4)
             created, job_id = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
             when = datetime.fromisoformat(created)
             if when.tzinfo is None:
                 raise ValueError("naive timestamp")
+            when.astimezone(UTC)  # out of range once in UTC (year 1 or 9999)
             return cls(created_at=when, job_id=uuid.UUID(job_id))
-        except (ValueError, TypeError, AttributeError, binascii.Error, UnicodeError):
+        except (
+            ValueError,
+            TypeError,
+            AttributeError,
+            OverflowError,
+            RecursionError,
+            binascii.Error,
+            UnicodeError,
+        ):
             raise InvalidInputError(
                 "cursor: not a cursor returned by this API", field="cursor", code="invalid_cursor"
             ) from None

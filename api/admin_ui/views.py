@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import uuid
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -25,12 +27,12 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
-from api.admin import parse_statuses
 from api.admin_ui import auth, charts
 from api.admin_ui.thumbnails import THUMB_SIZES, ThumbnailCache, placeholder_svg
 from api.errors import HTTP_ERROR_CODES
 from api.job_json import job_dict
 from api.services import db_session, services
+from api.uploads import serve_input
 from shared import admin
 from shared.errors import (
     ClientError,
@@ -58,6 +60,7 @@ PUBLIC_ENDPOINTS = {"admin_ui.login", "admin_ui.static"}
 JSON_ENDPOINTS = {"admin_ui.live"}
 LIVE_MAX_IDS = 100
 CLIENTS_IN_FILTER = 500
+MAX_NEXT_LENGTH = 2000
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 _thumbs = ThumbnailCache()
 
@@ -173,6 +176,8 @@ def _safe_next(raw: str | None) -> str:
     default = url_for("admin_ui.jobs_page")
     if not raw or not raw.startswith("/admin") or raw.startswith("//") or "\\" in raw:
         return default
+    if len(raw) > MAX_NEXT_LENGTH or not raw.isascii() or not raw.isprintable():
+        return default  # a Location header takes neither control characters nor raw non-ASCII
     if raw.startswith(("/admin/login", "/admin/logout")):
         return default
     return raw
@@ -181,41 +186,31 @@ def _safe_next(raw: str | None) -> str:
 # ------------------------------------------------------------------ jobs table
 
 
+CLIENT_FIELD = "client"  # the page's name for the client filter (the JSON API's: client_id)
+
+
 def parse_filters(args: MultiDict[str, str]) -> admin.JobFilters:
-    """The table's filters from the query string; InvalidInputError (400) naming the bad one."""
-    statuses = parse_statuses(args)
-    client_id = None
-    raw_client = args.get("client", "").strip()
-    if raw_client:
-        if not raw_client.isdigit():
-            raise InvalidInputError(
-                f"client: {raw_client!r} is not a client id (a whole number)",
-                field="client",
-                code="invalid_client",
-            )
-        client_id = int(raw_client)
-    worker = args.get("worker", "").strip() or None
-    ordered = tuple(s for s in JobStatus if s in statuses)
-    return admin.JobFilters(statuses=ordered, client_id=client_id, worker=worker)
+    """The table's filters, by the parser the admin API uses; a bad one is a 400 page."""
+    return admin.parse_job_filters(args, client_field=CLIENT_FIELD)
 
 
 def _filter_query(filters: admin.JobFilters, **extra: str) -> str:
     pairs: list[tuple[str, str]] = [("status", s.value) for s in filters.statuses]
     if filters.client_id is not None:
-        pairs.append(("client", str(filters.client_id)))
+        pairs.append((CLIENT_FIELD, str(filters.client_id)))
     if filters.worker:
         pairs.append(("worker", filters.worker))
+    for name in ("created_from", "created_to"):
+        value = getattr(filters, name)
+        if value is not None:
+            pairs.append((name, value.isoformat().replace("+00:00", "Z")))
     pairs += [(k, v) for k, v in extra.items() if v]
     return ("?" + urlencode(pairs)) if pairs else ""
 
 
 def _toggle(filters: admin.JobFilters, status: JobStatus) -> str:
     chosen = set(filters.statuses) ^ {status}
-    toggled = admin.JobFilters(
-        statuses=tuple(s for s in JobStatus if s in chosen),
-        client_id=filters.client_id,
-        worker=filters.worker,
-    )
+    toggled = replace(filters, statuses=tuple(s for s in JobStatus if s in chosen))
     return url_for("admin_ui.jobs_page") + _filter_query(toggled)
 
 
@@ -241,6 +236,7 @@ def jobs_page() -> str:
         filters=filters,
         statuses=list(JobStatus),
         toggle_url={s.value: _toggle(filters, s) for s in JobStatus},
+        all_url=url_for("admin_ui.jobs_page") + _filter_query(replace(filters, statuses=())),
         clients=clients,
         older_url=older,
         is_first_page=cursor is None,
@@ -406,7 +402,7 @@ def _file_name(name: str) -> str:
         return PREVIEW_FILE
     if name == "result":
         return RESULT_FILE
-    if name.startswith("style-") and name[6:].isdigit() and len(name) <= 9:
+    if re.fullmatch(r"style-[0-9]{1,3}", name):
         return style_file(int(name[6:]))
     raise NotFoundError(
         f"no image {name!r}: content, style-N, preview or result", code="image_not_found"
@@ -418,7 +414,7 @@ def thumbnail(job_id: str, name: str) -> Response:
     """A JPEG thumbnail (``?size=96`` or 320); an SVG placeholder when the file is gone."""
     file_name = _file_name(name)
     raw_size = request.args.get("size", str(THUMB_SIZES[0]))
-    if not raw_size.isdigit() or int(raw_size) not in THUMB_SIZES:
+    if raw_size not in {str(s) for s in THUMB_SIZES}:
         raise InvalidInputError(
             f"size: must be one of {', '.join(map(str, THUMB_SIZES))}", field="size"
         )
@@ -443,7 +439,9 @@ def image(job_id: str, name: str) -> Response:
     path = services().storage.path(parse_job_id(job_id), file_name)
     if not path.is_file():
         raise NotFoundError(f"job {job_id} has no {name} file (never written, or deleted)")
-    return send_file(path, max_age=0, mimetype="image/png" if name != "content" else None)
+    if name == "content" or name.startswith("style-"):
+        return serve_input(path)  # as uploaded: its own type, never sniffed
+    return send_file(path, max_age=0, mimetype="image/png")
 
 
 # ------------------------------------------------------------------ stats and workers
@@ -451,14 +449,7 @@ def image(job_id: str, name: str) -> Response:
 
 @blueprint.get("/stats")
 def stats_page() -> str:
-    raw_hours = request.args.get("hours", str(admin.DEFAULT_STATS_HOURS))
-    if not raw_hours.isdigit() or not 1 <= int(raw_hours) <= admin.MAX_STATS_HOURS:
-        raise InvalidInputError(
-            f"hours: must be a whole number from 1 to {admin.MAX_STATS_HOURS}",
-            field="hours",
-            code="invalid_hours",
-        )
-    stats = admin.job_stats(db_session(), hours=int(raw_hours))
+    stats = admin.job_stats(db_session(), hours=admin.parse_hours(request.args.get("hours")))
     per_hour = stats.per_hour
     every = max(1, len(per_hour) // 8)
     labels = [b.hour_start.strftime("%H:00" if stats.hours <= 48 else "%m-%d %H") for b in per_hour]

@@ -144,6 +144,9 @@ def test_bad_filters_are_a_400_page_naming_them(http: FlaskClient, admin_key: st
         ("client=abc", "client"),
         ("cursor=xyz", "cursor"),
         ("limit=100000", "limit"),
+        ("worker=%00", "worker"),
+        ("client=99999999999999999999", "client"),
+        ("created_from=2026-01-01", "created_from"),
     ):
         response = http.get(f"/admin?{query}")
         assert response.status_code == 400, query

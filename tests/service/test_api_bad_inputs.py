@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
+import re
+import secrets
 import struct
 import zlib
 from collections.abc import Callable
@@ -15,6 +18,8 @@ from flask.testing import FlaskClient
 from PIL import Image
 from werkzeug.test import TestResponse
 
+from api.services import EXTENSION_KEY
+from shared.auth import create_client
 from shared.params import MAX_STYLES
 
 MAX_UPLOAD_BYTES = 256 * 1024  # tests/conftest.py's service_env
@@ -118,6 +123,52 @@ def get(path: str) -> Callable[..., TestResponse]:
     return send
 
 
+def _admin_key(http: FlaskClient) -> str:
+    """A new admin client in the app's database (a client row is not something a case counts)."""
+    app: Any = http.application
+    with app.extensions[EXTENSION_KEY].db.session() as session:
+        _, key = create_client(session, f"bad-inputs-{secrets.token_hex(3)}", is_admin=True)
+    return key
+
+
+def admin_api(path: str) -> Callable[..., TestResponse]:
+    """GET ``path`` of the admin JSON API with an admin key."""
+
+    def send(http: FlaskClient, _auth: dict[str, str], _images: Images, job: str) -> TestResponse:
+        headers = {"Authorization": f"Bearer {_admin_key(http)}"}
+        return http.get(path.format(job=job), headers=headers)
+
+    return send
+
+
+def admin_page(path: str, *, method: str = "GET") -> Callable[..., TestResponse]:
+    """``path`` of the /admin pages, logged in through the login form; the error comes back as
+    JSON (Accept), the same error the page shows in HTML."""
+
+    def send(http: FlaskClient, _auth: dict[str, str], _images: Images, job: str) -> TestResponse:
+        token = re.compile(r'name="csrf_token" value="([^"]+)"')
+        found = token.search(http.get("/admin/login").text)
+        assert found
+        login = {"key": _admin_key(http), "csrf_token": found.group(1)}
+        assert http.post("/admin/login", data=login).status_code == 303
+        found = token.search(http.get("/admin/workers").text)
+        assert found
+        headers = {"Accept": "application/json", "X-CSRF-Token": found.group(1)}
+        return http.open(path.format(job=job), method=method, headers=headers)
+
+    return send
+
+
+def cursor_of(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+DEEP_CURSOR = cursor_of(b"[" * 1500)  # deeper than the JSON parser's recursion limit
+YEAR_ONE_CURSOR = cursor_of(b'["0001-01-01T00:00:00+05:00","00000000-0000-4000-8000-000000000000"]')
+HUGE = "99999999999999999999"
+SUPERSCRIPT_TWO = "%C2%B2"  # a digit to str.isdigit(), not to int()
+UNKNOWN_JOB = "00000000-0000-4000-8000-000000000000"
+
 CASES = [
     Case("no auth", 401, "missing_api_key", None, submit_with(headers=None)),
     Case(
@@ -166,9 +217,9 @@ CASES = [
         submit_with(styles=lambda im: [im("starry_night")[:300]]),
     ),
     Case(
-        "image a Pillow plugin chokes on",
-        400,
-        "invalid_image",
+        "image in a format whose Pillow plugin chokes",  # never run now: DDS is refused
+        415,
+        "unsupported_image_format",
         "content",
         submit_with(content=lambda _: [dds_with_unknown_pixel_format()]),
     ),
@@ -273,6 +324,160 @@ CASES = [
         lambda http, auth, _im, _job: http.delete("/v1/jobs", headers=auth),
     ),
     Case("unknown route", 404, "route_not_found", None, get("/v2/jobs")),
+    Case(
+        "cursor nested too deep",
+        400,
+        "invalid_cursor",
+        "cursor",
+        get(f"/v1/jobs?cursor={DEEP_CURSOR}"),
+    ),
+    Case(
+        "cursor out of range in UTC",
+        400,
+        "invalid_cursor",
+        "cursor",
+        get(f"/v1/jobs?cursor={YEAR_ONE_CURSOR}"),
+    ),
+    # The admin JSON API.
+    Case(
+        "admin list: NUL in worker",
+        400,
+        "invalid_worker",
+        "worker",
+        admin_api("/v1/admin/jobs?worker=%00"),
+    ),
+    Case(
+        "admin list: worker over-long",
+        400,
+        "invalid_worker",
+        "worker",
+        admin_api("/v1/admin/jobs?worker=" + "w" * 256),
+    ),
+    Case(
+        "admin list: client id out of range",
+        400,
+        "invalid_client_id",
+        "client_id",
+        admin_api(f"/v1/admin/jobs?client_id={HUGE}"),
+    ),
+    Case(
+        "admin list: cursor nested too deep",
+        400,
+        "invalid_cursor",
+        "cursor",
+        admin_api(f"/v1/admin/jobs?cursor={DEEP_CURSOR}"),
+    ),
+    Case(
+        "admin list: cursor out of range in UTC",
+        400,
+        "invalid_cursor",
+        "cursor",
+        admin_api(f"/v1/admin/jobs?cursor={YEAR_ONE_CURSOR}"),
+    ),
+    Case(
+        "admin stats: hours with an underscore",
+        400,
+        "invalid_hours",
+        "hours",
+        admin_api("/v1/admin/stats?hours=1_0"),
+    ),
+    # The /admin pages (logged in).
+    Case("page: NUL in worker", 400, "invalid_worker", "worker", admin_page("/admin?worker=%00")),
+    Case(
+        "page: worker over-long",
+        400,
+        "invalid_worker",
+        "worker",
+        admin_page("/admin?worker=" + "w" * 256),
+    ),
+    Case(
+        "page: client id out of range",
+        400,
+        "invalid_client_id",
+        "client",
+        admin_page(f"/admin?client={HUGE}"),
+    ),
+    Case(
+        "page: client id in superscript digits",
+        400,
+        "invalid_client_id",
+        "client",
+        admin_page(f"/admin?client={SUPERSCRIPT_TWO}"),
+    ),
+    Case("page: unknown status", 400, "invalid_status", "status", admin_page("/admin?status=done")),
+    Case("page: limit 0", 400, "invalid_limit", "limit", admin_page("/admin?limit=0")),
+    Case(
+        "page: cursor nested too deep",
+        400,
+        "invalid_cursor",
+        "cursor",
+        admin_page(f"/admin?cursor={DEEP_CURSOR}"),
+    ),
+    Case(
+        "page: cursor out of range in UTC",
+        400,
+        "invalid_cursor",
+        "cursor",
+        admin_page(f"/admin?cursor={YEAR_ONE_CURSOR}"),
+    ),
+    Case(
+        "page: time without a zone",
+        400,
+        "invalid_time",
+        "created_from",
+        admin_page("/admin?created_from=2026-01-01T00:00:00"),
+    ),
+    Case(
+        "page: hours in superscript digits",
+        400,
+        "invalid_hours",
+        "hours",
+        admin_page(f"/admin/stats?hours={SUPERSCRIPT_TWO}"),
+    ),
+    Case(
+        "page: hours out of range",
+        400,
+        "invalid_hours",
+        "hours",
+        admin_page(f"/admin/stats?hours={HUGE}"),
+    ),
+    Case("page: malformed job id", 404, "job_not_found", None, admin_page("/admin/jobs/%00")),
+    Case(
+        "page: thumbnail size in superscript digits",
+        400,
+        "invalid_input",
+        "size",
+        admin_page(f"/admin/jobs/{{job}}/thumbs/content?size={SUPERSCRIPT_TWO}"),
+    ),
+    Case(
+        "page: style image number in superscript digits",
+        404,
+        "image_not_found",
+        None,
+        admin_page(f"/admin/jobs/{{job}}/thumbs/style-{SUPERSCRIPT_TWO}"),
+    ),
+    Case(
+        "page: live with a bad job id",
+        400,
+        "invalid_input",
+        "id",
+        admin_page("/admin/live?id=%00"),
+    ),
+    Case(
+        "page: cancel of an unknown job",
+        404,
+        "job_not_found",
+        None,
+        admin_page(f"/admin/jobs/{UNKNOWN_JOB}/cancel", method="POST"),
+    ),
+    Case(
+        "page: delete files with a malformed job id",
+        404,
+        "job_not_found",
+        None,
+        admin_page("/admin/jobs/%00/delete-files", method="POST"),
+    ),
+    Case("page: unknown page", 404, "page_not_found", None, admin_page("/admin/nothing")),
 ]
 
 
