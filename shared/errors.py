@@ -5,11 +5,13 @@
     ├── ClientError                 the caller's fault; becomes a 4xx JSON error
     │   ├── ParameterError          400: a job parameter is unknown, mistyped or out of range
     │   ├── InvalidInputError       400: a request part is missing or does not decode
+    │   │   └── UnsupportedImageFormatError  415: an image in a format not accepted (GIF…)
     │   ├── UnauthorizedError       401: no valid API key
     │   ├── ForbiddenError          403: the key lacks the right (admin endpoints)
     │   ├── NotFoundError           404: no such resource for this caller
     │   ├── ConflictError           409: the resource is not in a state that allows this
-    │   └── PayloadTooLargeError    413: an upload or the request is over a size limit
+    │   ├── PayloadTooLargeError    413: an upload or the request is over a size limit
+    │   └── IdempotencyKeyReusedError  422: an Idempotency-Key sent again with another request
     ├── ServiceUnavailableError     503: the database or Redis cannot be reached right now
     │   └── StorageError            503: the data dir cannot store or read job files right now
     │       ├── StorageFullError          storage_full: no space left, or a quota used up
@@ -90,6 +92,14 @@ class InvalidInputError(ClientError):
         self.field = field
 
 
+class UnsupportedImageFormatError(InvalidInputError):
+    """Raised when an upload is an image, but in a format that is not accepted (not JPEG,
+    PNG or WebP); ``details`` name the format found and the accepted ones."""
+
+    code = "unsupported_image_format"
+    http_status = 415
+
+
 class UnauthorizedError(ClientError):
     """Raised when the request carries no API key, or one that is not known."""
 
@@ -123,6 +133,17 @@ class PayloadTooLargeError(ClientError):
 
     code = "payload_too_large"
     http_status = 413
+
+
+class IdempotencyKeyReusedError(ClientError):
+    """Raised when an Idempotency-Key comes again with different inputs or parameters.
+
+    The key names a job already made from another request: replaying that job
+    would answer a request that was not the one sent.
+    """
+
+    code = "idempotency_key_reused"
+    http_status = 422
 
 
 class ServiceUnavailableError(StylequeueError):
