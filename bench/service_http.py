@@ -3,7 +3,7 @@
     python bench/service_http.py [--workers 2 --threads 4] [--quick] [--json]
 
 Starts its own stack (service_stack.py: a fresh PostgreSQL database, a Redis
-key prefix, gunicorn serving ``api.wsgi:app``), loads it from this machine
+key prefix, gunicorn serving ``api.asgi:app``), loads it from this machine
 over loopback only (service_load.py), prints the figures against the service
 targets (bench/README.md), and removes everything it made. Every phase is bounded in count and
 time. Phases, in this order so that no worker drains the submit backlog:
