@@ -20,7 +20,6 @@ Open by default (scrape it over the internal network); with
 
 from __future__ import annotations
 
-import hmac
 import threading
 import time
 import uuid
@@ -39,7 +38,7 @@ from sqlalchemy.orm import Session
 
 from api.services import Services, services
 from shared import admin
-from shared.auth import bearer_token
+from shared.auth import bearer_token, same_secret
 from shared.celery_app import JOBS_QUEUE, MAINTENANCE_QUEUE
 from shared.errors import UnauthorizedError
 from shared.models import Job, JobStatus, utcnow
@@ -68,7 +67,7 @@ def metrics() -> Response:
     key = svc.settings.metrics_key
     if key is not None:
         sent = bearer_token(request.headers.get("Authorization"))
-        if not hmac.compare_digest(sent, key):
+        if not same_secret(sent, key):
             raise UnauthorizedError("not the metrics key", code="invalid_api_key")
     registry: CollectorRegistry | None = current_app.extensions.get(EXTENSION_KEY)
     if registry is None:

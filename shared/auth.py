@@ -32,9 +32,22 @@ def generate_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(KEY_RANDOM_BYTES)
 
 
+def same_secret(sent: str, expected: str) -> bool:
+    """Whether ``sent`` is ``expected``, in constant time, whatever characters ``sent`` holds.
+
+    ``hmac.compare_digest`` refuses str with non-ASCII characters (a TypeError: a 500 for a
+    header or form field the caller controls), so both are compared as UTF-8 bytes.
+    """
+    return hmac.compare_digest(_utf8(sent), _utf8(expected))
+
+
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")  # lone surrogates too: never an error
+
+
 def hash_key(key: str) -> str:
     # A fast hash is right here: the key is 256 random bits, not a password.
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+    return hashlib.sha256(_utf8(key)).hexdigest()
 
 
 def create_client(session: Session, name: str, *, is_admin: bool = False) -> tuple[ApiClient, str]:
@@ -57,7 +70,7 @@ def authenticate(session: Session, key: str, *, admin_key: str | None = None) ->
     """
     key_hash = hash_key(key)
     client = session.scalars(select(ApiClient).where(ApiClient.key_hash == key_hash)).one_or_none()
-    if client is None and admin_key and hmac.compare_digest(key, admin_key):
+    if client is None and admin_key and same_secret(key, admin_key):
         client = _ensure_admin_client(session, key_hash)
     if client is None:
         raise UnauthorizedError("the API key is not valid", code="invalid_api_key")

@@ -15,7 +15,6 @@ Every POST also carries a CSRF token (a hidden form field or the
 from __future__ import annotations
 
 import contextlib
-import hmac
 import os
 import secrets
 import tempfile
@@ -28,7 +27,7 @@ from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from sqlalchemy import select
 
 from api.services import EXTENSION_KEY, db_session, services
-from shared.auth import Principal, authenticate
+from shared.auth import Principal, authenticate, same_secret
 from shared.errors import ForbiddenError, UnauthorizedError
 from shared.models import ApiClient
 from shared.settings import Settings
@@ -120,7 +119,7 @@ def check_csrf(req: Request) -> None:
     """ForbiddenError unless the POST carries this session's token."""
     expected = session.get("csrf")
     sent = req.headers.get(CSRF_HEADER) or req.form.get(CSRF_FIELD) or ""
-    if not isinstance(expected, str) or not hmac.compare_digest(sent, expected):
+    if not isinstance(expected, str) or not same_secret(sent, expected):
         raise ForbiddenError(
             "the form's security token is missing or stale: reload the page and try again",
             code="csrf_failed",
