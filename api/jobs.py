@@ -13,7 +13,7 @@ from api.auth import current_principal
 from api.job_json import job_dict, job_json
 from api.multipart import read_form
 from api.services import db_session, read_session, services
-from api.uploads import read_idempotency_key, read_submission
+from api.uploads import check_same_request, read_idempotency_key, read_submission, replay_digest
 from shared import jobs
 from shared.errors import ConflictError, InvalidInputError, NotFoundError
 from shared.logging import log_cancel_requested, log_job_created
@@ -35,15 +35,19 @@ def submit_job() -> Response:
     svc = services()
     session = db_session()
     key = read_idempotency_key(request.headers.get("Idempotency-Key"))
+    form = read_form(request)
     if key is not None:
         replay = jobs.find_by_idempotency_key(read_session(), principal.client_id, key)
         if replay is not None:
+            # The same key must come with the same request, or it answers another one.
+            check_same_request(replay, key, replay_digest(form))
             return _replayed(replay)
     submission = read_submission(
-        read_form(request),
+        form,
         max_upload_bytes=svc.settings.max_upload_bytes,
         max_image_pixels=svc.settings.max_image_pixels,
     )
+    digest = submission.digest
     job, created = jobs.create_job(
         session,
         svc.storage,
@@ -52,10 +56,13 @@ def submit_job() -> Response:
         content=submission.content,
         styles=submission.styles,
         idempotency_key=key,
+        request_digest=digest,
         enqueue=svc.publisher.publish,
         driver=svc.db.thread_connections,
     )
     if not created:
+        if key is not None:  # another request with this key committed first
+            check_same_request(job, key, digest)
         return _replayed(job)
     log_job_created(job.id, client_id=principal.client_id, n_styles=len(submission.styles))
     response = _job_response(job, 202)

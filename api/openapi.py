@@ -85,7 +85,8 @@ def _paths() -> dict[str, Any]:
                         "in": "header",
                         "required": False,
                         "schema": {"type": "string", "maxLength": IDEMPOTENCY_KEY_MAX_LENGTH},
-                        "description": "The same key again returns the original job (200).",
+                        "description": "The same key with the same request again returns"
+                        " the original job (200); with another request it is a 422.",
                     }
                 ],
                 "requestBody": {
@@ -99,6 +100,8 @@ def _paths() -> dict[str, Any]:
                         400,
                         401,
                         413,
+                        415,
+                        422,
                         503,
                         s503="The database or Redis is unavailable, or the storage is full or"
                         " unavailable (storage_full, storage_unavailable); nothing was stored."
@@ -188,17 +191,18 @@ def _submission() -> dict[str, Any]:
             "type": "object",
             "required": ["content", "style"],
             "properties": {
-                "content": {**binary, "description": "The content photo."},
+                "content": {**binary, "description": "The content photo: JPEG, PNG or WebP."},
                 "style": {
                     "type": "array",
                     "items": binary,
                     "minItems": 1,
                     "maxItems": MAX_STYLES,
-                    "description": "Style images, in style_blend order.",
+                    "description": "Style images (JPEG, PNG or WebP), in style_blend order.",
                 },
                 "params": {
                     **ref("StyleParams"),
-                    "description": "JSON text; omitted fields get their defaults.",
+                    "description": "JSON text, as a field or a file part; omitted fields get"
+                    " their defaults.",
                 },
             },
         },

@@ -34,6 +34,8 @@ ERROR_DESCRIPTIONS = {
     404: "No such job for this client.",
     409: "The job is not in a state that allows this.",
     413: "An upload or the request is over its size limit.",
+    415: "An image in a format other than JPEG, PNG or WebP (unsupported_image_format).",
+    422: "The Idempotency-Key was used before with another request (idempotency_key_reused).",
     503: "The database or Redis is unavailable.",
 }
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,8 +13,14 @@ from typing import Any
 from flask import Response, send_file
 
 from api.multipart import Form
-from shared.errors import InvalidInputError, PayloadTooLargeError
+from shared.errors import (
+    ClientError,
+    IdempotencyKeyReusedError,
+    InvalidInputError,
+    PayloadTooLargeError,
+)
 from shared.images import input_mimetype, inspect_image
+from shared.models import Job
 from shared.params import MAX_STYLES, StyleParams, check_style_blend, parse_params
 from shared.sizes import check_output_size
 
@@ -26,6 +34,57 @@ class Submission:
     params: StyleParams
     content: bytes
     styles: list[bytes]
+
+    @property
+    def digest(self) -> str:
+        """What an Idempotency-Key replay must match (the row's ``request_digest``)."""
+        return request_digest(self.params, self.content, self.styles)
+
+
+def request_digest(params: StyleParams, content: bytes, styles: Sequence[bytes]) -> str:
+    """sha256 over the parameters with every default filled in, then each file's bytes.
+
+    Two requests that would make the same job have the same digest, whatever
+    order their params JSON had and whichever defaults it spelt out. Each file
+    is preceded by its length, so that no two lists of files hash alike.
+    """
+    digest = hashlib.sha256(b"stylequeue request 1\n")
+    digest.update(json.dumps(params.model_dump(mode="json"), sort_keys=True).encode())
+    for data in (content, *styles):
+        digest.update(len(data).to_bytes(8, "big"))
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def replay_digest(form: Form) -> str | None:
+    """The digest of a request sent again with a used key (None: it is no valid request).
+
+    Nothing is decoded: the first request with the key was checked in full.
+    """
+    contents = form.files.get("content", [])
+    styles = form.files.get("style", [])
+    if len(contents) != 1 or not styles:
+        return None
+    try:
+        params = parse_params(_params_object(form.fields.get("params", [])))
+    except ClientError:
+        return None
+    return request_digest(params, contents[0], styles)
+
+
+def check_same_request(job: Job, key: str, digest: str | None) -> None:
+    """Raise a 422 if ``job``, made with Idempotency-Key ``key``, came from another request.
+
+    Jobs stored before digests were kept (``request_digest`` empty) replay as before.
+    """
+    if job.request_digest is None or job.request_digest == digest:
+        return
+    raise IdempotencyKeyReusedError(
+        f"Idempotency-Key {key!r}: already used for job {job.id}, made from other images"
+        " or parameters; send a new key for a new job (the same request again gets that"
+        " job back)",
+        details={"field": "Idempotency-Key", "idempotency_key": key, "job_id": str(job.id)},
+    )
 
 
 def read_submission(form: Form, *, max_upload_bytes: int, max_image_pixels: int) -> Submission:

@@ -91,6 +91,7 @@ def create_job(
     idempotency_key: str | None,
     enqueue: Enqueue,
     driver: ThreadConnections | None = None,
+    request_digest: str | None = None,
 ) -> tuple[Job, bool]:
     """Store a validated job durably, then enqueue its id. Returns (job, created).
 
@@ -100,6 +101,7 @@ def create_job(
     this client, the original job is returned and nothing is created. With a
     ``driver`` (PostgreSQL's ``Database.thread_connections``) the rows are
     inserted straight through it, the API's fast path; else through ``session``.
+    ``request_digest`` is kept on the row, for a replay with the key to match.
     """
     if idempotency_key is not None:
         existing = find_by_idempotency_key(session, client_id, idempotency_key)
@@ -109,6 +111,7 @@ def create_job(
     files = {CONTENT_FILE: content} | {style_file(i): data for i, data in enumerate(styles)}
     now = utcnow()
     values = _new_job_values(job_id, client_id, params, len(styles), idempotency_key, now)
+    values["request_digest"] = request_digest
     try:
         storage.put_many(job_id, files)
         event = _event_values(job_id, EventKind.CREATED, now)
@@ -194,6 +197,7 @@ def _new_job_values(
         "started_at": None,
         "finished_at": None,
         "updated_at": now,
+        "request_digest": None,
     }
 
 
