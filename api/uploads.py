@@ -25,6 +25,7 @@ from shared.params import MAX_STYLES, StyleParams, check_style_blend, parse_para
 from shared.sizes import check_output_size
 
 IDEMPOTENCY_KEY_MAX_LENGTH = 200
+PARAMS_FILE_MAX_BYTES = 64 * 1024  # a params part sent as a file (a few hundred bytes in use)
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def replay_digest(form: Form) -> str | None:
     if len(contents) != 1 or not styles:
         return None
     try:
-        params = parse_params(_params_object(form.fields.get("params", [])))
+        params = parse_params(_params_object(_params_texts(form)))
     except ClientError:
         return None
     return request_digest(params, contents[0], styles)
@@ -91,6 +92,13 @@ def read_submission(form: Form, *, max_upload_bytes: int, max_image_pixels: int)
     """Validate every part or raise the first problem as a 4xx naming the field."""
     contents = form.files.get("content", [])
     styles = form.files.get("style", [])
+    for name in ("content", "style"):
+        if name in form.fields:
+            raise InvalidInputError(
+                f"{name}: sent as a text field; send the image as a file (a part with a filename)",
+                field=name,
+                code="image_not_a_file",
+            )
     if not contents:
         raise InvalidInputError(
             "content: a content image is required", field="content", code="missing_content"
@@ -110,13 +118,34 @@ def read_submission(form: Form, *, max_upload_bytes: int, max_image_pixels: int)
             code="too_many_styles",
             details={"max_styles": MAX_STYLES},
         )
-    params = parse_params(_params_object(form.fields.get("params", [])))
+    params = parse_params(_params_object(_params_texts(form)))
     check_style_blend(params, len(styles))
     content_size = _check_image(contents[0], "content", max_upload_bytes, max_image_pixels)
     check_output_size(*content_size, params.size)
     for i, style in enumerate(styles):
         _check_image(style, f"style[{i}]", max_upload_bytes, max_image_pixels)
     return Submission(params=params, content=contents[0], styles=styles)
+
+
+def _params_texts(form: Form) -> list[str]:
+    """The ``params`` parts' text: a text field, or a file part (``curl -F params=@p.json``)."""
+    texts = list(form.fields.get("params", []))
+    for data in form.files.get("params", []):
+        if len(data) > PARAMS_FILE_MAX_BYTES:
+            raise PayloadTooLargeError(
+                f"params: the file is over the limit of {PARAMS_FILE_MAX_BYTES} bytes",
+                code="params_too_large",
+                details={"field": "params", "max_bytes": PARAMS_FILE_MAX_BYTES},
+            )
+        try:
+            texts.append(data.decode("utf-8-sig"))
+        except UnicodeDecodeError:
+            raise InvalidInputError(
+                "params: the file is not UTF-8 text (send the parameters as a JSON object)",
+                field="params",
+                code="invalid_params",
+            ) from None
+    return texts
 
 
 def _params_object(raw_values: list[str]) -> dict[str, Any]:

@@ -1,11 +1,15 @@
 """A submit's request, read as sent: an Idempotency-Key answers only the request it was first
-sent with (a different one is a 422)."""
+sent with (a different one is a 422), and a ``params`` part sent as a file is read, not
+dropped (``curl -F params=@params.json``)."""
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
 from typing import Any
+
+from flask.testing import FlaskClient
 
 from api.services import EXTENSION_KEY
 from shared import jobs
@@ -87,3 +91,72 @@ def test_a_job_stored_without_a_digest_still_replays(
     replay = submit(styles=[image_bytes("shipwreck")], headers=keyed("legacy-1"))
     assert replay.status_code == 200
     assert replay.json["id"] == str(job.id)
+
+
+# ---------------------------------------------------------------- the params part
+
+
+def post_parts(http: FlaskClient, auth: dict[str, str], parts: dict[str, Any]) -> Any:
+    return http.post("/v1/jobs", data=parts, headers=auth, content_type="multipart/form-data")
+
+
+def images(image_bytes: Callable[[str], bytes]) -> dict[str, Any]:
+    return {
+        "content": (io.BytesIO(image_bytes("tubingen")), "content.png"),
+        "style": (io.BytesIO(image_bytes("starry_night")), "style.png"),
+    }
+
+
+def test_params_sent_as_a_file_are_the_jobs_parameters(
+    http: FlaskClient, auth: dict[str, str], image_bytes: Callable[[str], bytes]
+) -> None:
+    params = json.dumps({"size": 48, "iterations": 3, "scales": 1}).encode()
+    response = post_parts(
+        http, auth, {**images(image_bytes), "params": (io.BytesIO(params), "params.json")}
+    )
+    assert response.status_code == 202, response.get_data(as_text=True)
+    assert response.json["params"]["size"] == 48
+    assert response.json["params"]["iterations"] == 3
+
+
+def test_a_params_file_that_is_not_text_or_too_large_or_twice_is_a_4xx(
+    http: FlaskClient,
+    auth: dict[str, str],
+    image_bytes: Callable[[str], bytes],
+    counts: Callable[[], Any],
+) -> None:
+    before = counts()
+    binary = post_parts(
+        http, auth, {**images(image_bytes), "params": (io.BytesIO(b"\xff\xfe\x00{"), "p.json")}
+    )
+    assert binary.status_code == 400
+    assert binary.json["error"]["code"] == "invalid_params"
+    assert binary.json["error"]["message"].startswith("params: the file is not UTF-8 text")
+    huge = post_parts(
+        http, auth, {**images(image_bytes), "params": (io.BytesIO(b" " * 70_000), "p.json")}
+    )
+    assert huge.status_code == 413
+    assert huge.json["error"]["code"] == "params_too_large"
+    both = post_parts(
+        http,
+        auth,
+        {
+            **images(image_bytes),
+            "params": [json.dumps(TINY), (io.BytesIO(json.dumps(TINY).encode()), "p.json")],
+        },
+    )
+    assert both.status_code == 400
+    assert both.json["error"]["message"] == "params: send one params field"
+    assert counts() == before
+
+
+def test_an_image_sent_as_a_text_field_is_a_400_saying_so(
+    http: FlaskClient, auth: dict[str, str], image_bytes: Callable[[str], bytes]
+) -> None:
+    parts = {**images(image_bytes), "content": "tubingen.png", "params": json.dumps(TINY)}
+    response = post_parts(http, auth, parts)
+    assert response.status_code == 400
+    error = response.json["error"]
+    assert error["code"] == "image_not_a_file"
+    assert error["details"]["field"] == "content"
+    assert "send the image as a file" in error["message"]
