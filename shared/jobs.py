@@ -561,28 +561,31 @@ def heartbeat(
     session: Session,
     claim: Claim,
     *,
-    iteration: int,
-    iterations: int,
+    iteration: int | None,
+    iterations: int | None,
     eta_seconds: float | None,
     lease_seconds: float,
 ) -> bool:
     """Write progress and renew the lease in one statement; returns whether cancel was requested.
 
-    Raises LeaseLostError if the worker no longer holds the job: it must stop.
+    ``iteration=None``: no progress to write yet (inputs still loading, the first
+    iteration still running), only the lease renewed. Raises LeaseLostError if
+    the worker no longer holds the job: it must stop.
     """
     now = utcnow()
+    values: dict[str, Any] = {
+        "lease_expires_at": now + timedelta(seconds=lease_seconds),
+        "updated_at": now,
+    }
+    if iteration is not None and iterations is not None:
+        values |= {
+            "iteration": iteration,
+            "iterations": iterations,
+            "percent": progress_percent(iteration, iterations),
+            "eta_seconds": eta_seconds,
+        }
     row = session.execute(
-        update(Job)
-        .where(_held_by(claim))
-        .values(
-            iteration=iteration,
-            iterations=iterations,
-            percent=progress_percent(iteration, iterations),
-            eta_seconds=eta_seconds,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
-            updated_at=now,
-        )
-        .returning(Job.cancel_requested)
+        update(Job).where(_held_by(claim)).values(**values).returning(Job.cancel_requested)
     ).one_or_none()
     session.commit()
     if row is None:

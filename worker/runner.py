@@ -193,6 +193,8 @@ def run_job(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
             extra=job_event(EventKind.CLAIMED, job_id, worker=ctx.name, attempt=claim.attempt),
         )
         reporter = JobReporter(ctx, session, claim)
+        keeper = LeaseKeeper(ctx, reporter)
+        keeper.start()
         ctx.registry().job_started(job_id)
         outcome = Outcome.LEASE_LOST
         try:
@@ -204,6 +206,7 @@ def run_job(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
                 extra=job_event(Outcome.LEASE_LOST, job_id, **_who(ctx, claim)),
             )
         finally:
+            keeper.stop()
             ctx.registry().job_ended(
                 succeeded=outcome is Outcome.SUCCEEDED, failed=outcome is Outcome.FAILED
             )
@@ -216,7 +219,9 @@ def _run_claimed(
     try:
         params = StyleParams.model_validate(claim.params)
         content, styles = _load_inputs(ctx, claim)
+        reporter.check_lease()
         output = _transfer(ctx, session, claim, reporter, params, content, styles)
+        reporter.check_lease()
         ctx.storage.put(claim.job_id, RESULT_FILE, encode_png(output))
     except EngineInterrupted as exc:
         if reporter.lease_lost:
@@ -461,13 +466,59 @@ def retry_while_unavailable(
         return result
 
 
-class JobReporter:
-    """The engine's callbacks for one claimed job.
+class LeaseKeeper:
+    """Renews a claimed job's lease from a thread of its own, for as long as the job runs.
 
-    ``on_progress`` runs every iteration but touches the database at most once
-    per heartbeat interval (progress + lease renewal + reading cancel_requested
-    in one statement), writes a preview every few seconds and a checkpoint every
-    so often. ``should_stop`` is then a free check of what the last heartbeat saw.
+    Every heartbeat interval, whatever the engine is doing (decoding the inputs,
+    computing the style targets, a long first iteration, writing a checkpoint),
+    on a database session of its own: ``JobReporter.renew``. A worker that is
+    alive keeps its job; only one that stops renewing (dead, frozen, cut off from
+    the database) lets its lease run out, and only then may another worker claim
+    the job. Once the lease is lost the thread stops and the engine stops at its
+    next check.
+    """
+
+    def __init__(self, ctx: WorkerContext, reporter: JobReporter) -> None:
+        self._ctx = ctx
+        self._reporter = reporter
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"lease-{reporter.job_id}", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop renewing (the job's outcome is written, or the worker gave it up)."""
+        self._stopped.set()
+        self._thread.join(timeout=max(10.0, 2 * self._ctx.settings.heartbeat_seconds))
+
+    def _run(self) -> None:
+        interval = self._ctx.settings.heartbeat_seconds
+        try:
+            with self._ctx.db.session() as session:
+                while not self._stopped.wait(interval):
+                    self._reporter.renew(session)
+                    if self._reporter.lease_lost:
+                        return
+        except Exception:  # never silently: the lease then runs out and the job moves on
+            log.exception(
+                "job %s: the lease thread failed",
+                self._reporter.job_id,
+                extra=self._reporter.event("lease_thread_failed"),
+            )
+
+
+class JobReporter:
+    """The engine's callbacks for one claimed job, and the lease thread's renewals.
+
+    ``renew`` runs on the lease thread (``LeaseKeeper``) once per heartbeat
+    interval: the last progress seen, the lease renewal and reading
+    cancel_requested in one statement. ``on_progress`` runs every iteration,
+    notes the progress, writes a preview every few seconds and a checkpoint
+    every so often. ``should_stop`` is then a free check of what the last
+    renewal saw.
     """
 
     def __init__(
@@ -482,7 +533,8 @@ class JobReporter:
         self._claim = claim
         self._clock = clock
         started = clock()
-        self._last_heartbeat = float("-inf")  # the first iteration reports at once
+        # The last Progress's (iteration, iterations, eta), for the next renewal to write.
+        self._progress: tuple[int, int, float | None] | None = None
         # Our own view of the lease: a worker cut off from the database stops once
         # the lease it last renewed runs out, before another worker may claim the job.
         self._lease_until = started + ctx.settings.lease_seconds
@@ -506,26 +558,21 @@ class JobReporter:
             or self._ctx.shutting_down.is_set()
         )
 
+    @property
+    def job_id(self) -> uuid.UUID:
+        return self._claim.job_id
+
+    def check_lease(self) -> None:
+        """LeaseLostError once the lease is lost: from then on the worker writes nothing."""
+        self._check_clock(self._clock())
+        if self.lease_lost:
+            raise LeaseLostError(f"lost the lease on job {self._claim.job_id}")
+
     def on_progress(self, progress: Progress) -> None:
         now = self._clock()
         settings = self._ctx.settings
-        if now - self._last_heartbeat >= settings.heartbeat_seconds:
-            self._last_heartbeat = now
-            self._heartbeat(progress, now)
-        if now >= self._lease_until and not self.lease_lost:
-            log.warning(
-                "job %s: could not renew the lease in time; stopping",
-                self._claim.job_id,
-                extra=self._event("lease_expired"),
-            )
-            self.lease_lost = self.lease_ran_out = True
-        if now >= self._deadline and not self.timed_out:
-            log.warning(
-                "job %s: past the maximum run time; stopping",
-                self._claim.job_id,
-                extra=self._event("timeout"),
-            )
-            self.timed_out = True
+        self._progress = (progress.iteration, progress.iterations, progress.eta_seconds)
+        self._check_clock(now)
         if self.should_stop():
             return
         if now - self._last_preview >= settings.preview_seconds:
@@ -534,6 +581,28 @@ class JobReporter:
         if now - self._last_checkpoint >= settings.checkpoint_seconds:
             self._last_checkpoint = now
             self._best_effort("checkpoint", self._save_checkpoint, progress)
+
+    def renew(self, session: Session) -> None:
+        """Renew the lease (and write the last progress) on ``session``: the lease thread's."""
+        now = self._clock()
+        self._heartbeat(session, now)
+        self._check_clock(now)
+
+    def _check_clock(self, now: float) -> None:
+        if now >= self._lease_until and not self.lease_lost:
+            log.warning(
+                "job %s: could not renew the lease in time; stopping",
+                self._claim.job_id,
+                extra=self.event("lease_expired"),
+            )
+            self.lease_lost = self.lease_ran_out = True
+        if now >= self._deadline and not self.timed_out:
+            log.warning(
+                "job %s: past the maximum run time; stopping",
+                self._claim.job_id,
+                extra=self.event("timeout"),
+            )
+            self.timed_out = True
 
     @property
     def lease_until(self) -> float:
@@ -568,10 +637,10 @@ class JobReporter:
             "job %s checkpoint at iteration %d",
             self._claim.job_id,
             progress.iteration,
-            extra=self._event(EventKind.CHECKPOINT, iteration=progress.iteration),
+            extra=self.event(EventKind.CHECKPOINT, iteration=progress.iteration),
         )
 
-    def _event(self, event: str, **fields: object) -> dict[str, object]:
+    def event(self, event: str, **fields: object) -> dict[str, object]:
         return job_event(event, self._claim.job_id, **_who(self._ctx, self._claim), **fields)
 
     def _best_effort(self, what: str, save: Callable[[Progress], None], progress: Progress) -> None:
@@ -586,25 +655,27 @@ class JobReporter:
                 self._claim.job_id,
                 what,
                 exc_info=True,
-                extra=self._event(f"{what}_failed"),
+                extra=self.event(f"{what}_failed"),
             )
 
-    def _heartbeat(self, progress: Progress, now: float) -> None:
+    def _heartbeat(self, session: Session, now: float) -> None:
+        iteration, iterations, eta = self._progress or (None, None, None)
         try:
             self.cancel_requested = jobs.heartbeat(
-                self._session,
+                session,
                 self._claim,
-                iteration=progress.iteration,
-                iterations=progress.iterations,
-                eta_seconds=progress.eta_seconds,
+                iteration=iteration,
+                iterations=iterations,
+                eta_seconds=eta,
                 lease_seconds=self._ctx.settings.lease_seconds,
             )
+            # From when the renewal was sent: the database's lease runs out no sooner.
             self._lease_until = now + self._ctx.settings.lease_seconds
         except LeaseLostError:
             self.lease_lost = True  # run_job logs it once the engine has stopped
         except Exception:  # a database hiccup: keep computing, the next heartbeat retries
             with contextlib.suppress(SQLAlchemyError):  # the connection may be gone
-                self._session.rollback()
+                session.rollback()
             self._failed_heartbeats += 1
             # The traceback once per outage; then one line each time.
             log.warning(
@@ -613,7 +684,7 @@ class JobReporter:
                 self._failed_heartbeats,
                 max(0.0, self._lease_until - now),
                 exc_info=self._failed_heartbeats == 1,
-                extra=self._event("heartbeat_failed"),
+                extra=self.event("heartbeat_failed"),
             )
             return
         if self._failed_heartbeats:
@@ -621,6 +692,6 @@ class JobReporter:
                 "job %s: heartbeat renewed the lease after %d failures",
                 self._claim.job_id,
                 self._failed_heartbeats,
-                extra=self._event("heartbeat_recovered", failures=self._failed_heartbeats),
+                extra=self.event("heartbeat_recovered", failures=self._failed_heartbeats),
             )
             self._failed_heartbeats = 0

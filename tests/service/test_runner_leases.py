@@ -78,11 +78,15 @@ def test_lost_lease_stops_the_run_and_the_next_attempt_resumes_from_the_checkpoi
     first = Background(ctx, job_id)
     checkpoint = wait_for("a checkpoint", lambda: event("checkpoint"))
     assert ctx.storage.exists(job_id, CHECKPOINT_FILE)
+
     # Another worker takes the job over (as if this one had stalled past its lease).
-    expire_lease()
-    with ctx.db.session() as s:
-        thief = jobs.claim_job(s, job_id, worker="thief", lease_seconds=30.0)
-    assert thief is not None and thief.attempt == 2
+    def steal() -> jobs.Claim | None:
+        expire_lease()  # the lease thread may renew it in between: then again
+        with ctx.db.session() as s:
+            return jobs.claim_job(s, job_id, worker="thief", lease_seconds=30.0)
+
+    thief = wait_for("the takeover", steal)
+    assert thief.attempt == 2
     assert first.join() is Outcome.LEASE_LOST
     with ctx.db.session() as s:
         row = s.get(Job, job_id)
@@ -152,9 +156,11 @@ def test_a_worker_cut_off_from_the_database_stops_when_its_lease_runs_out(
                 )
             )
 
-        step(1)  # the heartbeat fails: keep going while the lease lasts
+        reporter.renew(dead_session)  # the renewal fails: keep going while the lease lasts
+        step(1)
         assert not reporter.should_stop()
         clock[0] += ctx.settings.lease_seconds - 1
+        reporter.renew(dead_session)
         step(2)
         assert not reporter.should_stop()
         clock[0] += 2  # past the lease it last renewed: stop before anyone else may claim it

@@ -1,0 +1,173 @@
+"""What the lease and fencing fault tests share: real workers, the reconciler, the API.
+
+A short lease (LEASE_SECONDS) so that a worker paused past it is replaced within
+seconds; the ``stylequeue scheduler`` process runs the reconciler every second
+(it re-sends a job whose lease ran out); the API is ``stylequeue api`` (gunicorn),
+asked over HTTP. Imported by the test modules, not fixtures.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import service_helpers
+from api_process import ApiProcess
+from fault_helpers import WorkerProcess
+from processes import free_port, stop_process_group
+from sqlalchemy import select
+
+from cli.server_cmds import scheduler_argv
+from shared import jobs
+from shared.auth import create_client
+from shared.celery_app import create_celery, enqueue_job
+from shared.db import Database
+from shared.models import Job, JobEvent
+from shared.params import parse_params
+from shared.settings import Settings
+from shared.storage import LocalStorage
+
+LEASE_SECONDS = 2
+WAIT_SECONDS = 120.0
+
+
+def wait_for(what: str, found: Callable[[], Any], timeout: float = WAIT_SECONDS) -> Any:
+    return service_helpers.wait_for(what, found, timeout=timeout, interval=0.05)
+
+
+def cluster_env(
+    name: str, *, postgresql_url: str, redis_url: str, redis_prefix: str, data_dir: Path
+) -> dict[str, str]:
+    return {
+        "STYLEQUEUE_DATABASE_URL": postgresql_url,
+        "STYLEQUEUE_REDIS_URL": redis_url,
+        "STYLEQUEUE_REDIS_PREFIX": f"{redis_prefix}{name}:",
+        "STYLEQUEUE_DATA_DIR": str(data_dir),
+        "STYLEQUEUE_DEVICE": "cpu",
+        "STYLEQUEUE_HEARTBEAT_SECONDS": "0.2",
+        "STYLEQUEUE_LEASE_SECONDS": str(LEASE_SECONDS),
+        "STYLEQUEUE_PREVIEW_SECONDS": "0.3",
+        "STYLEQUEUE_CHECKPOINT_SECONDS": "0.5",
+        "STYLEQUEUE_RECONCILE_SECONDS": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+
+
+class LeaseCluster:
+    """One scheduler, named workers, an API process on demand, and their database."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env = env
+        self.log_dir = log_dir
+        self.settings = Settings.from_env(env)
+        self.db = Database(self.settings.database_url)
+        self.storage = LocalStorage(self.settings.data_dir)
+        self.celery = create_celery(self.settings)
+        self.workers: list[WorkerProcess] = []
+        self.api: ApiProcess | None = None
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        with (log_dir / "scheduler.log").open("wb") as log:
+            self.scheduler = subprocess.Popen(
+                scheduler_argv(self.settings),
+                env={**os.environ, **env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        with self.db.session() as session:
+            client, key = create_client(session, "lease-cluster")
+            self.client_id = client.id
+        self.headers = {"Authorization": f"Bearer {key}"}
+
+    def start_workers(self, *names: str, env: dict[str, str] | None = None) -> list[WorkerProcess]:
+        """Start workers side by side (each takes seconds to load VGG19)."""
+        extra = env or {}
+
+        def start(name: str) -> WorkerProcess:
+            return WorkerProcess({**self.env, **extra}, self.log_dir / f"{name}.log", name)
+
+        with ThreadPoolExecutor(len(names)) as pool:
+            started = list(pool.map(start, names))
+        self.workers += started
+        return started
+
+    def start_api(self) -> ApiProcess:
+        if self.api is None:
+            self.api = ApiProcess(self.env, free_port(), self.log_dir / "api.log")
+            self.api.start()
+            self.api.wait_ready()
+        return self.api
+
+    def http(self, path: str) -> httpx.Response:
+        api = self.start_api()
+        return httpx.get(f"{api.base_url}{path}", headers=self.headers, timeout=30.0)
+
+    def submit(
+        self, content: bytes, styles: list[bytes], *, iterations: int, size: int = 32
+    ) -> uuid.UUID:
+        """A job stored as the API stores one, and sent to the workers."""
+        with self.db.session() as session:
+            job, _ = jobs.create_job(
+                session,
+                self.storage,
+                client_id=self.client_id,
+                params=parse_params({"size": size, "iterations": iterations, "scales": 1}),
+                content=content,
+                styles=styles,
+                idempotency_key=None,
+                enqueue=lambda job_id: enqueue_job(self.celery, job_id),
+            )
+        return job.id
+
+    def row(self, job_id: uuid.UUID) -> Job:
+        with self.db.session() as session:
+            found = session.get(Job, job_id)
+            assert found is not None
+            return found
+
+    def events(self, job_id: uuid.UUID, kind: str | None = None) -> list[JobEvent]:
+        with self.db.session() as session:
+            query = select(JobEvent).where(JobEvent.job_id == job_id)
+            if kind is not None:
+                query = query.where(JobEvent.kind == kind)
+            return list(session.scalars(query.order_by(JobEvent.id)))
+
+    def claim(self, job_id: uuid.UUID, attempt: int) -> JobEvent | None:
+        found = [e for e in self.events(job_id, "claimed") if e.attempt == attempt]
+        return found[0] if found else None
+
+    def files(self, job_id: uuid.UUID) -> dict[str, tuple[int, bytes]]:
+        """The job's files now: name → (inode, bytes); temp files left out."""
+        directory = self.storage.job_dir(job_id)
+        found = {}
+        for path in sorted(directory.iterdir()):
+            if not path.name.startswith("."):
+                found[path.name] = (path.stat().st_ino, path.read_bytes())
+        return found
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        if self.api is not None:
+            self.api.stop()
+        stop_process_group(self.scheduler)
+        self.celery.close()
+        self.db.dispose()
+
+
+def pool_pid(claim: JobEvent) -> int:
+    """The pid of the pool process that made a claim (its worker name is host/pid)."""
+    assert claim.worker is not None
+    return int(claim.worker.rsplit("/", 1)[1])
+
+
+def process_state(pid: int) -> str:
+    """The state letter of /proc/PID/stat: 'T' for a stopped process."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0]
