@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -23,8 +24,21 @@ from typing import Any
 import click
 
 from cli.params import parse_params
-from client import Job, JobStatus, StylequeueClient, StylequeueClientError, TransportError
-from client.text import describe_cancel, describe_job, format_progress, job_table
+from client import (
+    APIError,
+    Job,
+    JobStatus,
+    StylequeueClient,
+    StylequeueClientError,
+    TransportError,
+)
+from client.text import (
+    describe_cancel,
+    describe_image_problem,
+    describe_job,
+    format_progress,
+    job_table,
+)
 
 ENV_URL = "STYLEQUEUE_URL"
 ENV_API_KEY = "STYLEQUEUE_API_KEY"
@@ -109,6 +123,23 @@ def _fail(exc: StylequeueClientError | OSError) -> click.ClickException:
     if isinstance(exc, TransportError):
         return click.ClickException(f"cannot reach the server ({ENV_URL}?): {exc}")
     return click.ClickException(str(exc))
+
+
+def _upload_fail(
+    exc: StylequeueClientError | OSError, content: Path, styles: tuple[Path, ...]
+) -> click.ClickException:
+    """Like _fail, and a refused image names the local file it came from."""
+    if not isinstance(exc, APIError) or not isinstance(field := exc.details.get("field"), str):
+        return _fail(exc)
+    path: Path | None = None
+    if field == "content":
+        path = content
+    elif index := re.fullmatch(r"style\[(\d+)\]", field):
+        path = styles[int(index[1])] if int(index[1]) < len(styles) else None
+    if path is None:
+        return _fail(exc)
+    problem = describe_image_problem(field, path, exc.message)
+    return click.ClickException(f"{problem} ({exc.code}, HTTP {exc.status})")
 
 
 def _echo_json(data: Any) -> None:
@@ -197,7 +228,7 @@ def submit_cmd(
                 raise JobNotSucceeded(f"job {job.id} {job.status.value}{reason}")
             saved = client.download(job.id, output or Path(f"{job.id}.png"))
     except (StylequeueClientError, OSError) as exc:
-        raise _fail(exc) from exc
+        raise _upload_fail(exc, content, styles) from exc
     _echo_json({**job.to_json(), "output": str(saved)}) if as_json else click.echo(saved)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from cli.params import parse_params as parse_param_strings
+from client.text import describe_image_problem
 from shared.errors import ParameterError, StylequeueError
 
 
@@ -40,18 +41,20 @@ class _ProgressLine:
 
 
 def _read_image(path: Path, field: str) -> Any:
+    """The image at ``path`` as a tensor; a problem is one sentence naming the file."""
+    from shared.errors import InvalidInputError
     from shared.images import decode_image
     from worker.engine import pil_to_tensor
 
     try:
-        data = path.read_bytes()
+        image = decode_image(path.read_bytes(), field=field)
     except OSError as exc:
-        from shared.errors import InvalidInputError
-
-        raise InvalidInputError(
-            f"{field}: cannot read {path}: {exc.strerror or exc}", field=field, code="invalid_image"
+        raise click.ClickException(
+            describe_image_problem(field, path, f"cannot read it: {exc.strerror or exc}")
         ) from None
-    return pil_to_tensor(decode_image(data, field=field))
+    except InvalidInputError as exc:
+        raise click.ClickException(describe_image_problem(field, path, exc.message)) from None
+    return pil_to_tensor(image)
 
 
 @click.command("stylize")
@@ -119,8 +122,11 @@ def stylize(
             style_params,
             on_progress=None if quiet else _ProgressLine(),
         )
-        output.parent.mkdir(parents=True, exist_ok=True)
-        tensor_to_pil(result).save(output, quality=92)
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            tensor_to_pil(result).save(output, quality=92)
+        except OSError as exc:
+            raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from None
     except StylequeueError as exc:
         raise click.ClickException(exc.message) from None
     except KeyboardInterrupt:

@@ -1,5 +1,5 @@
 """Jobs as plain text, as pure functions: the progress line, a description, a table,
-what a cancel did.
+what a cancel did, an image problem naming the file.
 
 The command line prints these; a program using the client may too.
 """
@@ -7,6 +7,7 @@ The command line prints these; a program using the client may too.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -104,3 +105,14 @@ def describe_cancel(job: Job) -> str:
             "within about a second and stops after the iteration it is on, then the job is canceled"
         )
     return f"job {job.id} had already {job.status.value}; there was nothing to cancel"
+
+
+def describe_image_problem(field: str, path: str | os.PathLike[str], message: str) -> str:
+    """``content image photo.jpg: the file is empty``: an image's error, naming its file.
+
+    ``field`` is the part the error is about (``content``, ``style``, or the
+    API's ``style[i]``); ``message`` the decoder's or the server's, which starts
+    with ``FIELD: `` (dropped: the role and the path say it).
+    """
+    role = "content image" if field == "content" else "style image"
+    return f"{role} {os.fspath(path)}: {message.removeprefix(f'{field}: ')}"

@@ -110,3 +110,17 @@ def test_the_help_of_cancel_says_when_a_running_job_stops() -> None:
     text = " ".join(_help("cancel").split())
     assert "A running job is asked to stop" in text and "within about a second" in text
     assert "3 the job had already succeeded or failed" in text
+
+
+def test_an_image_the_server_refuses_is_named_by_its_local_file(
+    stylequeue_cli: StylequeueCli, tmp_path: Path
+) -> None:
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    done = stylequeue_cli("submit", str(text), STYLE, *TINY)
+    assert done.returncode == 1 and done.stdout == ""
+    line = _error_line(done.stderr)
+    assert line.startswith(f"Error: content image {text}: ") and "(invalid_image, HTTP 400)" in line
+    done = stylequeue_cli("submit", CONTENT, STYLE, str(text), *TINY)  # the second style
+    line = _error_line(done.stderr)
+    assert line.startswith(f"Error: style image {text}: ") and "(invalid_image, HTTP 400)" in line

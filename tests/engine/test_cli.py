@@ -84,17 +84,51 @@ def test_a_blend_for_one_style_image_counts_it_in_the_singular(tmp_path: Path) -
     assert done.stderr.strip() == "Error: style_blend: has 2 weights but there is 1 style image"
 
 
-def test_unreadable_files_exit_non_zero_naming_them(tmp_path: Path) -> None:
+def _one_error(done: subprocess.CompletedProcess[str]) -> str:
+    assert done.returncode == 1 and done.stdout == "", done
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    return lines[0]
+
+
+def test_an_image_that_does_not_decode_is_a_sentence_naming_the_file(tmp_path: Path) -> None:
     text = tmp_path / "notes.png"
     text.write_text("not an image")
-    code, output = _stylize(
-        str(text), str(DATA / "starry_night.png"), "-o", str(tmp_path / "o.png")
+    cut = tmp_path / "cut.png"
+    cut.write_bytes((DATA / "tubingen.png").read_bytes()[:200])
+    for content, style, named in [
+        (text, DATA / "starry_night.png", f"content image {text}: "),
+        (DATA / "tubingen.png", cut, f"style image {cut}: "),
+    ]:
+        line = _one_error(
+            _program("stylize", str(content), str(style), "-o", str(tmp_path / "o.png"))
+        )
+        assert line.startswith(f"Error: {named}") and len(line) > len(f"Error: {named}") + 10
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_a_file_that_cannot_be_read_is_a_sentence_naming_it(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.jpg"
+    line = _one_error(
+        _program("stylize", str(DATA / "tubingen.png"), str(missing), "-o", str(tmp_path / "o.png"))
     )
-    assert code != 0 and "content:" in output
-    code, output = _stylize(
-        str(DATA / "tubingen.png"), str(tmp_path / "missing.jpg"), "-o", str(tmp_path / "o.png")
+    assert line == f"Error: style image {missing}: cannot read it: No such file or directory"
+    line = _one_error(
+        _program("stylize", str(tmp_path), str(DATA / "starry_night.png"), "-o", "o.png")
     )
-    assert code != 0 and "style:" in output
+    assert line == f"Error: content image {tmp_path}: cannot read it: Is a directory"
+
+
+def test_an_output_that_cannot_be_written_is_one_line_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("a file, not a folder")
+    out = tmp_path / "taken" / "o.png"
+    code, output = _stylize(
+        str(DATA / "tubingen.png"), str(DATA / "starry_night.png"), "-o", str(out),
+        "--param", "size=24", "--param", "iterations=1", "--param", "scales=1",
+        "--device", "cpu", "-q",
+    )  # fmt: skip
+    assert code == 1 and output.startswith(f"Error: cannot write {out}: "), output
+    assert "Traceback" not in output and len(output.strip().splitlines()) == 1
 
 
 def test_param_values_parse_as_json_else_strings() -> None:
