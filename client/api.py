@@ -147,7 +147,10 @@ class StylequeueClient:
     def download(self, job_id: str, path: str | os.PathLike[str]) -> Path:
         """Save the result PNG to ``path``; a failed download leaves no partial file."""
         target = Path(path)
-        fd, tmp_name = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.")
+        try:
+            fd, tmp_name = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.")
+        except OSError as exc:  # named after the file asked for, not the temporary one
+            raise type(exc)(exc.errno, exc.strerror, os.fspath(target)) from None
         try:
             with os.fdopen(fd, "wb") as out:
                 self._stream_to(f"{_job_path(job_id)}/result", out)

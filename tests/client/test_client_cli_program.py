@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -124,3 +125,12 @@ def test_an_image_the_server_refuses_is_named_by_its_local_file(
     done = stylequeue_cli("submit", CONTENT, STYLE, str(text), *TINY)  # the second style
     line = _error_line(done.stderr)
     assert line.startswith(f"Error: style image {text}: ") and "(invalid_image, HTTP 400)" in line
+
+
+def test_a_result_that_cannot_be_saved_names_the_file_asked_for(
+    stylequeue_cli: StylequeueCli, tmp_path: Path
+) -> None:
+    out = tmp_path / "no-such-folder" / "out.png"
+    done = stylequeue_cli("result", str(uuid.uuid4()), "-o", str(out))
+    assert done.returncode == 1 and done.stdout == ""
+    assert _error_line(done.stderr) == f"Error: {out}: No such file or directory"
