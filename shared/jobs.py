@@ -629,9 +629,22 @@ def finish_job(session: Session, claim: Claim) -> None:
     _end(session, claim, JobStatus.SUCCEEDED, EventKind.SUCCEEDED, {"eta_seconds": 0.0}, now)
 
 
-def fail_job(session: Session, claim: Claim, *, code: str, message: str) -> None:
-    """running → failed, with an error code and message the client can read."""
-    values = {"error_code": code, "error_message": message}
+def fail_job(
+    session: Session,
+    claim: Claim,
+    *,
+    code: str,
+    message: str,
+    progress: tuple[int, int] | None = None,
+) -> None:
+    """running → failed, with an error code and message the client can read.
+
+    ``progress``: (iteration, iterations) where the engine stopped, written with it.
+    """
+    values: dict[str, Any] = {"error_code": code, "error_message": message}
+    if progress is not None:
+        iteration, iterations = progress
+        values |= {"iteration": iteration, "percent": progress_percent(iteration, iterations)}
     _end(session, claim, JobStatus.FAILED, EventKind.FAILED, values, utcnow())
 
 

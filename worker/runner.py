@@ -356,8 +356,10 @@ def _fail(
     message: str,
 ) -> Outcome:
     session.rollback()  # whatever the failed step left half-done in the session
+    progress = reporter.progress
     reporter.write(
-        "record the failure", lambda: jobs.fail_job(session, claim, code=code, message=message)
+        "record the failure",
+        lambda: jobs.fail_job(session, claim, code=code, message=message, progress=progress),
     )
     log.info(
         "job %s failed: %s: %s",
@@ -562,6 +564,11 @@ class JobReporter:
     def job_id(self) -> uuid.UUID:
         return self._claim.job_id
 
+    @property
+    def progress(self) -> tuple[int, int] | None:
+        """(iteration, iterations) as the engine last reported them; None before any."""
+        return self._progress[:2] if self._progress else None
+
     def check_lease(self) -> None:
         """LeaseLostError once the lease is lost: from then on the worker writes nothing."""
         self._check_clock(self._clock())
@@ -586,9 +593,11 @@ class JobReporter:
         """Renew the lease (and write the last progress) on ``session``: the lease thread's."""
         now = self._clock()
         self._heartbeat(session, now)
-        self._check_clock(now)
+        self._check_clock(now, run_time=False)
 
-    def _check_clock(self, now: float) -> None:
+    def _check_clock(self, now: float, *, run_time: bool = True) -> None:
+        # The maximum run time is counted by the engine's iterations (``run_time``):
+        # a job stopped for it has always made progress, and records where.
         if now >= self._lease_until and not self.lease_lost:
             log.warning(
                 "job %s: could not renew the lease in time; stopping",
@@ -596,7 +605,7 @@ class JobReporter:
                 extra=self.event("lease_expired"),
             )
             self.lease_lost = self.lease_ran_out = True
-        if now >= self._deadline and not self.timed_out:
+        if run_time and now >= self._deadline and not self.timed_out:
             log.warning(
                 "job %s: past the maximum run time; stopping",
                 self._claim.job_id,
