@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from api import admin, admin_ui, errors, health, jobs, metrics, openapi
+from api import admin, admin_ui, errors, health, jobs, metrics, openapi, security_headers
 from api.services import Services
 from shared.settings import Settings
 
@@ -19,6 +19,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     Services.init_app(app, settings)
     errors.init_app(app)
+    security_headers.init_app(app)
     app.register_blueprint(health.blueprint)
     app.register_blueprint(jobs.blueprint)
     app.register_blueprint(admin.blueprint)

@@ -152,6 +152,12 @@ def test_admin_page_in_chromium(
         page = browser.new_page(viewport={"width": 1440, "height": 900})
         page.set_default_timeout(UI_MS)
         page.on("dialog", lambda dialog: dialog.accept())  # the cancel button's confirm()
+        # Whatever the pages' Content-Security-Policy blocks, Chromium says on the console.
+        blocked: list[str] = []
+        page.on(
+            "console",
+            lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None,
+        )
 
         # Logging in: /admin sends the browser to the login form, which sends it back.
         page.goto(f"{base}/admin")
@@ -168,6 +174,17 @@ def test_admin_page_in_chromium(
         assert page.locator(f'tr[data-job="{running}"]').count() == 1
         _shot(page, "jobs")
 
+        # The client menu filters as soon as it changes (admin.js: no inline handler).
+        client_name = page.eval_on_selector(
+            "select[name=client]",
+            "(s, id) => [...s.options].find(o => o.text.startsWith(id)).text",
+            "browser-",
+        )
+        page.select_option("select[name=client]", label=client_name)
+        page.wait_for_url("**/admin?client=*")
+        assert page.locator(f'tr[data-job="{done}"]').count() == 1
+        page.goto(f"{base}/admin")
+
         # A status filter shows only jobs in that status.
         page.click('.status-filter a[data-status="succeeded"]')
         page.wait_for_url("**/admin?status=succeeded")
@@ -176,6 +193,9 @@ def test_admin_page_in_chromium(
         )
         assert statuses and set(statuses) == {"succeeded"}
         assert page.locator(f'tr[data-job="{running}"]').count() == 0
+        # A finished job's bar is full: admin.js gave it its width (the page has no inline style).
+        full = page.locator(f'tr[data-job="{done}"] [data-role="bar"]')
+        assert full.evaluate("bar => bar.style.width") == "100%"
 
         # The finished job's result thumbnail is a real image that loaded.
         result = page.locator(f'tr[data-job="{done}"] img[data-role="result"]')
@@ -228,6 +248,13 @@ def test_admin_page_in_chromium(
         with db.session() as session:
             job = session.get(Job, uuid.UUID(running))
             assert job is not None and job.status is JobStatus.CANCELED
+        assert blocked == [], blocked
+
+        # Logging out ends the session: the page asks for the key again.
+        page.click(".who button[type=submit]")
+        page.wait_for_url("**/admin/login")
+        page.goto(f"{base}/admin")
+        assert "/admin/login" in page.url
     finally:
         http.close()
         db.dispose()

@@ -239,3 +239,85 @@ def test_a_non_ascii_csrf_token_is_a_403(api: Api, token: bytes) -> None:
         "GET", f"/v1/jobs/{api.job_id}", {"Authorization": f"Bearer {api.client_key}"}, cookies={}
     )
     assert status.json()["status"] == "queued", "a refused cancel changed the job"
+
+
+# ---------------------------------------------------------------- headers on every response
+
+INLINE_SCRIPT = re.compile(r"<script(?![^>]*\bsrc=)[^>]*>", re.I)
+INLINE_HANDLER = re.compile(r"<[^>]+\son[a-z]+\s*=", re.I)
+INLINE_STYLE = re.compile(r"<style\b|<[^>]+\sstyle\s*=", re.I)
+
+
+@pytest.mark.slow
+def test_every_response_carries_nosniff_deny_and_a_csp(api: Api) -> None:
+    client = {"Authorization": f"Bearer {api.client_key}"}
+    job = api.job_id
+    anonymous = [
+        ("GET", "/healthz", {}),
+        ("GET", "/openapi.json", {}),
+        ("GET", "/docs", {}),
+        ("GET", "/metrics", {"Authorization": f"Bearer {METRICS_KEY}"}),
+        ("GET", "/metrics", {}),  # 401
+        ("GET", "/v1/jobs", client),
+        ("GET", "/v1/jobs", {}),  # 401
+        ("GET", f"/v1/jobs/{job}/result", client),  # 409
+        ("DELETE", "/v1/jobs", client),  # 405
+        ("GET", "/nothing", {}),  # 404
+        ("GET", "/admin", {}),  # 302 to the login
+        ("GET", "/admin/login", {}),
+        ("GET", "/admin/static/admin.js", {}),
+    ]
+    seen = set()
+    for method, path, headers in anonymous:
+        answer = api.request(method, path, headers, cookies={})
+        seen.add(answer.status)
+        _assert_protected(path, answer)
+    api.log_in()
+    for path in (
+        "/admin",
+        f"/admin/jobs/{job}",
+        f"/admin/jobs/{job}/files/content",  # the upload, byte for byte
+        f"/admin/jobs/{job}/thumbs/content",
+        f"/admin/jobs/{job}/thumbs/result",  # an SVG placeholder
+        "/admin/stats",
+        "/admin/workers",
+        f"/admin/live?id={job}",
+        "/admin/nothing",  # the 404 page
+        "/admin?worker=%00",  # the 400 page
+    ):
+        answer = api.request("GET", path)
+        seen.add(answer.status)
+        _assert_protected(path, answer)
+    assert {200, 302, 400, 401, 404, 405, 409} <= seen
+
+
+def _assert_protected(path: str, answer: Answer) -> None:
+    assert answer.headers["X-Content-Type-Options"] == "nosniff", path
+    assert answer.headers["X-Frame-Options"] == "DENY", path
+    policy = answer.headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in policy, path
+    if path.startswith("/admin"):
+        directives = dict(d.strip().split(" ", 1) for d in policy.split(";"))
+        assert directives["script-src"] == "'self'", path
+        assert directives["style-src"] == "'self'", path
+        assert directives["default-src"] == "'self'", path
+        assert "unsafe" not in policy, path
+    else:
+        assert "default-src 'none'" in policy and "script" not in policy, path
+
+
+@pytest.mark.slow
+def test_admin_pages_need_no_inline_script_or_style(api: Api) -> None:
+    """What the /admin policy forbids is not in the pages (the browser test runs them)."""
+    pages = [api.request("GET", "/admin/login", cookies={})]
+    api.log_in()
+    for path in ("/admin", f"/admin/jobs/{api.job_id}", "/admin/stats", "/admin/workers"):
+        pages.append(api.request("GET", path))
+    pages.append(api.request("GET", "/admin/nothing"))
+    for page in pages:
+        assert page.headers.get_content_type() == "text/html"
+        html = page.text
+        assert not INLINE_SCRIPT.search(html), INLINE_SCRIPT.search(html)
+        assert not INLINE_HANDLER.search(html), INLINE_HANDLER.search(html)
+        assert not INLINE_STYLE.search(html), INLINE_STYLE.search(html)
+        assert 'src="/admin/static/admin.js"' in html

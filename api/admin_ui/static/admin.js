@@ -28,7 +28,11 @@
       chip.textContent = job.status + (job.cancel_requested && job.status === "running" ? " · canceling" : "");
     }
     var bar = el.querySelector("[data-role=bar]");
-    if (bar) { bar.style.width = job.percent.toFixed(1) + "%"; bar.className = "bar " + job.status; }
+    if (bar) {
+      bar.setAttribute("data-percent", job.percent.toFixed(1));
+      bar.style.width = job.percent.toFixed(1) + "%";
+      bar.className = "bar " + job.status;
+    }
     var text = el.querySelector("[data-role=progress-text]");
     if (text) {
       text.textContent = Math.round(job.percent) + "% · " + job.iteration + "/" + job.iterations +
@@ -64,11 +68,24 @@
       .catch(function () { /* the next poll tries again */ });
   }
 
+  // The page has no inline script or style (its Content-Security-Policy allows neither):
+  // the progress bars get their width, and the client filter its auto-submit, from here.
+  function drawBars() {
+    document.querySelectorAll("[data-role=bar][data-percent]").forEach(function (bar) {
+      bar.style.width = bar.getAttribute("data-percent") + "%";
+    });
+  }
+
+  document.addEventListener("change", function (event) {
+    var target = event.target;
+    if (target.hasAttribute && target.hasAttribute("data-autosubmit") && target.form) target.form.submit();
+  });
   document.addEventListener("submit", function (event) {
     var message = event.target.getAttribute("data-confirm");
     if (message && !window.confirm(message)) event.preventDefault();
   });
   document.addEventListener("DOMContentLoaded", function () {
+    drawBars();
     if (live().length) setInterval(poll, POLL_MS);
   });
 })();
