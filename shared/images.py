@@ -8,11 +8,12 @@ A file in another image format is named in the error (from its first bytes).
 Two levels of work:
 
 - ``inspect_image`` (the API, at submit): the header (format, size, the pixel
-  limit) and a check of the whole file that costs about what the file weighs,
-  not what its pixels weigh: a PNG's chunks and their checksums through IEND, a
-  JPEG decoded at an eighth of its size (its whole compressed stream is read;
-  one at a time per process, as a progressive JPEG's coefficients take memory in
-  proportion to its pixels), a WebP opened (libwebp refuses a cut-short one). So
+  limit) and a check of the whole file that costs what the file weighs, never
+  what its pixels weigh: a PNG's chunks and their checksums through IEND; a
+  baseline JPEG decoded at an eighth of its size (its whole compressed stream
+  is read, in a few rows of memory); a progressive JPEG and a WebP by their
+  headers only (decoding either takes memory in proportion to its pixels, even
+  at a reduced size, and libwebp refuses a cut-short file when it opens one). So
   a request full of tiny files that claim forty million pixels each cannot make
   an API process balloon. What a worker then finds damaged fails the job with
   ``invalid_image``.
@@ -22,7 +23,6 @@ Two levels of work:
 from __future__ import annotations
 
 import io
-import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,10 +40,6 @@ ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
 FORMAT_NAMES = {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WebP"}
 ACCEPTED_TEXT = "JPEG, PNG or WebP"
 ACCEPTED_MIMETYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
-
-# Decodes whose memory grows with the pixel count, at once per process (see above).
-DECODES_AT_ONCE = 1
-_decode_slots = threading.BoundedSemaphore(DECODES_AT_ONCE)
 
 JPEG_CHECK_SCALE = 8  # a JPEG is checked decoded at 1/8 of its size (libjpeg's DCT scaling)
 
@@ -147,14 +143,16 @@ def inspect_image(
         try:
             if img.format == "PNG":
                 img.verify()  # every chunk's CRC through IEND; no pixel decoded
-            elif img.format == "JPEG":
+            elif img.format == "JPEG" and not img.info.get("progressive"):
+                # Pillow picks the largest scale whose result is at least this size.
                 width, height = img.size
-                with _decode_slots:
-                    img.draft(None, (-(-width // JPEG_CHECK_SCALE), -(-height // JPEG_CHECK_SCALE)))
-                    img.load()
-            # A WebP's header is its check: libwebp refuses a cut-short file when it
-            # opens (and decodes a damaged middle without complaint), so decoding one
-            # here would cost its full size in memory and find nothing more.
+                img.draft(
+                    None, (max(1, width // JPEG_CHECK_SCALE), max(1, height // JPEG_CHECK_SCALE))
+                )
+                img.load()
+            # A progressive JPEG keeps every coefficient of the image in memory however
+            # small it is decoded, and a WebP is decoded at full size: their headers are
+            # their check (libwebp refuses a cut-short file when it opens).
         except Exception as exc:  # each decoder raises its own kinds
             raise _damaged(field, name, exc) from None
         return info
