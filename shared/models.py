@@ -247,3 +247,19 @@ class Worker(Base):
     current_job_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     jobs_done: Mapped[int] = mapped_column(Integer, default=0)
     jobs_failed: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class AdminSession(Base):
+    """A logged-in /admin session: the cookie carries its random token, the row its sha256.
+
+    Logging out deletes the row, so a copy of the cookie made before is no login after;
+    a row past ``expires_at`` is no login either (and is deleted at the next login).
+    """
+
+    __tablename__ = "admin_sessions"
+    __table_args__ = (Index("ix_admin_sessions_expires_at", "expires_at"),)
+
+    id: Mapped[str] = mapped_column(String(KEY_HASH_LENGTH), primary_key=True)
+    client_id: Mapped[int] = mapped_column(ForeignKey("api_clients.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)

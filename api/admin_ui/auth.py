@@ -2,11 +2,14 @@
 
 Browsers cannot send a bearer header by themselves, so the page logs in once:
 the key is checked like a bearer key (``shared.auth.authenticate``) and must be
-an admin's; the session cookie then carries only the admin client's id and
-name, signed (Flask's itsdangerous session) with ``STYLEQUEUE_SECRET_KEY`` or,
-when unset, a random key kept in the data dir so that every gunicorn process
-and every restart agree. The cookie is HttpOnly, SameSite=Strict, scoped to
-``/admin``, Secure over HTTPS, and expires after ``SESSION_HOURS``.
+an admin's. The login makes a server-side session (an ``admin_sessions`` row,
+stored as the sha256 of a random token) and the cookie carries that token, the
+admin's name and the CSRF token, signed (Flask's itsdangerous session) with
+``STYLEQUEUE_SECRET_KEY`` or, when unset, a random key kept in the data dir so
+that every gunicorn process and every restart agree. Every request looks the
+row up: logging out deletes it, so a copy of the cookie taken before is no
+login afterwards. The cookie is HttpOnly, SameSite=Strict, scoped to
+``/admin``, Secure over HTTPS; the session ends after ``SESSION_HOURS``.
 
 Every POST also carries a CSRF token (a hidden form field or the
 ``X-CSRF-Token`` header), stored in the session and compared in constant time.
@@ -24,12 +27,12 @@ from pathlib import Path
 
 from flask import Flask, Request, request, session
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from api.services import EXTENSION_KEY, db_session, services
-from shared.auth import Principal, authenticate, same_secret
+from shared.auth import Principal, authenticate, hash_key, same_secret
 from shared.errors import ForbiddenError, UnauthorizedError
-from shared.models import ApiClient
+from shared.models import AdminSession, ApiClient, utcnow
 from shared.settings import Settings
 
 SESSION_COOKIE = "stylequeue_admin"
@@ -138,9 +141,22 @@ def log_in(key: str) -> Principal:
             "or a key made with 'stylequeue keys create NAME --admin'",
             code="not_admin",
         )
+    token = secrets.token_urlsafe(32)
+    now = utcnow()
+    db = db_session()
+    db.execute(delete(AdminSession).where(AdminSession.expires_at <= now))
+    db.add(
+        AdminSession(
+            id=hash_key(token),
+            client_id=principal.client_id,
+            created_at=now,
+            expires_at=now + timedelta(hours=SESSION_HOURS),
+        )
+    )
+    db.commit()
     session.clear()
     session.permanent = True
-    session["admin_id"] = principal.client_id
+    session["sid"] = token
     session["admin_name"] = principal.name
     session["login_at"] = int(time.time())
     session["csrf"] = secrets.token_urlsafe(24)
@@ -148,16 +164,30 @@ def log_in(key: str) -> Principal:
 
 
 def log_out() -> None:
+    """End this session on the server (every copy of its cookie) and clear the cookie."""
+    token = session.get("sid")
+    if isinstance(token, str):
+        db = db_session()
+        db.execute(delete(AdminSession).where(AdminSession.id == hash_key(token)))
+        db.commit()
     session.clear()
 
 
 def current_admin() -> Principal | None:
-    """The logged-in admin, re-checked against the database (it must still be an admin)."""
-    client_id = session.get("admin_id")
-    if not isinstance(client_id, int):
+    """The logged-in admin: the cookie's session must exist on the server, be unexpired,
+    and its client must still be an admin."""
+    token = session.get("sid")
+    if not isinstance(token, str):
+        if "admin_id" in session:  # a cookie from before server-side sessions
+            session.clear()
         return None
-    client = db_session().scalars(select(ApiClient).where(ApiClient.id == client_id)).one_or_none()
-    if client is None or not client.is_admin:
+    query = (
+        select(ApiClient.id, ApiClient.name, ApiClient.is_admin)
+        .join(AdminSession, AdminSession.client_id == ApiClient.id)
+        .where(AdminSession.id == hash_key(token), AdminSession.expires_at > utcnow())
+    )
+    row = db_session().execute(query).one_or_none()
+    if row is None or not row.is_admin:
         session.clear()
         return None
-    return Principal(client.id, client.name, True)
+    return Principal(row.id, row.name, True)

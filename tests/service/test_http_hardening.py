@@ -321,3 +321,36 @@ def test_admin_pages_need_no_inline_script_or_style(api: Api) -> None:
         assert not INLINE_HANDLER.search(html), INLINE_HANDLER.search(html)
         assert not INLINE_STYLE.search(html), INLINE_STYLE.search(html)
         assert 'src="/admin/static/admin.js"' in html
+
+
+# ---------------------------------------------------------------- logout
+
+
+@pytest.mark.slow
+def test_a_session_cookie_copied_before_logout_is_no_login_after(api: Api) -> None:
+    other = Api(api.base_port, api.client_key, api.job_id)
+    other.log_in()  # a second session of the same admin: it must outlive the first's logout
+    csrf = api.log_in()
+    copied = dict(api.cookies)
+    assert api.request("GET", "/admin", cookies=copied).status == 200
+    logout = api.request("POST", "/admin/logout", FORM, f"csrf_token={csrf}".encode())
+    assert logout.status == 303
+    assert api.request("GET", "/admin").status == 302
+    # The copy, replayed as it was.
+    page = api.request("GET", "/admin", cookies=dict(copied))
+    assert page.status == 302 and page.headers["Location"].startswith("/admin/login"), page.status
+    live = api.request("GET", f"/admin/live?id={api.job_id}", cookies=dict(copied))
+    assert live.status == 401 and live.json()["error"]["code"] == "login_required"
+    cancel = api.request(
+        "POST",
+        f"/admin/jobs/{api.job_id}/cancel",
+        {**FORM, "Accept": "application/json"},
+        f"csrf_token={csrf}".encode(),
+        cookies=dict(copied),
+    )
+    assert cancel.status == 401, cancel.text[:300]
+    status = api.request(
+        "GET", f"/v1/jobs/{api.job_id}", {"Authorization": f"Bearer {api.client_key}"}, cookies={}
+    )
+    assert status.json()["status"] == "queued", "the replayed cookie canceled a job"
+    assert other.request("GET", "/admin").status == 200, "another session was ended too"
