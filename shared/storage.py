@@ -5,8 +5,8 @@ Per job: ``jobs/<id>/content.png``, ``style-<i>.png``, ``preview.png``,
 path, delete_job_files) so that an object-store backend can replace it.
 
 Uploaded inputs are kept byte for byte as the client sent them (after they
-decoded as images): re-encoding a photo as PNG would cost more than the rest of
-a submit. Pillow reads them by content, not by name.
+were checked as JPEG, PNG or WebP images): re-encoding a photo as PNG would cost
+more than the rest of a submit. Pillow reads them by content, not by name.
 """
 
 from __future__ import annotations
