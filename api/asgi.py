@@ -30,6 +30,8 @@ from urllib.parse import unquote_to_bytes
 
 from flask import Flask
 
+from api.security_headers import outside_app_headers
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -267,7 +269,7 @@ class _Closing:
 def _error_response() -> _Response:
     response = _Response()
     response.status = 500
-    response.headers = [(b"content-type", b"application/json")]
+    response.headers = [(b"content-type", b"application/json"), *outside_app_headers()]
     response.written = [
         json.dumps(
             {"error": {"code": "internal_error", "message": "internal error", "details": {}}}
@@ -286,6 +288,7 @@ async def _send_json(send: Send, status: int, code: str, message: str, details: 
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
                 (b"connection", b"close"),
+                *outside_app_headers(),
             ],
         }
     )

@@ -46,6 +46,13 @@ HEADERS = {
 }
 
 
+def outside_app_headers() -> list[tuple[bytes, bytes]]:
+    """The same headers for a response sent before or around the Flask app (the serving
+    layer's own 408 and 500), which ``add_security_headers`` never sees."""
+    headers = {**HEADERS, "Content-Security-Policy": API_POLICY}
+    return [(name.lower().encode(), value.encode()) for name, value in headers.items()]
+
+
 def init_app(app: Flask) -> None:
     app.after_request(add_security_headers)
 

@@ -10,6 +10,7 @@ import http.client
 import json
 import re
 import secrets
+import socket
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -289,6 +290,29 @@ def test_every_response_carries_nosniff_deny_and_a_csp(api: Api) -> None:
         seen.add(answer.status)
         _assert_protected(path, answer)
     assert {200, 302, 400, 401, 404, 405, 409} <= seen
+
+
+@pytest.mark.slow
+def test_the_serving_layers_own_answers_carry_them_too(api: Api) -> None:
+    """A body that stops arriving is answered 408 before the app sees the request."""
+    with socket.create_connection(("127.0.0.1", api.base_port), timeout=60) as sock:
+        sock.sendall(
+            b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+            b"Content-Length: 1000\r\n\r\nonly a few bytes"
+        )
+        received = b""
+        while b"\r\n\r\n" not in received:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+    head = received.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+    status_line, *lines = head.split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines)}
+    assert status_line.split(" ")[1] == "408", head
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in headers["content-security-policy"]
 
 
 def _assert_protected(path: str, answer: Answer) -> None:
