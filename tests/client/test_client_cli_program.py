@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -24,9 +25,14 @@ StylequeueCli = Callable[..., subprocess.CompletedProcess[str]]
 TINY = ["--param", "size=32", "--param", "iterations=2", "--param", "scales=1"]
 
 
+# How a Python exception's class shows in text: what a message for people must not have.
+EXCEPTION_NAME = re.compile(r"\b[A-Z]\w*(Error|Exception)\b")
+
+
 def _error_line(stderr: str) -> str:
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, stderr
+    assert not EXCEPTION_NAME.search(lines[0]), lines[0]
     return lines[0]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -84,10 +85,15 @@ def test_a_blend_for_one_style_image_counts_it_in_the_singular(tmp_path: Path) -
     assert done.stderr.strip() == "Error: style_blend: has 2 weights but there is 1 style image"
 
 
+# How a Python exception's class shows in text: what a message for people must not have.
+EXCEPTION_NAME = re.compile(r"\b[A-Z]\w*(Error|Exception)\b")
+
+
 def _one_error(done: subprocess.CompletedProcess[str]) -> str:
     assert done.returncode == 1 and done.stdout == "", done
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
+    assert not EXCEPTION_NAME.search(lines[0]), lines[0]
     return lines[0]
 
 
