@@ -78,6 +78,10 @@ class Settings:
     log_level: str | None = None  # None: DEFAULT_LOG_LEVEL, or a Celery worker's --loglevel
     log_format: LogFormat = DEFAULT_LOG_FORMAT
 
+    def __post_init__(self) -> None:
+        # Settings built in code get the same absolute data dir as those from the environment.
+        object.__setattr__(self, "data_dir", Path(self.data_dir).resolve())
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build the settings from ``environ`` (default: ``os.environ``).
@@ -86,8 +90,11 @@ class Settings:
         """
         env = os.environ if environ is None else environ
         reader = _EnvReader(env)
-        data_dir = Path(reader.get("DATA_DIR", DEFAULT_DATA_DIR, str))
-        default_db = f"sqlite:///{(data_dir / SQLITE_FILE_NAME).resolve()}"
+        # Absolute once, here: a relative path would mean another directory to any
+        # code that resolves it against something else than this process's working
+        # directory (Flask's send_file takes it relative to the app's package).
+        data_dir = Path(reader.get("DATA_DIR", DEFAULT_DATA_DIR, str)).resolve()
+        default_db = f"sqlite:///{data_dir / SQLITE_FILE_NAME}"
         tv_path = reader.get("TORCHVISION_WEIGHTS", "", str)
         return cls(
             database_url=reader.get("DATABASE_URL", default_db, _url),
