@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
@@ -17,7 +19,7 @@ import click
 
 from shared.celery_app import JOBS_QUEUE, MAINTENANCE_QUEUE
 from shared.errors import ConfigError
-from shared.settings import Settings
+from shared.settings import SQLITE_FILE_NAME, Settings
 
 if TYPE_CHECKING:
     from shared.db import Database
@@ -44,6 +46,92 @@ def _settings() -> Settings:
         return Settings.from_env()
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+# What every database complaint ends with: where the database comes from, or how to make one.
+POINT_AT_DATABASE = (
+    "set STYLEQUEUE_DATA_DIR (or STYLEQUEUE_DATABASE_URL) to the stack's, "
+    "or run `stylequeue db upgrade` first"
+)
+SCHEMA_TABLES = ("jobs", "api_clients")  # made by `stylequeue db upgrade`
+NO_TABLE_SQLSTATE = "42P01"  # PostgreSQL's undefined_table
+
+
+def _database_name(settings: Settings) -> str:
+    """The database as a person would look for it: the SQLite file with the data dir it
+    comes from, or the URL (no password) with the variable that set it."""
+    from sqlalchemy.engine import make_url
+
+    default_sqlite = settings.data_dir / SQLITE_FILE_NAME
+    if settings.database_url == f"sqlite:///{default_sqlite}":
+        return f"{default_sqlite} (the data dir's: STYLEQUEUE_DATA_DIR, default ./var here)"
+    try:
+        shown = make_url(settings.database_url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy parses: shown as it is
+        shown = settings.database_url
+    return f"{shown} (STYLEQUEUE_DATABASE_URL)"
+
+
+def _sqlite_file(settings: Settings) -> Path | None:
+    prefix = "sqlite:///"
+    url = settings.database_url
+    if not url.startswith(prefix) or url == prefix or ":memory:" in url:
+        return None
+    return Path(url[len(prefix) :].split("?", 1)[0])
+
+
+def _database_error(settings: Settings, exc: BaseException) -> click.ClickException:
+    """One line for a database that cannot be opened or has no schema."""
+    cause = getattr(exc, "orig", None) or exc
+    reason = (str(cause).strip().splitlines() or [cause.__class__.__name__])[0]
+    no_table = "no such table" in reason or getattr(cause, "sqlstate", None) == NO_TABLE_SQLSTATE
+    if no_table:
+        return click.ClickException(
+            f"the database {_database_name(settings)} has no stylequeue tables ({reason}); "
+            + POINT_AT_DATABASE
+        )
+    return click.ClickException(
+        f"cannot open the database {_database_name(settings)}: {reason}; " + POINT_AT_DATABASE
+    )
+
+
+@contextlib.contextmanager
+def _database_errors(settings: Settings) -> Iterator[None]:
+    """Database errors of the block as one line naming the database (no traceback)."""
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        yield
+    except DBAPIError as exc:
+        raise _database_error(settings, exc) from None
+
+
+def _check_database(settings: Settings) -> None:
+    """Before a command that needs the schema: the database opens and has its tables.
+
+    A missing SQLite file is named without creating an empty one in passing.
+    """
+    from sqlalchemy import inspect
+
+    from shared.db import make_engine
+
+    sqlite_file = _sqlite_file(settings)
+    if sqlite_file is not None and not sqlite_file.exists():
+        raise click.ClickException(
+            f"no database at {_database_name(settings)}; " + POINT_AT_DATABASE
+        )
+    engine = make_engine(settings.database_url)
+    try:
+        with _database_errors(settings), engine.connect() as connection:
+            inspector = inspect(connection)
+            missing = [name for name in SCHEMA_TABLES if not inspector.has_table(name)]
+    finally:
+        engine.dispose()
+    if missing:
+        raise click.ClickException(
+            f"the database {_database_name(settings)} has no stylequeue tables "
+            f"({', '.join(missing)} missing); " + POINT_AT_DATABASE
+        )
 
 
 def api_argv(host: str, port: int, workers: int, *, access_log: bool = False) -> list[str]:
@@ -140,6 +228,7 @@ def api(host: str, port: int, workers: int, access_log: bool, dev: bool) -> None
     """Serve the HTTP API: gunicorn, WORKERS processes, each an event loop that reads requests
     whole and runs the app on 4 threads (api/serving.py)."""
     settings = _settings()
+    _check_database(settings)
     if dev:
         from api import create_app
         from shared.logging import configure_logging
@@ -160,7 +249,7 @@ def api(host: str, port: int, workers: int, access_log: bool, dev: bool) -> None
 )
 def worker(loglevel: str, events: bool) -> None:
     """Run a Celery worker: one style-transfer job at a time (one per GPU)."""
-    _settings()
+    _check_database(_settings())
     os.execv(sys.executable, worker_argv(loglevel, events=events))
 
 
@@ -169,6 +258,7 @@ def worker(loglevel: str, events: bool) -> None:
 def scheduler(loglevel: str) -> None:
     """Run the periodic reconciler (celery beat): re-enqueues lost and orphaned jobs."""
     settings = _settings()
+    _check_database(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     os.execv(sys.executable, scheduler_argv(settings, loglevel))
 
@@ -186,7 +276,8 @@ def db_upgrade(revision: str) -> None:
 
     settings = _settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    migrations.upgrade(settings.database_url, revision)
+    with _database_errors(settings):
+        migrations.upgrade(settings.database_url, revision)
     click.echo(f"database at revision {revision}")
 
 
@@ -203,9 +294,11 @@ def keys_create(name: str, admin: bool) -> None:
     from shared.auth import create_client
     from shared.db import Database
 
-    database = Database(_settings().database_url)
+    settings = _settings()
+    _check_database(settings)
+    database = Database(settings.database_url)
     try:
-        with database.session() as session:
+        with _database_errors(settings), database.session() as session:
             client, key = create_client(session, name, is_admin=admin)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
@@ -230,11 +323,12 @@ def up(host: str, port: int) -> None:
     signal.signal(signal.SIGTERM, _exit_on_signal)
     children: list[subprocess.Popen[bytes]] = []
     try:
+        with _database_errors(settings):  # before anything starts
+            migrations.upgrade(settings.database_url)
+        click.echo(f"schema up to date: {_database_name(settings)}")
         redis_process = _ensure_redis(settings)
         if redis_process is not None:
             children.append(redis_process)
-        migrations.upgrade(settings.database_url)
-        click.echo("schema up to date")
         pieces = {
             "the API": _start(api_argv(host, port, DEFAULT_API_WORKERS)),
             "the worker": _start(worker_argv()),
