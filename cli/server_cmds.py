@@ -268,10 +268,41 @@ def db() -> None:
     """Database schema commands."""
 
 
-@db.command("upgrade")
-@click.option("--revision", default="head", show_default=True)
+class _ShowsWhere(click.Command):
+    """A command whose help ends with where its database and files are, from here."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_epilog(ctx, formatter)
+        try:
+            settings = Settings.from_env()
+        except ConfigError as exc:
+            where = f"(the settings are malformed: {exc})"
+        else:
+            database = settings.database_url
+            default = f"sqlite:///{settings.data_dir / SQLITE_FILE_NAME}"
+            if database == default:
+                database = str(settings.data_dir / SQLITE_FILE_NAME)
+            else:
+                database = _database_name(settings)
+            where = f"the data dir is {settings.data_dir}, the database {database}"
+        formatter.write_paragraph()
+        with formatter.indentation():
+            formatter.write_text(f"Here, now: {where}.")
+
+
+WHERE_IT_GOES = (
+    "The database is STYLEQUEUE_DATABASE_URL, by default the SQLite file stylequeue.sqlite3 "
+    "in the data dir: STYLEQUEUE_DATA_DIR, by default ./var in the working directory "
+    "(made absolute when the command starts), which also holds the job files."
+)
+
+
+@db.command("upgrade", cls=_ShowsWhere, epilog=WHERE_IT_GOES)
+@click.option(
+    "--revision", default="head", show_default=True, help="The Alembic revision to go to."
+)
 def db_upgrade(revision: str) -> None:
-    """Build or migrate the schema (Alembic) to REVISION."""
+    """Build or migrate the schema (Alembic) to --revision: the latest unless told."""
     import migrations
 
     settings = _settings()
@@ -286,11 +317,16 @@ def keys() -> None:
     """API key commands."""
 
 
-@keys.command("create")
+@keys.command("create", cls=_ShowsWhere, epilog=WHERE_IT_GOES)
 @click.argument("name")
 @click.option("--admin", is_flag=True, help="The key may use the admin endpoints.")
 def keys_create(name: str, admin: bool) -> None:
-    """Create an API client NAME and print its new key (alone, on the last line)."""
+    """Create an API client NAME and print its new key (alone, on the last line).
+
+    Run it with the settings of the stack (from the directory of `stylequeue up`, or
+    with the same STYLEQUEUE_DATA_DIR / STYLEQUEUE_DATABASE_URL): the client is made in
+    that database.
+    """
     from shared.auth import create_client
     from shared.db import Database
 
@@ -309,11 +345,18 @@ def keys_create(name: str, admin: bool) -> None:
     click.echo(key)
 
 
-@click.command()
+@click.command(cls=_ShowsWhere, epilog=WHERE_IT_GOES)
 @click.option("--host", default=DEFAULT_HOST, show_default=True)
 @click.option("--port", default=DEFAULT_PORT, show_default=True, type=int)
 def up(host: str, port: int) -> None:
-    """The whole stack on one machine: Redis (if none answers), migrations, API, one worker."""
+    """The whole stack on one machine: Redis (if none answers), migrations, API, one worker
+    and the scheduler.
+
+    It runs in the foreground (the client commands go in another terminal) and says
+    "stylequeue is up" once the API answers /readyz and the worker has loaded VGG19;
+    Ctrl-C (or SIGTERM) stops everything it started. It exits non-zero, in one line,
+    when a piece fails to start (the port is taken, the database cannot be opened).
+    """
     import migrations
 
     settings = _settings()
