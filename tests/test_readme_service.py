@@ -249,3 +249,32 @@ def test_a_relative_data_dir_is_made_absolute_against_the_working_directory(
         assert settings.database_url == f"sqlite:///{settings.data_dir / 'stylequeue.sqlite3'}"
     built = Settings(database_url="sqlite://", data_dir=Path("var"))
     assert built.data_dir == tmp_path.resolve() / "var"
+
+
+def readme_shell_blocks() -> list[str]:
+    return re.findall(r"^```\n(.*?)^```$", README.read_text(), flags=re.MULTILINE | re.DOTALL)
+
+
+def test_what_the_readme_commands_write_is_ignored_by_git() -> None:
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    outputs = {
+        name
+        for block in readme_shell_blocks()
+        for name in re.findall(r"(?:^|\s)(?:-o|--output)\s+(\S+)", block)
+    }
+    assert {"out.png", "cat.png"} <= outputs, outputs
+    for name in sorted(outputs) + ["var/stylequeue.sqlite3", "var/jobs/x/result.png"]:
+        done = subprocess.run(["git", "check-ignore", "-q", name], cwd=ROOT)
+        assert done.returncode == 0, f"{name}, which a README command writes, is not in .gitignore"
+
+
+def test_pyproject_points_at_readme_text_that_exists() -> None:
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    pointers = re.findall(r'README(?:\.md)?, "([^"]+)"', pyproject)
+    assert pointers, "the PyTorch pins' comment names the README section it refers to"
+    text = README.read_text()
+    for heading in pointers:
+        assert f"\n## {heading}\n" in text, heading
+        section = text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+        assert "CUDA" in section and "6 GB" in section, heading
