@@ -58,9 +58,10 @@ def init_app(app: Flask) -> None:
 
 
 def add_security_headers(response: Response) -> Response:
-    """Runs for every response Flask sends, error responses included."""
+    """Runs for every response Flask sends, error responses included. A view that set a
+    policy of its own (a stricter one, e.g. ``sandbox`` for a file) keeps it."""
     for name, value in HEADERS.items():
         response.headers[name] = value
     is_admin = request.path == ADMIN_PREFIX or request.path.startswith(ADMIN_PREFIX + "/")
-    response.headers["Content-Security-Policy"] = ADMIN_POLICY if is_admin else API_POLICY
+    response.headers.setdefault("Content-Security-Policy", ADMIN_POLICY if is_admin else API_POLICY)
     return response
