@@ -115,6 +115,9 @@ def _on_sigterm_in_child(signum: int, frame: FrameType | None) -> None:
         os.kill(os.getpid(), signum)
 
 
+POOL_PROCESS_NAME = "PoolWorker"  # billiard names them ForkPoolWorker-N
+
+
 @worker_shutting_down.connect
 def hand_back_running_jobs(how: str | None = None, **_: Any) -> None:
     """In the worker's main process, on a warm shutdown (SIGTERM to it alone, as
@@ -129,7 +132,9 @@ def hand_back_running_jobs(how: str | None = None, **_: Any) -> None:
     from billiard.process import active_children
 
     for child in active_children():
-        if child.pid is not None:
+        # Pool processes only: the scheduler's worker has none, and its one child, the
+        # embedded celery beat, runs no job (Celery stops it with the worker).
+        if child.pid is not None and POOL_PROCESS_NAME in (child.name or ""):
             log.info("asking pool process %d to hand its job back", child.pid)
             os.kill(child.pid, signal.SIGTERM)
 
