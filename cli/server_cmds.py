@@ -106,12 +106,15 @@ def _database_errors(settings: Settings) -> Iterator[None]:
         raise _database_error(settings, exc) from None
 
 
-def _check_database(settings: Settings) -> None:
+def _check_database(settings: Settings, *, service: bool = False) -> None:
     """Before a command that needs the schema: the database opens and has its tables.
 
-    A missing SQLite file is named without creating an empty one in passing.
+    A missing SQLite file is named without creating an empty one in passing. A
+    ``service`` (api, worker, scheduler) that cannot reach a database server only says
+    so and starts: it waits for the database as it would in an outage.
     """
     from sqlalchemy import inspect
+    from sqlalchemy.exc import DBAPIError
 
     from shared.db import make_engine
 
@@ -122,9 +125,17 @@ def _check_database(settings: Settings) -> None:
         )
     engine = make_engine(settings.database_url)
     try:
-        with _database_errors(settings), engine.connect() as connection:
-            inspector = inspect(connection)
-            missing = [name for name in SCHEMA_TABLES if not inspector.has_table(name)]
+        with _database_errors(settings):
+            try:
+                connection = engine.connect()
+            except DBAPIError as exc:
+                if not service or sqlite_file is not None:
+                    raise
+                click.echo(f"{_database_error(settings, exc).message}; starting anyway", err=True)
+                return
+            with connection:
+                inspector = inspect(connection)
+                missing = [name for name in SCHEMA_TABLES if not inspector.has_table(name)]
     finally:
         engine.dispose()
     if missing:
@@ -228,7 +239,7 @@ def api(host: str, port: int, workers: int, access_log: bool, dev: bool) -> None
     """Serve the HTTP API: gunicorn, WORKERS processes, each an event loop that reads requests
     whole and runs the app on 4 threads (api/serving.py)."""
     settings = _settings()
-    _check_database(settings)
+    _check_database(settings, service=True)
     if dev:
         from api import create_app
         from shared.logging import configure_logging
@@ -249,7 +260,7 @@ def api(host: str, port: int, workers: int, access_log: bool, dev: bool) -> None
 )
 def worker(loglevel: str, events: bool) -> None:
     """Run a Celery worker: one style-transfer job at a time (one per GPU)."""
-    _check_database(_settings())
+    _check_database(_settings(), service=True)
     os.execv(sys.executable, worker_argv(loglevel, events=events))
 
 
@@ -258,7 +269,7 @@ def worker(loglevel: str, events: bool) -> None:
 def scheduler(loglevel: str) -> None:
     """Run the periodic reconciler (celery beat): re-enqueues lost and orphaned jobs."""
     settings = _settings()
-    _check_database(settings)
+    _check_database(settings, service=True)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     os.execv(sys.executable, scheduler_argv(settings, loglevel))
 

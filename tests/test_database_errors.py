@@ -7,13 +7,15 @@ that cannot hold one, a PostgreSQL where none answers.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from processes import free_port
+from processes import free_port, stop_process_group
 
 import migrations
 
@@ -84,18 +86,55 @@ def test_keys_create_names_the_data_dir_it_was_given(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "args",
-    [*NEEDS_SCHEMA, ["db", "upgrade"], ["up", "--port", str(free_port())]],
+    [["keys", "create", "alice"], ["db", "upgrade"], ["up", "--port", str(free_port())]],
     ids=lambda a: a[0] if a[0] != "keys" else "keys create",
 )
-def test_a_database_that_cannot_be_opened(args: list[str], tmp_path: Path) -> None:
-    postgres = f"postgresql://someone:secret@127.0.0.1:{free_port()}/stylequeue"
+def test_a_database_server_that_does_not_answer(args: list[str], tmp_path: Path) -> None:
+    port = free_port()
+    postgres = f"postgresql://someone:secret@127.0.0.1:{port}/stylequeue"
     line = one_line(
         run(args, tmp_path, STYLEQUEUE_DATABASE_URL=postgres),
         "cannot open the database",
         "STYLEQUEUE_DATABASE_URL",
-        f"127.0.0.1:{postgres.rsplit(':', 1)[1].split('/')[0]}",
+        f"127.0.0.1:{port}",
     )
     assert "secret" not in line
+
+
+@pytest.mark.slow
+def test_the_api_starts_anyway_when_its_database_server_is_down(tmp_path: Path) -> None:
+    """A database outage is no misconfiguration: the API says so in one line and serves
+    (503s until the database is back), as it does when the outage comes later."""
+    import httpx
+
+    db_port, api_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STYLEQUEUE_")}
+    env["STYLEQUEUE_DATABASE_URL"] = f"postgresql://someone@127.0.0.1:{db_port}/stylequeue"
+    log_path = tmp_path / "api.log"
+    with log_path.open("wb") as log:
+        api = subprocess.Popen(
+            [STYLEQUEUE, "api", "--port", str(api_port)],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + COMMAND_SECONDS
+        while True:
+            assert api.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, log_path.read_text()
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"http://127.0.0.1:{api_port}/healthz", timeout=1).is_success:
+                    break
+            time.sleep(0.2)
+        assert "cannot open the database" in log_path.read_text() and "starting anyway" in (
+            log_path.read_text()
+        )
+        assert httpx.get(f"http://127.0.0.1:{api_port}/readyz", timeout=5).status_code == 503
+    finally:
+        stop_process_group(api)
 
 
 @pytest.mark.slow
