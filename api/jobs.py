@@ -19,7 +19,7 @@ from shared.errors import ConflictError, InvalidInputError, NotFoundError
 from shared.logging import log_cancel_requested, log_job_created
 from shared.models import Job, JobRecord, JobStatus, utcnow
 from shared.pagination import Cursor, parse_limit
-from shared.storage import PREVIEW_FILE, RESULT_FILE
+from shared.storage import committed_preview, committed_result
 
 log = logging.getLogger(__name__)
 blueprint = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
@@ -138,9 +138,11 @@ def get_result(job_id: str) -> Response:
             code="job_not_succeeded",
             details={"status": job.status.value},
         )
+    # Only the file the row names: the one the attempt that finished the job wrote.
     return _png(
         job.id,
-        RESULT_FILE,
+        committed_result(job.result_file),
+        "result.png",
         missing_code="result_missing",
         missing_message="its result file is gone (removed after the retention period)",
     )
@@ -149,15 +151,33 @@ def get_result(job_id: str) -> Response:
 @blueprint.get("/<job_id>/preview")
 def get_preview(job_id: str) -> Response:
     principal = current_principal()
-    job = jobs.get_job(read_session(), jobs.parse_job_id(job_id), client_id=principal.client_id)
-    return _png(job.id, PREVIEW_FILE, missing_code="no_preview")
+    parsed = jobs.parse_job_id(job_id)
+    session = read_session()
+    job = jobs.get_job(session, parsed, client_id=principal.client_id)
+    name = committed_preview(job.preview_file)
+    if job.status is JobStatus.RUNNING and not services().storage.path(job.id, name).is_file():
+        # The worker replaced the preview between the read of the row and the file's
+        # (it removes the one it replaced): the row names the new one now.
+        session.refresh(job)
+        name = committed_preview(job.preview_file)
+    return _png(job.id, name, "preview.png", missing_code="no_preview")
 
 
 def _png(
-    job_id: uuid.UUID, name: str, *, missing_code: str, missing_message: str | None = None
+    job_id: uuid.UUID,
+    name: str,
+    download_as: str,
+    *,
+    missing_code: str,
+    missing_message: str | None = None,
 ) -> Response:
     path = services().storage.path(job_id, name)
-    if not path.is_file():
-        message = missing_message or f"it has no {name.removesuffix('.png')} yet"
-        raise NotFoundError(f"job {job_id}: {message}", code=missing_code)
-    return send_file(path, mimetype="image/png", max_age=0, download_name=f"{job_id}-{name}")
+    try:
+        # Opened here, not by name later: a preview replaced meanwhile stays readable.
+        opened = path.open("rb")
+    except FileNotFoundError:
+        message = missing_message or f"it has no {download_as.removesuffix('.png')} yet"
+        raise NotFoundError(f"job {job_id}: {message}", code=missing_code) from None
+    return send_file(
+        opened, mimetype="image/png", max_age=0, download_name=f"{job_id}-{download_as}"
+    )

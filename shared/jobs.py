@@ -43,7 +43,7 @@ from shared.errors import LeaseLostError, NotFoundError
 from shared.models import Job, JobEvent, JobRecord, JobStatus, utcnow
 from shared.pagination import Cursor
 from shared.params import StyleParams, parse_params
-from shared.storage import CHECKPOINT_FILE, CONTENT_FILE, LocalStorage, style_file
+from shared.storage import CONTENT_FILE, LocalStorage, style_file
 
 log = logging.getLogger(__name__)
 
@@ -392,6 +392,12 @@ class Claim:
     attempt: int
     params: dict[str, Any]
     n_styles: int
+    # The committed checkpoint and preview when the claim was made (None: none yet).
+    # Only the lease holder changes them, so the holder knows them from here on.
+    checkpoint_file: str | None = None
+    preview_file: str | None = None
+    # Asked before this attempt began (while an earlier one's worker was dying): stop at once.
+    cancel_requested: bool = False
 
 
 def claim_job(
@@ -425,15 +431,22 @@ def claim_job(
             started_at=func.coalesce(Job.started_at, now),
             updated_at=now,
         )
-        .returning(Job.attempts, Job.params, Job.n_styles)
+        .returning(
+            Job.attempts,
+            Job.params,
+            Job.n_styles,
+            Job.checkpoint_file,
+            Job.preview_file,
+            Job.cancel_requested,
+        )
     ).one_or_none()
     if claimed is None:
         session.rollback()
         return None
-    attempt, params, n_styles = claimed
+    attempt, params, n_styles, checkpoint, preview, cancel = claimed
     session.add(JobEvent(job_id=job_id, kind=EventKind.CLAIMED, attempt=attempt, worker=worker))
     session.commit()
-    return Claim(job_id, worker, attempt, dict(params), n_styles)
+    return Claim(job_id, worker, attempt, dict(params), n_styles, checkpoint, preview, bool(cancel))
 
 
 def _claimable(now: datetime) -> ColumnElement[bool]:
@@ -530,6 +543,7 @@ def fail_exhausted_job(
             eta_seconds=None,
             lease_owner=None,
             lease_expires_at=None,
+            checkpoint_file=None,
             finished_at=now,
             updated_at=now,
         )
@@ -600,9 +614,32 @@ def progress_percent(iteration: int, iterations: int) -> float:
     return round(100.0 * min(max(iteration, 0), iterations) / iterations, 2)
 
 
-def record_checkpoint(session: Session, claim: Claim, *, iteration: int) -> None:
-    """A checkpoint of the run after ``iteration`` is in storage."""
+def record_checkpoint(session: Session, claim: Claim, *, iteration: int, name: str) -> None:
+    """The checkpoint ``name``, of the run after ``iteration``, is in storage: commit it.
+
+    The row names it (the one a later attempt resumes from) and a ``checkpoint``
+    event records it, in one transaction, only while ``claim`` holds the lease;
+    LeaseLostError otherwise (and nothing changes).
+    """
+    _commit_file(session, claim, {"checkpoint_file": name})
     _record(session, claim, EventKind.CHECKPOINT, iteration)
+
+
+def record_preview(session: Session, claim: Claim, *, name: str) -> None:
+    """The preview ``name`` is in storage: the one served, while ``claim`` holds the lease.
+
+    LeaseLostError otherwise (and nothing changes).
+    """
+    _commit_file(session, claim, {"preview_file": name})
+    session.commit()
+
+
+def _commit_file(session: Session, claim: Claim, values: dict[str, Any]) -> None:
+    # Left uncommitted: the caller adds what goes with it (an event) and commits.
+    named = session.execute(update(Job).where(_held_by(claim)).values(**values))
+    if not _rowcount(named):
+        session.rollback()
+        raise LeaseLostError(f"{claim.worker} lost its lease on job {claim.job_id}")
 
 
 def record_resumed(session: Session, claim: Claim, *, iteration: int) -> None:
@@ -623,10 +660,17 @@ def _record(session: Session, claim: Claim, kind: EventKind, iteration: int) -> 
     session.commit()
 
 
-def finish_job(session: Session, claim: Claim) -> None:
-    """running → succeeded (the result file is already stored). LeaseLostError if not held."""
+def finish_job(session: Session, claim: Claim, *, result_file: str | None = None) -> None:
+    """running → succeeded, naming ``result_file`` (already stored) as the job's result.
+
+    LeaseLostError if not held: then the row is unchanged and the file is no result.
+    Without ``result_file`` the result is the fixed-name one jobs used to have.
+    """
     now = utcnow()
-    _end(session, claim, JobStatus.SUCCEEDED, EventKind.SUCCEEDED, {"eta_seconds": 0.0}, now)
+    values: dict[str, Any] = {"eta_seconds": 0.0}
+    if result_file is not None:
+        values["result_file"] = result_file
+    _end(session, claim, JobStatus.SUCCEEDED, EventKind.SUCCEEDED, values, now)
 
 
 def fail_job(
@@ -660,14 +704,18 @@ def cancel_running_job(session: Session, claim: Claim, *, iteration: int) -> Non
     )
 
 
-def release_job(session: Session, claim: Claim, *, iteration: int) -> None:
+def release_job(
+    session: Session, claim: Claim, *, iteration: int, checkpoint_file: str | None = None
+) -> None:
     """running → queued: a worker shutting down hands the job back after checkpointing it.
 
     Only while holding the lease (LeaseLostError otherwise). The attempt count
     stays as it is, so the next claim is a new attempt that resumes from the
-    checkpoint; the ``released`` event records where this attempt stopped.
+    checkpoint; the ``released`` event records where this attempt stopped. With
+    ``checkpoint_file`` (stored already), the row names it in the same statement.
     """
     now = utcnow()
+    committed = {"checkpoint_file": checkpoint_file} if checkpoint_file is not None else {}
     released = session.execute(
         update(Job)
         .where(_held_by(claim))
@@ -677,6 +725,7 @@ def release_job(session: Session, claim: Claim, *, iteration: int) -> None:
             lease_expires_at=None,
             eta_seconds=None,
             updated_at=now,
+            **committed,
         )
     )
     if not _rowcount(released):
@@ -734,6 +783,7 @@ def _end(
             updated_at=now,
             lease_owner=None,
             lease_expires_at=None,
+            checkpoint_file=None,  # a finished job is never resumed
             **values,
         )
     )
@@ -817,7 +867,7 @@ def fail_exhausted_jobs(
     for job_id in candidates:
         exhausted = fail_exhausted_job(session, job_id, max_attempts=max_attempts)
         if exhausted is not None:
-            storage.delete(job_id, CHECKPOINT_FILE)
+            storage.delete_checkpoints(job_id)
             failed.append(exhausted)
     return failed
 

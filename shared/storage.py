@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -48,6 +49,40 @@ UNAVAILABLE_ERRNOS = frozenset(
 )
 
 ALLOWED_NAMES = frozenset({CONTENT_FILE, PREVIEW_FILE, CHECKPOINT_FILE, RESULT_FILE})
+
+# What a worker writes is named by its attempt (and, for a checkpoint or a preview,
+# the iteration it holds): a worker that lost its lease can only ever write files of
+# its own, which no row names. The row's result_file, checkpoint_file and
+# preview_file say which one is committed. The fixed names above are what jobs
+# stored before that (a row whose column is empty) use.
+_FENCED_NAME = re.compile(
+    r"(result|preview)\.a[0-9]{1,9}(\.i[0-9]{1,9})?\.png|checkpoint\.a[0-9]{1,9}\.i[0-9]{1,9}\.bin"
+)
+
+
+def result_file(attempt: int) -> str:
+    """The name of the result that ``attempt`` writes."""
+    return f"result.a{attempt}.png"
+
+
+def checkpoint_file(attempt: int, iteration: int) -> str:
+    """The name of the checkpoint that ``attempt`` writes after ``iteration``."""
+    return f"checkpoint.a{attempt}.i{iteration}.bin"
+
+
+def preview_file(attempt: int, iteration: int) -> str:
+    """The name of the preview that ``attempt`` writes after ``iteration``."""
+    return f"preview.a{attempt}.i{iteration}.png"
+
+
+def committed_result(named: str | None) -> str:
+    """The result file a row names (``result_file``), or the one jobs used to have."""
+    return named or RESULT_FILE
+
+
+def committed_preview(named: str | None) -> str:
+    """The preview file a row names (``preview_file``), or the one jobs used to have."""
+    return named or PREVIEW_FILE
 
 
 class LocalStorage:
@@ -153,6 +188,15 @@ class LocalStorage:
     def delete(self, job_id: uuid.UUID, name: str) -> None:
         self.path(job_id, name).unlink(missing_ok=True)
 
+    def delete_checkpoints(self, job_id: uuid.UUID) -> None:
+        """Remove every checkpoint of a job, of any attempt (once it is finished)."""
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(self.job_dir(job_id)):
+                if entry.name == CHECKPOINT_FILE or (
+                    entry.name.startswith("checkpoint.a") and _FENCED_NAME.fullmatch(entry.name)
+                ):
+                    Path(entry.path).unlink(missing_ok=True)
+
     def delete_job_files(self, job_id: uuid.UUID) -> None:
         """Remove every file of a job (used when a submit fails half way, and by retention)."""
         shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
@@ -164,6 +208,8 @@ def _check_name(name: str) -> None:
     if name in ALLOWED_NAMES:
         return
     if name.startswith("style-") and name.endswith(".png") and name[6:-4].isdigit():
+        return
+    if _FENCED_NAME.fullmatch(name):
         return
     raise ValueError(f"not a job file name: {name!r}")
 

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from shared import jobs
 from shared.db import Database
-from shared.errors import ClientError, EngineError, LeaseLostError, ParameterError
+from shared.errors import ClientError, EngineError, LeaseLostError, ParameterError, StorageError
 from shared.images import decode_image
 from shared.jobs import Claim, EventKind
 from shared.logging import job_event
@@ -33,9 +33,10 @@ from shared.settings import Settings
 from shared.storage import (
     CHECKPOINT_FILE,
     CONTENT_FILE,
-    PREVIEW_FILE,
-    RESULT_FILE,
     LocalStorage,
+    checkpoint_file,
+    preview_file,
+    result_file,
     style_file,
 )
 from worker.engine import (
@@ -50,6 +51,7 @@ from worker.engine import (
     pil_to_tensor,
     transfer,
 )
+from worker.fault_hooks import pause_before_write
 from worker.registry import WorkerRegistry
 
 log = logging.getLogger(__name__)
@@ -164,7 +166,7 @@ def run_job(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
         if claim is None:
             exhausted = jobs.fail_exhausted_job(session, job_id, max_attempts=max_attempts)
             if exhausted is not None:
-                ctx.storage.delete(job_id, CHECKPOINT_FILE)  # a failed job is never resumed
+                ctx.storage.delete_checkpoints(job_id)  # a failed job is never resumed
                 log.warning(
                     "job %s failed: %s: %s",
                     job_id,
@@ -221,18 +223,14 @@ def _run_claimed(
         content, styles = _load_inputs(ctx, claim)
         reporter.check_lease()
         output = _transfer(ctx, session, claim, reporter, params, content, styles)
-        reporter.check_lease()
-        ctx.storage.put(claim.job_id, RESULT_FILE, encode_png(output))
+        result = result_file(claim.attempt)
+        _put_own(ctx, reporter, "result", result, encode_png(output))
     except EngineInterrupted as exc:
         if reporter.lease_lost:
-            if reporter.lease_ran_out:
-                # Cut off from the database, not replaced: the lease has not expired
-                # in the database yet, so no other worker can have claimed the job.
-                # The next attempt resumes from here and redoes nothing.
-                ctx.storage.put(claim.job_id, CHECKPOINT_FILE, exc.state.to_bytes())
+            # Whether replaced or cut off from the database, this attempt commits
+            # nothing more: the next one resumes from the last committed checkpoint.
             raise LeaseLostError(f"lost the lease on job {claim.job_id}") from None
         if reporter.timed_out:
-            ctx.storage.delete(claim.job_id, CHECKPOINT_FILE)  # a failed job is never resumed
             limit = ctx.settings.max_run_seconds
             message = (
                 f"the job ran longer than the maximum run time ({limit:g} s, "
@@ -246,7 +244,7 @@ def _run_claimed(
             "record the cancel",
             lambda: jobs.cancel_running_job(session, claim, iteration=stopped_at),
         )
-        ctx.storage.delete(claim.job_id, CHECKPOINT_FILE)
+        ctx.storage.delete_checkpoints(claim.job_id)
         log.info(
             "job %s canceled at iteration %d",
             claim.job_id,
@@ -275,8 +273,15 @@ def _run_claimed(
             f"the worker hit an unexpected error ({exc.__class__.__name__}); it has been logged",
         )
     # The result is stored: the database down now only delays the success.
-    reporter.write("record the success", lambda: jobs.finish_job(session, claim))
-    ctx.storage.delete(claim.job_id, CHECKPOINT_FILE)
+    try:
+        reporter.write(
+            "record the success",
+            lambda: jobs.finish_job(session, claim, result_file=result),
+        )
+    except LeaseLostError as exc:
+        _forget_own(ctx, claim, result, exc)
+        raise
+    ctx.storage.delete_checkpoints(claim.job_id)
     log.info(
         "job %s succeeded",
         claim.job_id,
@@ -288,11 +293,33 @@ def _run_claimed(
 def _release(
     ctx: WorkerContext, session: Session, claim: Claim, reporter: JobReporter, state: EngineState
 ) -> Outcome:
-    # The checkpoint first: once the row says queued, another worker may claim it.
-    ctx.storage.put(claim.job_id, CHECKPOINT_FILE, state.to_bytes())
-    reporter.write(
-        "hand the job back", lambda: jobs.release_job(session, claim, iteration=state.iteration)
-    )
+    # The checkpoint first, named by the row in the same statement that hands the
+    # job back: once the row says queued, another worker may claim it.
+    name: str | None = checkpoint_file(claim.attempt, state.iteration)
+    assert name is not None
+    try:
+        _put_own(ctx, reporter, "checkpoint", name, state.to_bytes())
+    except (OSError, StorageError):
+        log.warning(
+            "job %s: could not store its checkpoint; handing it back without",
+            claim.job_id,
+            exc_info=True,
+            extra=job_event("checkpoint_failed", claim.job_id, **_who(ctx, claim)),
+        )
+        name = None
+    try:
+        reporter.write(
+            "hand the job back",
+            lambda: jobs.release_job(
+                session, claim, iteration=state.iteration, checkpoint_file=name
+            ),
+        )
+    except LeaseLostError as exc:
+        if name is not None:
+            _forget_own(ctx, claim, name, exc)
+        raise
+    if name is not None:
+        reporter.committed_checkpoint(name)
     log.info(
         "job %s released at iteration %d: the worker is shutting down",
         claim.job_id,
@@ -361,6 +388,7 @@ def _fail(
         "record the failure",
         lambda: jobs.fail_job(session, claim, code=code, message=message, progress=progress),
     )
+    ctx.storage.delete_checkpoints(claim.job_id)  # a failed job is never resumed
     log.info(
         "job %s failed: %s: %s",
         claim.job_id,
@@ -383,14 +411,39 @@ def _load_inputs(ctx: WorkerContext, claim: Claim) -> tuple[torch.Tensor, list[t
     return content, styles
 
 
+def _put_own(ctx: WorkerContext, reporter: JobReporter, kind: str, name: str, data: bytes) -> None:
+    """Store a file of this attempt's own (``name`` holds its attempt number).
+
+    Nothing once the lease is lost (LeaseLostError). A worker that loses it
+    between this check and the write (a pause of the process) writes a file that
+    no row names: it is never served or resumed from, and it deletes it once its
+    commit is refused.
+    """
+    claim = reporter.claim
+    reporter.check_lease()
+    pause_before_write(kind, claim.job_id, claim.attempt)
+    ctx.storage.put(claim.job_id, name, data, durable=kind != "preview")
+
+
+def _forget_own(ctx: WorkerContext, claim: Claim, name: str, exc: LeaseLostError) -> None:
+    # The row refused to name our file: nobody else ever will, remove it. Not when
+    # the database stopped answering: the commit may have gone through.
+    if not isinstance(exc, WriteAbandonedError):
+        ctx.storage.delete(claim.job_id, name)
+
+
 def _load_checkpoint(
     ctx: WorkerContext, session: Session, claim: Claim, reporter: JobReporter
 ) -> EngineState | None:
-    if claim.attempt <= 1 or not ctx.storage.exists(claim.job_id, CHECKPOINT_FILE):
-        return None
+    name = claim.checkpoint_file
+    if name is None:
+        # A job from before the row named its checkpoint: the one fixed name it had.
+        if claim.attempt <= 1 or not ctx.storage.exists(claim.job_id, CHECKPOINT_FILE):
+            return None
+        name = CHECKPOINT_FILE
     try:
-        state = EngineState.from_bytes(ctx.storage.get(claim.job_id, CHECKPOINT_FILE))
-    except ClientError as exc:  # a torn or foreign checkpoint: start over rather than fail
+        state = EngineState.from_bytes(ctx.storage.get(claim.job_id, name))
+    except ClientError as exc:  # a torn, foreign or missing checkpoint: start over
         log.warning(
             "job %s: ignoring its checkpoint (%s)",
             claim.job_id,
@@ -414,6 +467,11 @@ def _load_checkpoint(
 
 class DatabaseWaitAbandoned(Exception):
     """``retry_while_unavailable`` gave up: the database did not answer in time."""
+
+
+class WriteAbandonedError(LeaseLostError):
+    """A write of a job's outcome given up: the database did not answer before the
+    lease ran out. Whether its last try committed is unknown."""
 
 
 def database_unavailable(exc: BaseException) -> bool:
@@ -546,7 +604,10 @@ class JobReporter:
         # time the job spent queued, or waiting for a dead worker's lease to expire,
         # is not its own run time and must not make a resumed attempt fail at once.
         self._deadline = started + ctx.settings.max_run_seconds
-        self.cancel_requested = False
+        # The committed files: what the row names (only the lease holder changes that).
+        self._checkpoint = claim.checkpoint_file
+        self._preview = claim.preview_file
+        self.cancel_requested = claim.cancel_requested
         self.lease_lost = False
         self.lease_ran_out = False  # lost because the heartbeats failed, not to another worker
         self.timed_out = False
@@ -568,6 +629,16 @@ class JobReporter:
     def progress(self) -> tuple[int, int] | None:
         """(iteration, iterations) as the engine last reported them; None before any."""
         return self._progress[:2] if self._progress else None
+
+    @property
+    def claim(self) -> Claim:
+        return self._claim
+
+    def committed_checkpoint(self, name: str) -> None:
+        """The row names checkpoint ``name`` now: the one it named before goes."""
+        previous, self._checkpoint = self._checkpoint, name
+        if previous is not None and previous != name:
+            self._ctx.storage.delete(self._claim.job_id, previous)
 
     def check_lease(self) -> None:
         """LeaseLostError once the lease is lost: from then on the worker writes nothing."""
@@ -633,15 +704,33 @@ class JobReporter:
                 give_up=lambda: self._clock() + DB_RETRY_MAX_SECONDS >= self._lease_until,
             )
         except DatabaseWaitAbandoned:
-            raise LeaseLostError(f"could not {what} before the lease ran out") from None
+            raise WriteAbandonedError(f"could not {what} before the lease ran out") from None
 
     def _save_preview(self, progress: Progress) -> None:
-        preview = encode_png(progress.image())
-        self._ctx.storage.put(self._claim.job_id, PREVIEW_FILE, preview, durable=False)
+        name = preview_file(self._claim.attempt, progress.iteration)
+        _put_own(self._ctx, self, "preview", name, encode_png(progress.image()))
+        try:
+            jobs.record_preview(self._session, self._claim, name=name)
+        except LeaseLostError:
+            self.lease_lost = True
+            self._ctx.storage.delete(self._claim.job_id, name)
+            return
+        previous, self._preview = self._preview, name
+        if previous is not None and previous != name:
+            self._ctx.storage.delete(self._claim.job_id, previous)
 
     def _save_checkpoint(self, progress: Progress) -> None:
-        self._ctx.storage.put(self._claim.job_id, CHECKPOINT_FILE, progress.state().to_bytes())
-        jobs.record_checkpoint(self._session, self._claim, iteration=progress.iteration)
+        name = checkpoint_file(self._claim.attempt, progress.iteration)
+        _put_own(self._ctx, self, "checkpoint", name, progress.state().to_bytes())
+        try:
+            jobs.record_checkpoint(
+                self._session, self._claim, iteration=progress.iteration, name=name
+            )
+        except LeaseLostError:
+            self.lease_lost = True
+            self._ctx.storage.delete(self._claim.job_id, name)
+            return
+        self.committed_checkpoint(name)
         log.info(
             "job %s checkpoint at iteration %d",
             self._claim.job_id,
@@ -656,7 +745,9 @@ class JobReporter:
         # A full disk or a database hiccup costs a preview or a checkpoint, not the job.
         try:
             save(progress)
-        except (OSError, SQLAlchemyError):
+        except LeaseLostError:
+            self.lease_lost = True  # run_job logs it once the engine has stopped
+        except (OSError, StorageError, SQLAlchemyError):
             with contextlib.suppress(SQLAlchemyError):  # the connection may be gone
                 self._session.rollback()
             log.warning(

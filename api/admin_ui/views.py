@@ -45,7 +45,7 @@ from shared.errors import (
 from shared.jobs import parse_job_id
 from shared.models import ApiClient, Job, JobStatus, utcnow
 from shared.pagination import Cursor, parse_limit
-from shared.storage import CONTENT_FILE, PREVIEW_FILE, RESULT_FILE, style_file
+from shared.storage import CONTENT_FILE, committed_preview, committed_result, style_file
 
 blueprint = Blueprint(
     "admin_ui",
@@ -290,6 +290,7 @@ def live() -> Response:
             Job.eta_seconds,
             Job.worker,
             Job.cancel_requested,
+            Job.preview_file,
         ).where(Job.id.in_(ids))
     )
     storage = services().storage
@@ -298,7 +299,8 @@ def live() -> Response:
         preview = None
         if row.status is JobStatus.RUNNING:
             try:
-                version = storage.path(row.id, PREVIEW_FILE).stat().st_mtime_ns
+                preview_name = committed_preview(row.preview_file)
+                version = storage.path(row.id, preview_name).stat().st_mtime_ns
                 preview = url_for(
                     "admin_ui.thumbnail", job_id=row.id, name="preview", size=96, v=version
                 )
@@ -395,13 +397,14 @@ def delete_files(job_id: str) -> BaseResponse:
 # ------------------------------------------------------------------ images
 
 
-def _file_name(name: str) -> str:
+def _file_name(name: str, job_id: uuid.UUID) -> str:
     if name == "content":
         return CONTENT_FILE
-    if name == "preview":
-        return PREVIEW_FILE
-    if name == "result":
-        return RESULT_FILE
+    if name in ("preview", "result"):
+        # Only the file the row names: the one its attempt committed.
+        column = Job.preview_file if name == "preview" else Job.result_file
+        named = db_session().execute(select(column).where(Job.id == job_id)).scalar()
+        return committed_preview(named) if name == "preview" else committed_result(named)
     if re.fullmatch(r"style-[0-9]{1,3}", name):
         return style_file(int(name[6:]))
     raise NotFoundError(
@@ -412,15 +415,16 @@ def _file_name(name: str) -> str:
 @blueprint.get("/jobs/<job_id>/thumbs/<name>")
 def thumbnail(job_id: str, name: str) -> Response:
     """A JPEG thumbnail (``?size=96`` or 320); an SVG placeholder when the file is gone."""
-    file_name = _file_name(name)
+    parsed = parse_job_id(job_id)
+    file_name = _file_name(name, parsed)
     raw_size = request.args.get("size", str(THUMB_SIZES[0]))
     if raw_size not in {str(s) for s in THUMB_SIZES}:
         raise InvalidInputError(
             f"size: must be one of {', '.join(map(str, THUMB_SIZES))}", field="size"
         )
     size = int(raw_size)
-    changing = file_name == PREVIEW_FILE
-    path = services().storage.path(parse_job_id(job_id), file_name)
+    changing = name == "preview"
+    path = services().storage.path(parsed, file_name)
     data = _thumbs.thumbnail(path, size, cache=not changing)
     if data is None:
         label = "no preview yet" if changing else "no file"
@@ -435,8 +439,9 @@ def thumbnail(job_id: str, name: str) -> Response:
 @blueprint.get("/jobs/<job_id>/files/<name>")
 def image(job_id: str, name: str) -> Response:
     """A job's image at full size (inputs as uploaded, preview and result as PNG)."""
-    file_name = _file_name(name)
-    path = services().storage.path(parse_job_id(job_id), file_name)
+    parsed = parse_job_id(job_id)
+    file_name = _file_name(name, parsed)
+    path = services().storage.path(parsed, file_name)
     if not path.is_file():
         raise NotFoundError(f"job {job_id} has no {name} file (never written, or deleted)")
     if name == "content" or name.startswith("style-"):

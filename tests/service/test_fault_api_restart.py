@@ -41,7 +41,7 @@ from shared.celery_app import JOBS_QUEUE
 from shared.db import Database
 from shared.models import Job, JobStatus
 from shared.settings import Settings
-from shared.storage import RESULT_FILE, LocalStorage
+from shared.storage import LocalStorage, committed_result
 
 CLIENT_THREADS = 3
 PAUSE_SECONDS = 0.5  # between one thread's submits: the one worker must keep up
@@ -225,7 +225,10 @@ def test_api_restarts_under_submit_load_lose_no_accepted_job(
             "every accepted job to succeed", all_succeeded, timeout=WAIT_SECONDS, interval=0.5
         )
         storage = LocalStorage(settings.data_dir)
-        assert all(storage.exists(job_id, RESULT_FILE) for job_id in accepted)
+        with db.session() as session:
+            query = select(Job.id, Job.result_file).where(Job.id.in_(accepted))
+            named = {job_id: name for job_id, name in session.execute(query)}
+        assert all(storage.exists(job_id, committed_result(named[job_id])) for job_id in accepted)
         with httpx.Client(
             base_url=api.base_url, headers={"Authorization": f"Bearer {api_key}"}
         ) as http:

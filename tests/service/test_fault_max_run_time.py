@@ -12,7 +12,6 @@ from sqlalchemy import select
 
 from shared.auth import create_client
 from shared.models import Job, JobEvent, JobStatus
-from shared.storage import CHECKPOINT_FILE
 from worker.runner import TIMEOUT_ERROR_CODE, Outcome, WorkerContext, run_job
 
 pytestmark = pytest.mark.slow
@@ -50,4 +49,5 @@ def test_a_job_past_the_maximum_run_time_fails_with_timeout(ctx: WorkerContext) 
             )
         )
     assert kinds[-1] == "failed"
-    assert not ctx.storage.exists(job_id, CHECKPOINT_FILE), "a failed job keeps no checkpoint"
+    checkpoints = [p for p in ctx.storage.job_dir(job_id).iterdir() if "checkpoint" in p.name]
+    assert not checkpoints, "a failed job keeps no checkpoint"

@@ -39,8 +39,7 @@ from shared.errors import LeaseLostError, ServiceUnavailableError
 from shared.models import Job, JobEvent, JobStatus
 from shared.params import parse_params
 from shared.settings import Settings
-from shared.storage import CHECKPOINT_FILE, LocalStorage
-from worker.engine import EngineState
+from shared.storage import LocalStorage
 from worker.runner import JobReporter, Outcome, WorkerContext, run_job
 
 pytestmark = pytest.mark.slow
@@ -332,7 +331,10 @@ def test_an_outcome_written_during_the_outage_waits_for_the_database_within_the_
         started = time.monotonic()
         try:
             # The engine finished during the outage: the success is written once it is over.
-            reporter.write("record the success", lambda: jobs.finish_job(session, claim))
+            reporter.write(
+                "record the success",
+                lambda: jobs.finish_job(session, claim, result_file="result.a1.png"),
+            )
         finally:
             restart.join()
         assert time.monotonic() - started >= 1.4
@@ -352,7 +354,10 @@ def test_an_outcome_not_written_before_the_lease_runs_out_is_given_up(
         now[0] = LEASE_SECONDS - 1.0  # the heartbeats failed until a second before the end
         started = time.monotonic()
         with pytest.raises(LeaseLostError):
-            reporter.write("record the success", lambda: jobs.finish_job(session, claim))
+            reporter.write(
+                "record the success",
+                lambda: jobs.finish_job(session, claim, result_file="result.a1.png"),
+            )
         assert time.monotonic() - started < 5  # no waiting past the lease
     cluster.start()
     # Nothing written: the job waits for its lease to expire and the reconciler.
@@ -486,13 +491,14 @@ def test_a_database_host_that_never_answers_is_a_503_within_the_connect_timeout(
             db.dispose()
 
 
-def test_an_outage_longer_than_the_lease_stops_the_job_with_a_checkpoint_of_where_it_stopped(
+def test_an_outage_longer_than_the_lease_stops_the_job_and_it_writes_nothing(
     cluster: PostgresCluster, tmp_path: Path
 ) -> None:
-    """Past the lease the worker stops and lets the job go; the next attempt loses nothing."""
+    """Past the lease the worker stops and lets the job go without writing: no file it
+    could not commit; the next attempt resumes from what the database recorded."""
     with worker_context(
         cluster.url, tmp_path, lease_seconds=2.0, checkpoint_seconds=1000.0
-    ) as context:  # no periodic checkpoint: only the one saved on stopping
+    ) as context:  # no periodic checkpoint
         context.network()
         with context.db.session() as session:
             client, _ = create_client(session, "long-outage")
@@ -512,11 +518,14 @@ def test_an_outage_longer_than_the_lease_stops_the_job_with_a_checkpoint_of_wher
                 context.shutting_down.set()
                 thread.join(timeout=30)
             cluster.start()
-        state = EngineState.from_bytes(context.storage.get(job_id, CHECKPOINT_FILE))
-        assert state.iteration > seen  # where the engine stopped, past the last heartbeat
+        assert seen > 0
+        directory = context.storage.job_dir(job_id)
+        assert not [p.name for p in directory.iterdir() if "checkpoint" in p.name]
         stopped = _row(context, job_id)
         assert stopped.status is JobStatus.RUNNING and stopped.attempts == 1  # nothing written
+        assert stopped.checkpoint_file is None
         time.sleep(0.5)  # the database's lease (2 s from the last heartbeat) runs out too
         with context.db.session() as session:
             claim = jobs.claim_job(session, job_id, worker="next", lease_seconds=30)
         assert claim is not None and claim.attempt == 2  # the reconciler's re-send, claimed
+        assert claim.checkpoint_file is None  # nothing recorded: it starts over

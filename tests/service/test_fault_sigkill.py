@@ -38,7 +38,7 @@ from shared.db import Database
 from shared.images import decode_image
 from shared.models import Job, JobEvent, JobStatus
 from shared.settings import Settings
-from shared.storage import CHECKPOINT_FILE, RESULT_FILE, LocalStorage
+from shared.storage import LocalStorage
 from worker.tasks import pool_worker_name
 
 pytestmark = pytest.mark.slow
@@ -198,9 +198,14 @@ def wait_for_checkpoint_and_more(cluster: Cluster, job_id: uuid.UUID, attempt: i
 def assert_result(cluster: Cluster, job_id: uuid.UUID) -> None:
     row = cluster.row(job_id)
     assert row.status is JobStatus.SUCCEEDED and row.iteration == ITERATIONS
-    image = decode_image(cluster.storage.get(job_id, RESULT_FILE), field="result")
+    assert row.result_file == f"result.a{row.attempts}.png", "the finishing attempt's"
+    image = decode_image(cluster.storage.get(job_id, row.result_file), field="result")
     assert max(image.size) == SIZE
-    assert not cluster.storage.exists(job_id, CHECKPOINT_FILE)
+    assert not checkpoint_files(cluster, job_id)
+
+
+def checkpoint_files(cluster: Cluster, job_id: uuid.UUID) -> list[str]:
+    return [p.name for p in cluster.storage.job_dir(job_id).iterdir() if "checkpoint" in p.name]
 
 
 def assert_pool_processes_started_cleanly(worker: WorkerProcess) -> None:
@@ -305,7 +310,7 @@ def test_a_job_whose_workers_keep_dying_fails_after_max_attempts(cluster: Cluste
     assert f"{MAX_ATTEMPTS} attempts" in row.error_message
     assert pool_worker_name(pids[-1]) in row.error_message, "it names the last worker"
     assert row.attempts == MAX_ATTEMPTS
-    assert not cluster.storage.exists(job_id, CHECKPOINT_FILE)
+    assert not checkpoint_files(cluster, job_id) and row.checkpoint_file is None
     [failed] = cluster.events(job_id, "failed")
     assert failed.data["died"] == MAX_ATTEMPTS
 

@@ -24,7 +24,7 @@ from shared.celery_app import create_celery, enqueue_job
 from shared.db import Database
 from shared.models import Job, JobEvent, JobStatus
 from shared.settings import Settings
-from shared.storage import CHECKPOINT_FILE, LocalStorage
+from shared.storage import LocalStorage
 
 pytestmark = pytest.mark.slow
 
@@ -107,7 +107,9 @@ def test_sigterm_mid_job_hands_the_job_back_and_a_restarted_worker_resumes_it(
         assert stopped.attempts == 1 and stopped.error_code is None
         [released] = events("released")
         assert released.attempt == 1 and 0 < released.data["iteration"] < ITERATIONS
-        assert storage.exists(job_id, CHECKPOINT_FILE)
+        # The checkpoint of where it stopped, named by the row in the hand-back.
+        assert stopped.checkpoint_file == f"checkpoint.a1.i{released.data['iteration']}.bin"
+        assert storage.exists(job_id, stopped.checkpoint_file)
         assert not events("failed")
 
         workers.append(WorkerProcess(env, tmp_path / "second.log", "second"))

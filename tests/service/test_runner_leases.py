@@ -20,7 +20,6 @@ from shared import jobs
 from shared.auth import create_client
 from shared.models import Job, JobEvent, JobStatus, utcnow
 from shared.params import parse_params
-from shared.storage import CHECKPOINT_FILE
 from worker.runner import Outcome, WorkerContext, run_job
 
 pytestmark = pytest.mark.slow
@@ -57,6 +56,17 @@ def wait_for(what: str, found: Callable[[], Any]) -> Any:
     return service_helpers.wait_for(what, found, timeout=WAIT_SECONDS)
 
 
+def checkpoint_named(ctx: WorkerContext, job_id: uuid.UUID) -> str | None:
+    with ctx.db.session() as s:
+        row = s.get(Job, job_id)
+        assert row is not None
+        return row.checkpoint_file
+
+
+def checkpoint_files(ctx: WorkerContext, job_id: uuid.UUID) -> list[str]:
+    return [p.name for p in ctx.storage.job_dir(job_id).iterdir() if "checkpoint" in p.name]
+
+
 def test_lost_lease_stops_the_run_and_the_next_attempt_resumes_from_the_checkpoint(
     ctx: WorkerContext,
 ) -> None:
@@ -77,7 +87,9 @@ def test_lost_lease_stops_the_run_and_the_next_attempt_resumes_from_the_checkpoi
 
     first = Background(ctx, job_id)
     checkpoint = wait_for("a checkpoint", lambda: event("checkpoint"))
-    assert ctx.storage.exists(job_id, CHECKPOINT_FILE)
+    named = checkpoint_named(ctx, job_id)
+    assert named is not None and named.startswith("checkpoint.a1.")
+    assert ctx.storage.exists(job_id, named)
 
     # Another worker takes the job over (as if this one had stalled past its lease).
     def steal() -> jobs.Claim | None:
@@ -106,7 +118,8 @@ def test_lost_lease_stops_the_run_and_the_next_attempt_resumes_from_the_checkpoi
         row = s.get(Job, job_id)
         assert row is not None and row.status is JobStatus.CANCELED
         assert row.iteration >= resumed.data["iteration"]
-    assert not ctx.storage.exists(job_id, CHECKPOINT_FILE), "a finished job keeps no checkpoint"
+        assert row.checkpoint_file is None
+    assert not checkpoint_files(ctx, job_id), "a finished job keeps no checkpoint"
 
 
 def test_a_worker_cut_off_from_the_database_stops_when_its_lease_runs_out(
