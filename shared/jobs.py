@@ -647,14 +647,20 @@ def record_resumed(session: Session, claim: Claim, *, iteration: int) -> None:
     _record(session, claim, EventKind.RESUMED, iteration)
 
 
-def _record(session: Session, claim: Claim, kind: EventKind, iteration: int) -> None:
+def _record(
+    session: Session,
+    claim: Claim,
+    kind: EventKind,
+    iteration: int,
+    extra: dict[str, Any] | None = None,
+) -> None:
     session.add(
         JobEvent(
             job_id=claim.job_id,
             kind=kind,
             attempt=claim.attempt,
             worker=claim.worker,
-            data={"iteration": iteration},
+            data={"iteration": iteration, **(extra or {})},
         )
     )
     session.commit()
@@ -705,7 +711,12 @@ def cancel_running_job(session: Session, claim: Claim, *, iteration: int) -> Non
 
 
 def release_job(
-    session: Session, claim: Claim, *, iteration: int, checkpoint_file: str | None = None
+    session: Session,
+    claim: Claim,
+    *,
+    iteration: int,
+    checkpoint_file: str | None = None,
+    reason: str | None = None,
 ) -> None:
     """running → queued: a worker shutting down hands the job back after checkpointing it.
 
@@ -713,6 +724,7 @@ def release_job(
     stays as it is, so the next claim is a new attempt that resumes from the
     checkpoint; the ``released`` event records where this attempt stopped. With
     ``checkpoint_file`` (stored already), the row names it in the same statement.
+    ``reason``: why, when it is not a shutdown (an error code, in the event's data).
     """
     now = utcnow()
     committed = {"checkpoint_file": checkpoint_file} if checkpoint_file is not None else {}
@@ -731,7 +743,8 @@ def release_job(
     if not _rowcount(released):
         session.rollback()
         raise LeaseLostError(f"{claim.worker} lost its lease on job {claim.job_id}")
-    _record(session, claim, EventKind.RELEASED, iteration)
+    extra = {"reason": reason} if reason else {}
+    _record(session, claim, EventKind.RELEASED, iteration, extra)
 
 
 def expire_lease_of_dead_worker(session: Session, job_id: uuid.UUID, *, worker: str) -> int | None:

@@ -77,6 +77,9 @@ class Outcome(StrEnum):
     # The worker is shutting down: the job checkpointed and handed back, queued (or,
     # the database down, never claimed); its message is sent again.
     RELEASED = "released"
+    # The storage failed (full, read-only, gone): the job handed back, queued, for the
+    # reconciler to send again after STYLEQUEUE_REQUEUE_AFTER_SECONDS.
+    DEFERRED = "deferred"
 
 
 @dataclass
@@ -258,6 +261,8 @@ def _run_claimed(
         return _fail(ctx, session, claim, reporter, exc.code, exc.message)
     except LeaseLostError:
         raise
+    except StorageError as exc:
+        return _defer(ctx, session, claim, reporter, exc)
     except Exception as exc:
         log.exception(
             "job %s: unexpected error",
@@ -329,6 +334,40 @@ def _release(
         ),
     )
     return Outcome.RELEASED
+
+
+def _defer(
+    ctx: WorkerContext, session: Session, claim: Claim, reporter: JobReporter, exc: StorageError
+) -> Outcome:
+    """Hand the job back after a storage failure: not the job's fault, nor a bug.
+
+    It goes back to the queue as it is (its last committed checkpoint stays
+    named, the result it could not store is lost), and the reconciler sends it
+    again once STYLEQUEUE_REQUEUE_AFTER_SECONDS have passed: by then the
+    operator may have made room. A ``released`` event with the error code; the
+    attempt does not count as one whose worker died.
+    """
+    session.rollback()  # whatever the failed step left half-done in the session
+    iteration = reporter.iteration
+    log.warning(
+        "job %s: the storage failed (%s: %s); handed back, to be sent again in %g s",
+        claim.job_id,
+        exc.code,
+        exc.message,
+        ctx.settings.requeue_after_seconds,
+        extra=job_event(
+            "storage_error",
+            claim.job_id,
+            error_code=exc.code,
+            iteration=iteration,
+            **_who(ctx, claim),
+        ),
+    )
+    reporter.write(
+        "hand the job back",
+        lambda: jobs.release_job(session, claim, iteration=iteration, reason=exc.code),
+    )
+    return Outcome.DEFERRED
 
 
 def _who(ctx: WorkerContext, claim: Claim) -> dict[str, object]:
@@ -633,6 +672,11 @@ class JobReporter:
     @property
     def claim(self) -> Claim:
         return self._claim
+
+    @property
+    def iteration(self) -> int:
+        """The last iteration the engine reported in this attempt (0: none yet)."""
+        return self._progress[0] if self._progress else 0
 
     def committed_checkpoint(self, name: str) -> None:
         """The row names checkpoint ``name`` now: the one it named before goes."""

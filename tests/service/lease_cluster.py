@@ -62,7 +62,10 @@ def cluster_env(
 class LeaseCluster:
     """One scheduler, named workers, an API process on demand, and their database."""
 
-    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+    def __init__(
+        self, env: dict[str, str], log_dir: Path, *, scheduler_env: dict[str, str] | None = None
+    ) -> None:
+        """``scheduler_env``: what the scheduler gets on top of ``env``."""
         self.env = env
         self.log_dir = log_dir
         self.settings = Settings.from_env(env)
@@ -72,10 +75,13 @@ class LeaseCluster:
         self.workers: list[WorkerProcess] = []
         self.api: ApiProcess | None = None
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        scheduler = {**env, **(scheduler_env or {})}
+        scheduler_settings = Settings.from_env(scheduler)
+        scheduler_settings.data_dir.mkdir(parents=True, exist_ok=True)
         with (log_dir / "scheduler.log").open("wb") as log:
             self.scheduler = subprocess.Popen(
-                scheduler_argv(self.settings),
-                env={**os.environ, **env},
+                scheduler_argv(scheduler_settings),
+                env={**os.environ, **scheduler},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
