@@ -1,7 +1,8 @@
 """The chaos test's clients: only HTTP, as a careful user would talk to the service.
 
-A submitter sends the planned jobs, each with an Idempotency-Key, and retries one
-that got no answer (or a 5xx) with the same key until it is accepted. A poller
+A submitter sends the planned jobs one after another while the faults go on,
+keeping a few unfinished, each with an Idempotency-Key, and retries one that got
+no answer (or a 5xx) with the same key until it is accepted. A poller
 lists the jobs, downloads a result as soon as its job succeeds, asks
 ``/result`` of each canceled job, sends the planned cancels, and notes any
 finished job whose status changes afterwards. ``final_pass`` reads each job's
@@ -16,7 +17,7 @@ import io
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -35,7 +36,6 @@ POLL_SECONDS = 0.5
 @dataclass(frozen=True)
 class PlannedJob:
     index: int
-    at: float  # seconds after the chaos began
     content: str  # a sample image's name in tests/data
     style: str
     size: int
@@ -78,17 +78,22 @@ class ChaosClient:
 
     # ------------------------------------------------------------ submitting
 
-    def submit_all(self, plan: list[PlannedJob]) -> None:
+    def submit_all(self, plan: Iterable[PlannedJob], *, until: float, in_flight: int) -> None:
+        """Submit the planned jobs in order until ``until`` (on the clock), keeping about
+        ``in_flight`` of them unfinished: every worker busy, whatever the machine's speed."""
         try:
             with self._client() as http:
                 for job in plan:
-                    while self.clock() < job.at and not self.stop.is_set():
+                    while len(self.unfinished()) >= in_flight and not self._over(until):
                         time.sleep(0.05)
-                    if self.stop.is_set():
+                    if self._over(until):
                         return
                     self._submit(http, job)
         finally:
             self.submitted_all.set()
+
+    def _over(self, until: float) -> bool:
+        return self.stop.is_set() or self.clock() >= until
 
     def _submit(self, http: httpx.Client, job: PlannedJob) -> None:
         key = f"chaos-{self.seed}-{job.index}"

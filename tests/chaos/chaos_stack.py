@@ -3,7 +3,9 @@
 A Redis of the test's own (killed, restarted and flushed), the real API
 (``stylequeue api``: gunicorn, killed with SIGKILL and started again), real
 ``celery worker`` process groups (SIGKILLed whole or just their pool process,
-paused with SIGSTOP past the lease then continued) and a real ``stylequeue
+paused with SIGSTOP past the lease then continued, or a pool process that stops
+itself just before one of its writes, through the workers' fault hook, and is
+continued past the lease) and a real ``stylequeue
 scheduler`` (the reconciler). A whole worker that was killed is replaced, as a
 supervisor would. A fault on a worker picks, with a number the test drew from its
 seed, among the workers busy with a job (the admin API's worker list tells
@@ -31,9 +33,19 @@ from test_fault_redis import RedisServer
 
 from cli.server_cmds import scheduler_argv
 from shared.settings import Settings
+from worker.fault_hooks import PAUSE_FILE_VARIABLE
 
 SCHEDULER_READY_MARKERS = ("beat: Starting", "ready.")
 READY_SECONDS = 90.0
+STALL_WAIT_SECONDS = 10.0  # how long a stall at a write waits for a pool process to get there
+
+
+def process_state(pid: int) -> str | None:
+    """The one-letter state of ``pid`` in /proc ("T": stopped), None once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
 
 
 def children(pid: int) -> list[int]:
@@ -75,6 +87,11 @@ class ChaosStack:
         self.lock = threading.Lock()
         self.workers: list[WorkerProcess] = []
         self.paused: set[int] = set()  # main pids of workers stopped with SIGSTOP
+        # Pool processes that stopped themselves before a write (the pause file asked),
+        # by pid: their worker's main pid.
+        self.stalled: dict[int, int] = {}
+        self.pause_file = Path(env[PAUSE_FILE_VARIABLE])
+        self.pause_file.write_text("")
         self.restarts: list[threading.Thread] = []
         self.errors: list[str] = []  # what went wrong in the helpers' own threads
         self.faults: list[FaultRecord] = []
@@ -151,7 +168,8 @@ class ChaosStack:
         with self.lock:
             live = [w for w in self.workers if w.process.poll() is None]
             if running:
-                live = [w for w in live if w.process.pid not in self.paused]
+                stopped = self.paused | set(self.stalled.values())
+                live = [w for w in live if w.process.pid not in stopped]
         if not live:
             return None
         busy_pids = self._busy_pool_pids()
@@ -269,6 +287,65 @@ class ChaosStack:
         thread.start()
         self.restarts.append(thread)
 
+    def stall_at_write(self, kind: str, seconds: float) -> None:
+        """A pool process stopped (SIGSTOP, by its own hand) just before its next ``kind``
+        write (result, checkpoint or preview) of a first attempt, and continued
+        ``seconds`` later: the write comes after the lease ran out.
+
+        The pause file asks every pool process; the test clears it as soon as one
+        has stopped, then continues every one that did.
+        """
+        with self.lock:
+            if self.pause_file.read_text():
+                self.record("stall", "-", "a stall is already waiting for a write")
+                return
+            self.pause_file.write_text(kind)
+
+        def stall() -> None:
+            deadline = time.monotonic() + STALL_WAIT_SECONDS
+            try:
+                while time.monotonic() < deadline and not self._self_stopped():
+                    time.sleep(0.02)
+            finally:
+                self.pause_file.write_text("")
+            time.sleep(0.3)  # one that read the file just before it was cleared
+            stopped = self._self_stopped()
+            if not stopped:
+                self.record("stall", "-", f"no {kind} write came in {STALL_WAIT_SECONDS:g} s")
+                return
+            with self.lock:
+                self.stalled.update(stopped)
+            names = self._names(stopped)
+            self.record("stall", names, f"before its {kind} write, {seconds:.1f} s")
+            time.sleep(seconds)
+            for pid in stopped:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+                with self.lock:
+                    self.stalled.pop(pid, None)
+            self.record("continue", names)
+
+        thread = threading.Thread(target=stall, name="stall", daemon=True)
+        thread.start()
+        self.restarts.append(thread)
+
+    def _self_stopped(self) -> dict[int, int]:
+        """Pool processes newly stopped while their worker is not (so by the pause file)."""
+        with self.lock:
+            workers = [w for w in self.workers if w.process.pid not in self.paused]
+            known = set(self.stalled)
+        return {
+            pid: worker.process.pid
+            for worker in workers
+            if process_state(worker.process.pid) not in ("T", None)
+            for pid in children(worker.process.pid)
+            if pid not in known and process_state(pid) == "T"
+        }
+
+    def _names(self, stopped: dict[int, int]) -> str:
+        by_pid = {w.process.pid: w.name for w in self.workers}
+        return ", ".join(f"{by_pid.get(main, '?')} pool {pid}" for pid, main in stopped.items())
+
     def wait_restarts(self) -> None:
         for thread in self.restarts:
             thread.join(timeout=READY_SECONDS + 30)
@@ -302,6 +379,10 @@ class ChaosStack:
         with self.lock:
             workers = list(self.workers)
             paused = set(self.paused)
+            stalled = list(self.stalled)
+        for pid in stalled:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
         for worker in workers:
             if worker.process.pid in paused:
                 with contextlib.suppress(ProcessLookupError):
