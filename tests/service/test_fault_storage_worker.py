@@ -8,17 +8,13 @@ again after STYLEQUEUE_REQUEUE_AFTER_SECONDS.
 
 from __future__ import annotations
 
-import errno
-import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import volumes
 from fault_helpers import fault_report
 from lease_cluster import LeaseCluster, cluster_env, wait_for
-from processes import required
 from service_helpers import DATA
 
 from shared.models import JobStatus
@@ -29,10 +25,6 @@ TMPFS_BYTES = 16 * 1024 * 1024
 ITERATIONS = 400
 
 
-def _run(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
-
-
 @pytest.fixture(scope="module")
 def cluster(
     postgresql_url: str,
@@ -41,50 +33,24 @@ def cluster(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[LeaseCluster, Path]]:
     tmp = tmp_path_factory.mktemp("storage-worker")
-    volume = tmp / "volume"
-    volume.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        required("a full or read-only data dir needs root and mount(8) to mount a tmpfs")
-    mounted = _run("mount", "-t", "tmpfs", "-o", f"size={TMPFS_BYTES}", "tmpfs", str(volume))
-    if mounted.returncode != 0:
-        required(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    env = cluster_env(
-        "storage-worker",
-        postgresql_url=postgresql_url,
-        redis_url=redis_url,
-        redis_prefix=redis_prefix,
-        data_dir=volume / "data",
-    )
-    env["STYLEQUEUE_REQUEUE_AFTER_SECONDS"] = "2"
-    # The scheduler's own schedule file lives in its data dir: not on the volume that fills.
-    running = LeaseCluster(
-        env, tmp, scheduler_env={"STYLEQUEUE_DATA_DIR": str(tmp / "scheduler-data")}
-    )
-    try:
-        running.start_workers("w")
-        yield running, volume
-    finally:
-        running.close()
-        _run("umount", "-l", str(volume))
-
-
-def fill(volume: Path) -> Path:
-    """Write a file until the filesystem has no space left; returns it."""
-    filler = volume / "filler"
-    chunk = b"\0" * 65536
-    with filler.open("wb") as out:
+    with volumes.tmpfs(tmp / "volume", TMPFS_BYTES) as volume:
+        env = cluster_env(
+            "storage-worker",
+            postgresql_url=postgresql_url,
+            redis_url=redis_url,
+            redis_prefix=redis_prefix,
+            data_dir=volume / "data",
+        )
+        env["STYLEQUEUE_REQUEUE_AFTER_SECONDS"] = "2"
+        # The scheduler's own schedule file lives in its data dir: not on the volume that fills.
+        running = LeaseCluster(
+            env, tmp, scheduler_env={"STYLEQUEUE_DATA_DIR": str(tmp / "scheduler-data")}
+        )
         try:
-            while True:
-                out.write(chunk)
-                out.flush()
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC, exc
-    return filler
-
-
-def remount(volume: Path, mode: str) -> None:
-    done = _run("mount", "-o", f"remount,{mode}", str(volume))
-    assert done.returncode == 0, done.stderr
+            running.start_workers("w")
+            yield running, volume
+        finally:
+            running.close()
 
 
 @pytest.mark.parametrize(
@@ -101,9 +67,9 @@ def test_a_job_whose_storage_fails_is_handed_back_and_succeeds_once_it_is_back(
     )
     checkpoint = wait_for("a committed checkpoint", lambda: running.row(job_id).checkpoint_file)
     if fault == "full":
-        filler = fill(volume)
+        filler = volumes.fill(volume)
     else:
-        remount(volume, "ro")
+        volumes.remount(volume, "ro")
     try:
         wait_for(
             "the job to be handed back (or to end)",
@@ -123,7 +89,7 @@ def test_a_job_whose_storage_fails_is_handed_back_and_succeeds_once_it_is_back(
         if fault == "full":
             filler.unlink()
         else:
-            remount(volume, "rw")
+            volumes.remount(volume, "rw")
 
     wait_for("the job to finish", lambda: running.row(job_id).status.is_finished)
     row = running.row(job_id)

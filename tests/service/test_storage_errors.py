@@ -11,10 +11,7 @@ back is a 202.
 
 from __future__ import annotations
 
-import errno
-import os
 import shutil
-import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,8 +19,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+import volumes
 from api_process import ApiProcess
-from processes import free_port, required
+from processes import free_port
 from sqlalchemy import func, select
 
 from shared.auth import create_client
@@ -37,43 +35,11 @@ PARAMS = '{"size": 32, "iterations": 2, "scales": 1}'
 DATA = Path(__file__).parent.parent / "data"
 
 
-def _run(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
-
-
 @pytest.fixture
 def tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A 2 MiB tmpfs mounted at a fresh directory, unmounted afterwards."""
-    mount_point = tmp_path / "volume"
-    mount_point.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        required("a full or read-only data dir needs root and mount(8) to mount a tmpfs")
-    mounted = _run("mount", "-t", "tmpfs", "-o", f"size={TMPFS_BYTES}", "tmpfs", str(mount_point))
-    if mounted.returncode != 0:
-        required(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with volumes.tmpfs(tmp_path / "volume", TMPFS_BYTES) as mount_point:
         yield mount_point
-    finally:
-        _run("umount", "-l", str(mount_point))
-
-
-def fill(volume: Path) -> Path:
-    """Write a file until the filesystem has no space left; returns it."""
-    filler = volume / "filler"
-    chunk = b"\0" * 65536
-    with filler.open("wb") as out:
-        try:
-            while True:
-                out.write(chunk)
-                out.flush()
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC, exc
-    return filler
-
-
-def remount(volume: Path, mode: str) -> None:
-    done = _run("mount", "-o", f"remount,{mode}", str(volume))
-    assert done.returncode == 0, done.stderr
 
 
 @dataclass
@@ -149,7 +115,7 @@ def assert_503_that_stored_nothing(api: Api, response: httpx.Response, code: str
 
 @pytest.mark.slow
 def test_full_storage_is_a_503_storage_full_then_a_retry_succeeds(api: Api, tmpfs: Path) -> None:
-    filler = fill(tmpfs)
+    filler = volumes.fill(tmpfs)
     response = api.submit()
     assert_503_that_stored_nothing(api, response, "storage_full")
     assert response.json()["error"]["details"]["errno"] in ("ENOSPC", "EDQUOT")
@@ -163,13 +129,13 @@ def test_full_storage_is_a_503_storage_full_then_a_retry_succeeds(api: Api, tmpf
 
 @pytest.mark.slow
 def test_read_only_storage_is_a_503_storage_unavailable(api: Api, tmpfs: Path) -> None:
-    remount(tmpfs, "ro")
+    volumes.remount(tmpfs, "ro")
     try:
         response = api.submit()
         assert_503_that_stored_nothing(api, response, "storage_unavailable")
         assert response.json()["error"]["details"]["errno"] == "EROFS"
     finally:
-        remount(tmpfs, "rw")
+        volumes.remount(tmpfs, "rw")
     assert api.submit().status_code == 202
 
 
@@ -194,7 +160,7 @@ def test_storage_maps_os_errors_and_keeps_not_found(tmpfs: Path) -> None:
     job_id = uuid.uuid4()
     with pytest.raises(NotFoundError):
         storage.get(job_id, CONTENT_FILE)
-    filler = fill(tmpfs)
+    filler = volumes.fill(tmpfs)
     with pytest.raises(StorageFullError) as full:
         storage.put(job_id, CONTENT_FILE, b"x" * 65536)
     assert full.value.code == "storage_full"
@@ -202,14 +168,14 @@ def test_storage_maps_os_errors_and_keeps_not_found(tmpfs: Path) -> None:
     filler.unlink()
     storage.put(job_id, CONTENT_FILE, b"content")
     assert storage.get(job_id, CONTENT_FILE) == b"content"
-    remount(tmpfs, "ro")
+    volumes.remount(tmpfs, "ro")
     try:
         with pytest.raises(StorageUnavailableError) as read_only:
             storage.put_many(job_id, {CONTENT_FILE: b"new"})
         assert read_only.value.details == {"errno": "EROFS"}
         assert storage.get(job_id, CONTENT_FILE) == b"content"
     finally:
-        remount(tmpfs, "rw")
+        volumes.remount(tmpfs, "rw")
     shutil.rmtree(tmpfs / "data")
     with pytest.raises(StorageUnavailableError):
         storage.get(job_id, CONTENT_FILE)
