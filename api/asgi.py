@@ -14,7 +14,11 @@ Limits on a request body (the head is bounded in ``api.serving``):
   413 from the announced length (or from the bytes read so far, chunked);
 - the body must arrive within ``BODY_GRACE_SECONDS`` plus one second per
   ``MIN_BODY_BYTES_PER_SECOND`` of it, else a 408 ``request_timeout`` and the
-  connection is closed.
+  connection is closed;
+- the bodies a process holds at once (announced, or read so far) stay within
+  ``BODY_BUDGET_BYTES`` (at least one request at the app's limit): a request
+  that would go past it is answered 503 ``server_busy`` with ``Retry-After``
+  and not read, so many clients uploading at once cannot exhaust the memory.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ DEFAULT_THREADS = 4  # per process: a submit spends much of its time waiting on 
 BODY_GRACE_SECONDS = 10.0
 MIN_BODY_BYTES_PER_SECOND = 16 * 1024  # 128 kbit/s: slower uploads time out
 RESPONSE_CHUNK_BYTES = 256 * 1024  # a file is sent in pieces of about this size
+BODY_BUDGET_BYTES = 512 * 1024 * 1024  # request bodies one process holds at once
+BUSY_RETRY_AFTER_SECONDS = 5
 
 
 def body_deadline_seconds(length: int) -> float:
@@ -74,9 +80,17 @@ class WsgiBridge:
     that the event loop sends.
     """
 
-    def __init__(self, app: Flask, *, threads: int = DEFAULT_THREADS) -> None:
+    def __init__(
+        self,
+        app: Flask,
+        *,
+        threads: int = DEFAULT_THREADS,
+        body_budget_bytes: int = BODY_BUDGET_BYTES,
+    ) -> None:
         self.app = app
         self.threads = threads  # the worker may set it (gunicorn's --threads) before a request
+        self.body_budget_bytes = body_budget_bytes
+        self.buffered_bytes = 0  # of the bodies being read or served now (the loop's thread only)
         self._pool: ThreadPoolExecutor | None = None
 
     @property
@@ -107,7 +121,35 @@ class WsgiBridge:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
+    def _budget(self) -> int:
+        # One request at the app's own limit always fits on an idle process.
+        return max(self.body_budget_bytes, self.max_body_bytes or 0)
+
+    def _reserve(self, size: int) -> bool:
+        """Count ``size`` more bytes of body against the budget; False (nothing counted) if over."""
+        if size and self.buffered_bytes + size > self._budget():
+            return False
+        self.buffered_bytes += size
+        return True
+
+    async def _busy(self, send: Send, wanted: int) -> None:
+        await _send_json(
+            send,
+            503,
+            "server_busy",
+            "the server is holding as many uploads as it can; try again in a few seconds",
+            {"body_bytes": wanted},
+            retry_after=BUSY_RETRY_AFTER_SECONDS,
+        )
+
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        reserved = [0]  # bytes of this request's body counted in buffered_bytes
+        try:
+            await self._serve(scope, receive, send, reserved)
+        finally:
+            self.buffered_bytes -= reserved[0]
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, reserved: list[int]) -> None:
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         length: int | None = None
         has_body = False
@@ -127,7 +169,11 @@ class WsgiBridge:
             if limit is not None and length is not None and length > limit:
                 too_large_at = length  # not read: the app answers 413 from the length
             else:
-                read = await self._read_body(receive, send, length or 0, limit)
+                if not self._reserve(length or 0):
+                    await self._busy(send, length or 0)
+                    return
+                reserved[0] = length or 0
+                read = await self._read_body(receive, send, length or 0, limit, reserved)
                 if read is None:
                     return  # the client went away, or was answered 408
                 body, too_large_at = read
@@ -148,7 +194,7 @@ class WsgiBridge:
                 rest.close()
 
     async def _read_body(
-        self, receive: Receive, send: Send, length: int, limit: int | None
+        self, receive: Receive, send: Send, length: int, limit: int | None, reserved: list[int]
     ) -> tuple[bytes, int | None] | None:
         """The whole body, read by the event loop within its deadline; None if answered."""
         chunks: list[bytes] = []
@@ -164,6 +210,11 @@ class WsgiBridge:
                     size += len(chunk)
                     if limit is not None and size > limit:
                         return b"", size  # chunked and too long: stop reading, the app says 413
+                    if size > reserved[0]:  # chunked, or more than announced: count it too
+                        if not self._reserve(size - reserved[0]):
+                            await self._busy(send, size)
+                            return None
+                        reserved[0] = size
                     chunks.append(chunk)
                     if not message.get("more_body", False):
                         return b"".join(chunks), None
@@ -278,8 +329,17 @@ def _error_response() -> _Response:
     return response
 
 
-async def _send_json(send: Send, status: int, code: str, message: str, details: Any) -> None:
+async def _send_json(
+    send: Send,
+    status: int,
+    code: str,
+    message: str,
+    details: Any,
+    *,
+    retry_after: int | None = None,
+) -> None:
     body = json.dumps({"error": {"code": code, "message": message, "details": details}}).encode()
+    extra = [(b"retry-after", str(retry_after).encode())] if retry_after is not None else []
     await send(
         {
             "type": "http.response.start",
@@ -288,6 +348,7 @@ async def _send_json(send: Send, status: int, code: str, message: str, details: 
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
                 (b"connection", b"close"),
+                *extra,
                 *outside_app_headers(),
             ],
         }
