@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
+from own_databases import own_postgresql_database
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import delete
 
@@ -38,20 +39,8 @@ def module_database(
         migrations.upgrade(url)
         yield url
         return
-    import psycopg
-
-    base, _, _ = postgresql_url.rpartition("/")
-    name = f"sq_test_metrics_{secrets.token_hex(4)}"
-    admin_url = f"{base}/postgres"
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        url = f"{base}/{name}"
-        migrations.upgrade(url)
+    with own_postgresql_database(postgresql_url, f"sq_test_metrics_{secrets.token_hex(4)}") as url:
         yield url
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
+from own_databases import own_postgresql_database
 
 SERVICE_TESTS = Path(__file__).resolve().parent.parent / "service"
 if str(SERVICE_TESTS) not in sys.path:
@@ -22,16 +22,6 @@ if str(SERVICE_TESTS) not in sys.path:
 def chaos_database(postgresql_url: str) -> Iterator[str]:
     """A fresh, migrated database beside the run's (the reconciler re-sends every stale
     job it finds, and the run's database holds other tests' queued jobs); dropped after."""
-    import migrations
-
-    base, name = postgresql_url.rsplit("/", 1)
-    own = f"{name}_chaos"
-    admin_url = f"{base}/postgres"
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{own}"')
-    try:
-        migrations.upgrade(f"{base}/{own}")
-        yield f"{base}/{own}"
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{own}" WITH (FORCE)')
+    name = postgresql_url.rsplit("/", 1)[1]
+    with own_postgresql_database(postgresql_url, f"{name}_chaos") as url:
+        yield url

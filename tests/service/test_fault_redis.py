@@ -25,16 +25,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 import redis
 import service_helpers
 from fault_helpers import WorkerProcess, fault_report
 from flask.testing import FlaskClient
+from own_databases import own_postgresql_database
 from processes import free_port, required, stop_process_group
 from sqlalchemy import select
 
-import migrations
 from api import create_app
 from api.services import EXTENSION_KEY
 from cli.server_cmds import scheduler_argv
@@ -186,17 +185,9 @@ def _image(name: str) -> bytes:
 @pytest.fixture(scope="module")
 def own_database(postgresql_url: str) -> Iterator[str]:
     """A database of this module's own beside the run's, on the same server; dropped after."""
-    base, name = postgresql_url.rsplit("/", 1)
-    own = f"{name}_redis_fault"
-    admin_url = f"{base}/postgres"
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{own}"')
-    try:
-        migrations.upgrade(f"{base}/{own}")
-        yield f"{base}/{own}"
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{own}" WITH (FORCE)')
+    name = postgresql_url.rsplit("/", 1)[1]
+    with own_postgresql_database(postgresql_url, f"{name}_redis_fault") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
