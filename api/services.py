@@ -10,7 +10,8 @@ from celery import Celery
 from flask import Flask, current_app, g
 from sqlalchemy.orm import Session
 
-from shared.celery_app import JobPublisher, create_celery
+from shared.celery_app import create_celery
+from shared.celery_wire import JobPublisher
 from shared.db import Database
 from shared.settings import Settings
 from shared.storage import LocalStorage

@@ -1,14 +1,12 @@
 """The Celery app: Redis as the broker, carrying job ids only; the database is the truth.
 
 The API sends tasks by name so it never imports the worker (or torch): on a
-submit with ``JobPublisher`` (one LPUSH of a Celery message), elsewhere with
+submit with ``shared.celery_wire.JobPublisher`` (one LPUSH of a Celery message), elsewhere with
 ``send_task``. The settings below meet Celery's pitfalls for long jobs head on.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import socket
 import time
@@ -20,8 +18,6 @@ import redis
 from celery import Celery
 from celery.exceptions import CPendingDeprecationWarning
 from celery.signals import celeryd_after_setup
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from shared.settings import Settings
 
@@ -47,6 +43,7 @@ BROKER_SOCKET_TIMEOUT_SECONDS = 30.0
 BROKER_HEALTH_CHECK_SECONDS = 25
 # The reconciler's marker key (under the prefix): see ``broker_lost_its_keys``.
 BROKER_MARKER_KEY = "stylequeue.reconciler-marker"
+_HOSTNAME = socket.gethostname()
 PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2}
 
 
@@ -161,88 +158,6 @@ def enqueue_job(app: Celery, job_id: uuid.UUID) -> None:
         queue=JOBS_QUEUE,
         retry=True,
         retry_policy=PUBLISH_RETRY_POLICY,
-    )
-
-
-class JobPublisher:
-    """Sends ``run_job`` messages the way kombu's Redis transport does: one LPUSH each.
-
-    ``send_task`` builds the same message through kombu's producer, headers and
-    routing on every call: half a millisecond of a submit's CPU. The message here
-    is Celery's task protocol 2 as kombu writes it to a Redis list (JSON, the body
-    base64-encoded), to the default exchange with the queue's name as routing
-    key, priority 0, so the key is the queue's own. Only the job id and a task id
-    change between messages. The worker end-to-end tests consume these.
-    """
-
-    def __init__(self, settings: Settings) -> None:
-        self._queue_key = settings.redis_prefix + JOBS_QUEUE
-        self._redis = redis.Redis.from_url(
-            settings.redis_url,
-            socket_timeout=BROKER_CONNECT_TIMEOUT_SECONDS,
-            socket_connect_timeout=BROKER_CONNECT_TIMEOUT_SECONDS,
-            # One more try at once on a dropped pooled connection (a Redis restart),
-            # like PUBLISH_RETRY_POLICY. A message sent twice is harmless: the
-            # second claim is a no-op.
-            retry=Retry(NoBackoff(), 1),
-        )
-
-    def publish(self, job_id: uuid.UUID) -> None:
-        """Send a job id to the workers (after its row is committed)."""
-        self._redis.lpush(self._queue_key, run_job_message(job_id))
-
-    def close(self) -> None:
-        self._redis.close()
-
-
-_HOSTNAME = socket.gethostname()
-# Celery's "embed" part of the body: no callbacks, chain or chord.
-_NO_WORKFLOW = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
-
-
-def run_job_message(job_id: uuid.UUID, task_id: str | None = None) -> str:
-    """The Redis list entry for one ``run_job(job_id)`` task, as ``send_task`` writes it."""
-    task_id = task_id or str(uuid.uuid4())
-    args = [str(job_id)]
-    body = json.dumps([args, {}, _NO_WORKFLOW])
-    headers: dict[str, Any] = {
-        "lang": "py",
-        "task": RUN_JOB_TASK,
-        "id": task_id,
-        "shadow": None,
-        "eta": None,
-        "expires": None,
-        "group": None,
-        "group_index": None,
-        "retries": 0,
-        "timelimit": [None, None],
-        "root_id": task_id,
-        "parent_id": None,
-        "argsrepr": repr(args),
-        "kwargsrepr": "{}",
-        "origin": f"gen{os.getpid()}@{_HOSTNAME}",
-        "ignore_result": None,
-        "replaced_task_nesting": 0,
-        "stamped_headers": None,
-        "stamps": {},
-    }
-    properties = {
-        "correlation_id": task_id,
-        "reply_to": "",
-        "delivery_mode": 2,  # persistent
-        "delivery_info": {"exchange": "", "routing_key": JOBS_QUEUE},
-        "priority": 0,
-        "body_encoding": "base64",
-        "delivery_tag": str(uuid.uuid4()),
-    }
-    return json.dumps(
-        {
-            "body": base64.b64encode(body.encode()).decode("ascii"),
-            "content-encoding": "utf-8",
-            "content-type": "application/json",
-            "headers": headers,
-            "properties": properties,
-        }
     )
 
 

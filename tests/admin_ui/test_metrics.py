@@ -23,7 +23,8 @@ import migrations
 from api import create_app, metrics
 from api.services import EXTENSION_KEY
 from shared import admin
-from shared.celery_app import JOBS_QUEUE, JobPublisher
+from shared.celery_app import JOBS_QUEUE
+from shared.celery_wire import JobPublisher
 from shared.db import Database
 from shared.models import ApiClient, Job, JobEvent, JobStatus, Worker, utcnow
 from shared.settings import Settings

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 import redis
 
-from shared.celery_app import JOBS_QUEUE, JobPublisher, create_celery, enqueue_job
+from shared.celery_app import JOBS_QUEUE, create_celery, enqueue_job
+from shared.celery_wire import JobPublisher
 from shared.settings import Settings
 
 # What differs from one message to the next, or between two sending processes.
