@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,18 +26,12 @@ from typing import Any
 import pytest
 import service_helpers
 from fault_helpers import WorkerProcess, fault_report
-from processes import stop_process_group
+from lease_cluster import LeaseCluster
 from service_helpers import store_job
-from sqlalchemy import select
 
-from cli.server_cmds import scheduler_argv
-from shared.auth import create_client
-from shared.celery_app import create_celery, enqueue_job
-from shared.db import Database
+from shared.celery_app import enqueue_job
 from shared.images import decode_image
-from shared.models import Job, JobEvent, JobStatus
-from shared.settings import Settings
-from shared.storage import LocalStorage
+from shared.models import JobEvent, JobStatus
 from worker.tasks import pool_worker_name
 
 pytestmark = pytest.mark.slow
@@ -54,30 +47,12 @@ def wait_for(what: str, found: Callable[[], Any], timeout: float = WAIT_SECONDS)
     return service_helpers.wait_for(what, found, timeout=timeout, interval=0.05)
 
 
-class Cluster:
+class Cluster(LeaseCluster):
     """One scheduler, the live workers, and the database they share, for this module."""
 
     def __init__(self, env: dict[str, str], log_dir: Path) -> None:
-        self.env = env
-        self.log_dir = log_dir
-        self.settings = Settings.from_env(env)
-        self.db = Database(self.settings.database_url)
-        self.storage = LocalStorage(self.settings.data_dir)
-        self.celery = create_celery(self.settings)
-        self.workers: list[WorkerProcess] = []
+        super().__init__(env, log_dir)
         self._started = 0
-        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
-        with (log_dir / "scheduler.log").open("wb") as log:
-            self.scheduler = subprocess.Popen(
-                scheduler_argv(self.settings),
-                env={**os.environ, **env},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        with self.db.session() as session:
-            client, _ = create_client(session, "sigkill")
-            self.client_id = client.id
 
     def live_workers(self, count: int) -> list[WorkerProcess]:
         """At least ``count`` running workers (started side by side when missing)."""
@@ -96,7 +71,7 @@ class Cluster:
             self.workers += started
         return self.workers[:count]
 
-    def submit(self, iterations: int = ITERATIONS) -> uuid.UUID:
+    def submit_job(self, iterations: int = ITERATIONS) -> uuid.UUID:
         with self.db.session() as session:
             return store_job(
                 session,
@@ -106,23 +81,6 @@ class Cluster:
                 size=SIZE,
                 enqueue=lambda job_id: enqueue_job(self.celery, job_id),
             )
-
-    def row(self, job_id: uuid.UUID) -> Job:
-        with self.db.session() as session:
-            found = session.get(Job, job_id)
-            assert found is not None
-            return found
-
-    def events(self, job_id: uuid.UUID, kind: str | None = None) -> list[JobEvent]:
-        with self.db.session() as session:
-            query = select(JobEvent).where(JobEvent.job_id == job_id)
-            if kind is not None:
-                query = query.where(JobEvent.kind == kind)
-            return list(session.scalars(query.order_by(JobEvent.id)))
-
-    def claim(self, job_id: uuid.UUID, attempt: int) -> JobEvent | None:
-        found = [e for e in self.events(job_id, "claimed") if e.attempt == attempt]
-        return found[0] if found else None
 
     def worker_of(self, claim: JobEvent) -> tuple[WorkerProcess, int]:
         """The worker whose pool process made this claim, and that process's pid."""
@@ -135,13 +93,6 @@ class Cluster:
 
     def scheduler_log(self) -> str:
         return (self.log_dir / "scheduler.log").read_text(errors="replace")
-
-    def close(self) -> None:
-        for worker in self.workers:
-            worker.stop()
-        stop_process_group(self.scheduler)
-        self.celery.close()
-        self.db.dispose()
 
 
 def parent_pid(pid: int) -> int:
@@ -216,7 +167,7 @@ def assert_pool_processes_started_cleanly(worker: WorkerProcess) -> None:
 
 def test_sigkill_of_a_whole_worker_another_worker_resumes_the_job(cluster: Cluster) -> None:
     cluster.live_workers(2)
-    job_id = cluster.submit()
+    job_id = cluster.submit_job()
     first_claim = wait_for("the claim", lambda: cluster.claim(job_id, 1))
     first, _ = cluster.worker_of(first_claim)
     iteration = wait_for_checkpoint_and_more(cluster, job_id, 1)
@@ -258,7 +209,7 @@ def test_sigkill_of_a_whole_worker_another_worker_resumes_the_job(cluster: Clust
 
 def test_sigkill_of_the_pool_process_the_restarted_one_resumes_the_job(cluster: Cluster) -> None:
     [worker] = cluster.live_workers(1)
-    job_id = cluster.submit()
+    job_id = cluster.submit_job()
     first_claim = wait_for("the claim", lambda: cluster.claim(job_id, 1))
     owner, pid = cluster.worker_of(first_claim)
     assert owner is worker
@@ -294,7 +245,7 @@ def test_sigkill_of_the_pool_process_the_restarted_one_resumes_the_job(cluster: 
 
 def test_a_job_whose_workers_keep_dying_fails_after_max_attempts(cluster: Cluster) -> None:
     [worker] = cluster.live_workers(1)
-    job_id = cluster.submit(iterations=5000)  # the most allowed: it never gets far here
+    job_id = cluster.submit_job(iterations=5000)  # the most allowed: it never gets far here
     pids = []
     for attempt in range(1, MAX_ATTEMPTS + 1):
         claim = wait_for(f"claim {attempt}", lambda a=attempt: cluster.claim(job_id, a))
