@@ -43,29 +43,38 @@ COPY --from=build /opt/venv /opt/venv
 # and keeps the lock for its lifetime; one more worker than GPUs exits with a message.
 COPY --chmod=755 <<'EOF' /usr/local/bin/stylequeue-gpu-worker
 #!/usr/bin/env bash
+# One worker per GPU: take the first GPU whose lock is free and run on it alone.
 set -euo pipefail
 lock_dir=${STYLEQUEUE_GPU_LOCK_DIR:-/var/lock/stylequeue-gpus}
 gpus=$(nvidia-smi --query-gpu=index --format=csv,noheader 2>/dev/null || true)
 if [ -z "$gpus" ]; then
+  if [ "${STYLEQUEUE_DEVICE:-auto}" = "cuda" ]; then
+    echo "stylequeue-gpu-worker: STYLEQUEUE_DEVICE=cuda but no GPU is visible (nvidia-smi lists none); is the GPU reserved for this container?" >&2
+    exit 1
+  fi
   echo "stylequeue-gpu-worker: no GPU visible; running on the CPU" >&2
   exec stylequeue worker "$@"
 fi
 for gpu in $gpus; do
   exec {lock}>"$lock_dir/gpu-$gpu.lock"
   if flock --nonblock "$lock"; then
+    # nvidia-smi numbers GPUs in PCI bus order; CUDA_DEVICE_ORDER=PCI_BUS_ID makes CUDA agree.
     export CUDA_VISIBLE_DEVICES=$gpu
     echo "stylequeue-gpu-worker: $(hostname) runs on GPU $gpu" >&2
     exec stylequeue worker "$@"   # the lock's descriptor stays open in the worker
   fi
   exec {lock}>&-
 done
-echo "stylequeue-gpu-worker: every GPU ($(echo $gpus)) already has a worker; scale to at most that many" >&2
-exit 1
+# A replica beyond the GPU count exits 0, which the "on-failure" restart policy leaves
+# stopped (a non-zero status would be restarted again and again).
+echo "stylequeue-gpu-worker: every GPU ($(echo $gpus)) already has a worker; this replica stops. Scale to at most that many." >&2
+exit 0
 EOF
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     STYLEQUEUE_DATA_DIR=/var/lib/stylequeue \
-    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    CUDA_DEVICE_ORDER=PCI_BUS_ID
 USER stylequeue
 WORKDIR /var/lib/stylequeue
 EXPOSE 8000

@@ -260,8 +260,29 @@ def api(host: str, port: int, workers: int, access_log: bool, dev: bool) -> None
 )
 def worker(loglevel: str, events: bool) -> None:
     """Run a Celery worker: one style-transfer job at a time (one per GPU)."""
-    _check_database(_settings(), service=True)
+    settings = _settings()
+    _check_database(settings, service=True)
+    if settings.device == "cuda":
+        _check_cuda()
     os.execv(sys.executable, worker_argv(loglevel, events=events))
+
+
+# Asked in a child process: CUDA initialised in this process would be inherited by the
+# worker's forked pool process, where CUDA cannot run.
+CUDA_CHECK = "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 3)"
+NO_CUDA = (
+    "STYLEQUEUE_DEVICE=cuda but PyTorch sees no CUDA device here (torch.cuda.is_available() "
+    "is false). In a container, the GPU must be reserved with the compute capability "
+    "(docker-compose.yml: capabilities [gpu, compute, utility]) so that libcuda is mounted; "
+    "set STYLEQUEUE_DEVICE=auto to run on the CPU instead."
+)
+
+
+def _check_cuda() -> None:
+    """A worker told to use the GPU that finds none stops here, loudly, instead of starting."""
+    checked = subprocess.run([sys.executable, "-c", CUDA_CHECK], check=False)
+    if checked.returncode != 0:
+        raise click.ClickException(NO_CUDA)
 
 
 @click.command()
