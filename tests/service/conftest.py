@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from flask.testing import FlaskClient
 from sqlalchemy.orm import Session
 from werkzeug.test import TestResponse
@@ -75,16 +76,22 @@ def submit(http: FlaskClient, auth: dict[str, str], image_bytes: Callable[[str],
 
 
 @pytest.fixture
-def counts(app: Any, settings: Settings) -> Callable[[], tuple[int, int, int]]:
-    """(jobs rows, job_events rows, job directories): to prove a bad request wrote nothing."""
+def counts(app: Any, settings: Settings) -> Iterator[Callable[[], tuple[int, int, int, int]]]:
+    """(jobs rows, job_events rows, job directories, messages waiting in the app's Redis key
+    space): to prove a bad request wrote nothing and sent nothing to the workers."""
+    broker = redis.Redis.from_url(settings.redis_url)
 
-    def count() -> tuple[int, int, int]:
+    def count() -> tuple[int, int, int, int]:
         db = app.extensions[EXTENSION_KEY].db
         with db.session() as session:
             jobs = session.query(Job).count()
             events = session.query(JobEvent).count()
         jobs_dir = settings.data_dir / "jobs"
         dirs = len(list(jobs_dir.iterdir())) if jobs_dir.is_dir() else 0
-        return jobs, events, dirs
+        # No worker listens there: every message the app sent is still in a list.
+        lists = broker.scan_iter(match=f"{settings.redis_prefix}*", _type="list")
+        messages = sum(int(broker.llen(key)) for key in lists)
+        return jobs, events, dirs, messages
 
-    return count
+    yield count
+    broker.close()
