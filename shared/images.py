@@ -17,7 +17,13 @@ Two levels of work:
   a request full of tiny files that claim forty million pixels each cannot make
   an API process balloon. What a worker then finds damaged fails the job with
   ``invalid_image``.
-- ``decode_image`` (a worker, or ``stylequeue stylize``): every pixel, as RGB.
+- ``decode_image`` (a worker, or ``stylequeue stylize``): every pixel, as RGB
+  (or RGBA when asked to keep a transparent image's alpha), turned upright.
+
+Orientation: a phone stores a photo as its sensor read it and an EXIF
+Orientation tag saying how to turn it for display. ``decode_image`` applies
+the tag (``upright``), so a job, ``stylequeue stylize`` and anything that reads
+an image through here see the photo the way its owner does.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 from shared.errors import InvalidInputError, UnsupportedImageFormatError
 
@@ -41,6 +47,7 @@ FORMAT_NAMES = {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WebP"}
 ACCEPTED_TEXT = "JPEG, PNG or WebP"
 ACCEPTED_MIMETYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 
+ORIENTATION_TAG = 0x0112  # EXIF Orientation: 1 upright, 6 turn 90 degrees clockwise, ...
 JPEG_CHECK_SCALE = 8  # a JPEG is checked decoded at 1/8 of its size (libjpeg's DCT scaling)
 
 # First bytes of image formats that are refused, so that the error can name them.
@@ -159,13 +166,18 @@ def inspect_image(
 
 
 def decode_image(
-    data: bytes, *, field: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    data: bytes,
+    *,
+    field: str,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    keep_alpha: bool = False,
 ) -> Image.Image:
-    """Decode ``data`` into an RGB image, or raise InvalidInputError naming ``field``.
+    """Decode ``data`` into an upright RGB image, or raise InvalidInputError naming ``field``.
 
     The format and the pixel count are checked from the header before any pixel
-    is decoded, so a decompression bomb costs nothing. Transparent images are
-    flattened onto white.
+    is decoded, so a decompression bomb costs nothing. The EXIF orientation is
+    applied. Transparent images are flattened onto white, unless ``keep_alpha``:
+    then an image with transparency comes back RGBA (any other, RGB).
     """
     with _opened(data, field=field, max_pixels=max_pixels) as img:
         name = FORMAT_NAMES[img.format or ""]
@@ -174,6 +186,9 @@ def decode_image(
         except Exception as exc:  # each decoder raises its own kinds
             raise _damaged(field, name, exc) from None
         try:
+            img = upright(img)
+            if keep_alpha and has_alpha(img):
+                return img.convert("RGBA")
             return _to_rgb(img)
         except Exception:  # an exotic mode Pillow decodes but cannot convert
             raise InvalidInputError(
@@ -255,9 +270,25 @@ def _damaged(field: str, name: str, exc: BaseException | None) -> InvalidInputEr
     )
 
 
+def has_alpha(img: Image.Image) -> bool:
+    """Whether ``img`` has an alpha channel or a transparent palette entry."""
+    return img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
+        img.mode in ("P", "L", "RGB") and "transparency" in img.info
+    )
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """``img`` turned as its EXIF Orientation tag says (itself when there is none, or it is 1)."""
+    orientation = img.getexif().get(ORIENTATION_TAG, 1)
+    if orientation in (None, 1):
+        return img
+    turned = ImageOps.exif_transpose(img)
+    return img if turned is None else turned
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     """RGB pixels; transparency is flattened onto white."""
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+    if has_alpha(img):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, rgba)

@@ -55,12 +55,18 @@ def transfer(
     The output's longest side is ``params.size``. ``on_progress`` gets a Progress
     per iteration; when ``should_stop()`` is true the run raises EngineInterrupted
     carrying a resumable state; ``resume`` continues such a state.
+
+    An RGBA content ([4,H,W]) keeps its alpha: the transfer runs on its colours
+    flattened onto white, and the output is [4,h,w] with the alpha resized. An
+    RGBA style is flattened onto white.
     """
     _check_image(content, "content")
     if not isinstance(styles, Sequence) or isinstance(styles, torch.Tensor):
         raise InvalidInputError("style: expected a list of images", field="style")
     for style in styles:
         _check_image(style, "style")
+    content, alpha = _split_alpha(content)
+    styles = [_split_alpha(s)[0] for s in styles]
     blend = params.blend_weights(len(styles))
     sizes = pass_sizes(content.shape[1], content.shape[2], params.size, params.scales)
     final_h, final_w = sizes[-1]
@@ -70,7 +76,7 @@ def transfer(
             f"at {params.size} px the content's shorter side would be {min(final_h, final_w)} px; "
             f"VGG19 needs at least {MIN_SIDE_PX} (use a larger size)",
         )
-    run = _Run(network, content, list(styles), blend, params, sizes)
+    run = _Run(network, content, list(styles), blend, params, sizes, alpha)
     try:
         return run.execute(on_progress, should_stop, resume)
     except torch.cuda.OutOfMemoryError:
@@ -82,15 +88,23 @@ def transfer(
 
 
 def _check_image(image: Any, field: str) -> None:
-    if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[0] != 3:
+    if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[0] not in (3, 4):
         shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
         raise InvalidInputError(
-            f"{field}: expected an RGB tensor [3,H,W], got {shape}", field=field
+            f"{field}: expected an RGB tensor [3,H,W] (or RGBA [4,H,W]), got {shape}", field=field
         )
     if not image.is_floating_point() or not bool(torch.isfinite(image).all()):
         raise InvalidInputError(f"{field}: expected finite floating-point values", field=field)
     if image.numel() and (image.min() < -1e-3 or image.max() > 1 + 1e-3):
         raise InvalidInputError(f"{field}: values must be in 0..1", field=field)
+
+
+def _split_alpha(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """RGB flattened onto white, and the alpha ([1,H,W]) of an RGBA image (None for RGB)."""
+    if image.shape[0] == 3:
+        return image, None
+    rgb, alpha = image[:3].float(), image[3:].float()
+    return rgb * alpha + (1.0 - alpha), alpha
 
 
 def _fingerprint(
@@ -115,8 +129,10 @@ class _Run:
         blend: list[float],
         params: StyleParams,
         sizes: list[tuple[int, int]],
+        alpha: torch.Tensor | None = None,
     ) -> None:
         self.network = network
+        self.alpha = None if alpha is None else alpha.unsqueeze(0).to(network.device)
         self.device = network.device
         self.params = params
         self.sizes = sizes
@@ -268,11 +284,14 @@ class _Run:
         return noise.to(self.device)
 
     def _output(self, image: torch.Tensor) -> torch.Tensor:
-        """The image as a client sees it: the content's chroma put back if asked, clamped."""
+        """The image as a client sees it: the content's chroma put back if asked, clamped,
+        with the content's alpha (resized) when it had one."""
         out = image.detach().float()
         if self.params.preserve_colors:
             content = resize(self.content, out.shape[2], out.shape[3])
             out = colors.with_content_chroma(out, content)
+        if self.alpha is not None:
+            out = torch.cat([out, resize(self.alpha, out.shape[2], out.shape[3])], dim=1)
         return out.clamp(0.0, 1.0)
 
 

@@ -11,24 +11,29 @@ from PIL import Image
 
 
 def pil_to_tensor(img: Image.Image) -> torch.Tensor:
-    """A Pillow image -> RGB float32 ``[3,H,W]`` in 0..1."""
-    array = np.array(img.convert("RGB"), dtype=np.uint8)  # a writable copy
+    """A Pillow image -> float32 in 0..1: ``[4,H,W]`` for an RGBA image, else RGB ``[3,H,W]``.
+
+    Only mode RGBA keeps its alpha (what ``decode_image(..., keep_alpha=True)``
+    returns for a transparent image); any other mode is converted to RGB.
+    """
+    mode = "RGBA" if img.mode == "RGBA" else "RGB"
+    array = np.array(img.convert(mode), dtype=np.uint8)  # a writable copy
     return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0).contiguous()
 
 
 def tensor_to_pil(t: torch.Tensor) -> Image.Image:
-    """RGB ``[3,H,W]`` (or ``[1,3,H,W]``) in 0..1 -> an 8-bit RGB Pillow image (clamped)."""
+    """RGB ``[3,H,W]`` or RGBA ``[4,H,W]`` (or with a batch of 1) in 0..1 -> 8-bit Pillow (clamped)."""
     t = t.detach().float().cpu()
     if t.dim() == 4:
         t = t[0]
-    if t.dim() != 3 or t.shape[0] != 3:
-        raise ValueError(f"expected an RGB tensor [3,H,W], got shape {tuple(t.shape)}")
+    if t.dim() != 3 or t.shape[0] not in (3, 4):
+        raise ValueError(f"expected an RGB tensor [3,H,W] or RGBA [4,H,W], got {tuple(t.shape)}")
     array = t.clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    return Image.fromarray(np.ascontiguousarray(array), mode="RGB")
+    return Image.fromarray(np.ascontiguousarray(array), mode="RGB" if t.shape[0] == 3 else "RGBA")
 
 
 def encode_png(t: torch.Tensor) -> bytes:
-    """RGB ``[3,H,W]`` in 0..1 -> PNG bytes."""
+    """RGB ``[3,H,W]`` or RGBA ``[4,H,W]`` in 0..1 -> PNG bytes (RGBA keeps its alpha)."""
     buffer = io.BytesIO()
     tensor_to_pil(t).save(buffer, format="PNG")
     return buffer.getvalue()
