@@ -57,6 +57,8 @@ class Settings:
     database_url: str
     redis_url: str = DEFAULT_REDIS_URL
     data_dir: Path = Path(DEFAULT_DATA_DIR)
+    storage_url: str | None = None  # s3://BUCKET/PREFIX; None: job files under the data dir
+    storage_redirect: bool = False  # results and previews: 303 to a presigned URL (S3 only)
     admin_key: str | None = None
     secret_key: str | None = None  # signs /admin session cookies; None: a file in the data dir
     metrics_key: str | None = None  # None: /metrics is open (scraped on an internal network)
@@ -100,6 +102,8 @@ class Settings:
             database_url=reader.get("DATABASE_URL", default_db, _url),
             redis_url=reader.get("REDIS_URL", DEFAULT_REDIS_URL, _redis_url),
             data_dir=data_dir,
+            storage_url=reader.get("STORAGE_URL", "", _storage_url) or None,
+            storage_redirect=reader.get("STORAGE_REDIRECT", False, _bool),
             admin_key=reader.get("ADMIN_KEY", "", str) or None,
             secret_key=reader.get("SECRET_KEY", "", str) or None,
             metrics_key=reader.get("METRICS_KEY", "", str) or None,
@@ -193,6 +197,25 @@ def _redis_url(raw: str) -> str:
     if not raw.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError("expected a redis:// URL")
     return raw
+
+
+def _storage_url(raw: str) -> str:
+    if not raw.startswith("s3://") or len(raw) <= len("s3://"):
+        raise ValueError("expected s3://BUCKET or s3://BUCKET/PREFIX (unset: the data dir)")
+    return raw
+
+
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
+def _bool(raw: str) -> bool:
+    word = raw.lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ValueError(f"must be one of {', '.join(TRUE_WORDS + FALSE_WORDS)}")
 
 
 def _positive_int(raw: str) -> int:

@@ -1,8 +1,11 @@
-"""Job files on the local filesystem under the data dir, written atomically.
+"""Where job files live: a directory (the default) or an object store, behind one interface.
 
-Per job: ``jobs/<id>/content.png``, ``style-<i>.png``, ``preview.png``,
-``checkpoint.bin``, ``result.png``. The interface is small (put, get, exists,
-path, delete_job_files) so that an object-store backend can replace it.
+Per job: ``jobs/<id>/content.png``, ``style-<i>.png``, and the files workers write,
+named by attempt (``result.a<N>.png``, ``checkpoint.a<N>.i<I>.bin``,
+``preview.a<N>.i<I>.png``). ``Storage`` is what every caller sees;
+``LocalStorage`` (below) keeps the files under the data dir, written atomically;
+``S3Storage`` (shared/storage_s3.py) keeps them in a bucket
+(``STYLEQUEUE_STORAGE_URL=s3://…``). ``open_storage`` picks one from the settings.
 
 Uploaded inputs are kept byte for byte as the client sent them (after they
 were checked as JPEG, PNG or WebP images): re-encoding a photo as PNG would cost
@@ -21,6 +24,7 @@ import uuid
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from shared.errors import (
     NotFoundError,
@@ -28,6 +32,9 @@ from shared.errors import (
     StorageFullError,
     StorageUnavailableError,
 )
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
 
 CONTENT_FILE = "content.png"
 PREVIEW_FILE = "preview.png"
@@ -85,6 +92,56 @@ def committed_preview(named: str | None) -> str:
     return named or PREVIEW_FILE
 
 
+def is_checkpoint(name: str) -> bool:
+    """A checkpoint's name, of any attempt."""
+    return name == CHECKPOINT_FILE or (
+        name.startswith("checkpoint.a") and _FENCED_NAME.fullmatch(name) is not None
+    )
+
+
+class Storage(Protocol):
+    """The job files of every job, wherever they are kept.
+
+    A write is atomic (a reader sees the old file or the new one) and, unless
+    ``durable=False`` (previews), durable when it returns. Errors of the store
+    itself are ``StorageFullError`` / ``StorageUnavailableError``; a missing file
+    is ``NotFoundError``.
+    """
+
+    def put(self, job_id: uuid.UUID, name: str, data: bytes, *, durable: bool = True) -> None: ...
+
+    def put_many(
+        self, job_id: uuid.UUID, files: Mapping[str, bytes], *, durable: bool = True
+    ) -> None: ...
+
+    def get(self, job_id: uuid.UUID, name: str) -> bytes: ...
+
+    def exists(self, job_id: uuid.UUID, name: str) -> bool: ...
+
+    def delete(self, job_id: uuid.UUID, name: str) -> None: ...
+
+    def delete_checkpoints(self, job_id: uuid.UUID) -> None: ...
+
+    def delete_job_files(self, job_id: uuid.UUID) -> None: ...
+
+    def local_path(self, job_id: uuid.UUID, name: str) -> Path | None:
+        """The file on this machine's filesystem, if the store has one (for sendfile)."""
+        ...
+
+    def presigned_url(self, job_id: uuid.UUID, name: str) -> str | None:
+        """A URL a client may GET the file from directly for a while, if the store has one."""
+        ...
+
+
+def open_storage(settings: Settings) -> Storage:
+    """The store the settings name: ``STYLEQUEUE_STORAGE_URL``, else the data dir."""
+    if settings.storage_url:
+        from shared.storage_s3 import S3Storage
+
+        return S3Storage(settings.storage_url)
+    return LocalStorage(settings.data_dir)
+
+
 class LocalStorage:
     """Files of jobs, under ``root/jobs/<job id>/``."""
 
@@ -100,8 +157,14 @@ class LocalStorage:
 
     def path(self, job_id: uuid.UUID, name: str) -> Path:
         """Where file ``name`` of a job lives (it may not exist)."""
-        _check_name(name)
+        check_name(name)
         return self.job_dir(job_id) / name
+
+    def local_path(self, job_id: uuid.UUID, name: str) -> Path | None:
+        return self.path(job_id, name)
+
+    def presigned_url(self, job_id: uuid.UUID, name: str) -> str | None:
+        return None
 
     def put(self, job_id: uuid.UUID, name: str, data: bytes, *, durable: bool = True) -> None:
         """Write a job file atomically: a temp file, fsync'ed (if ``durable``), then renamed.
@@ -192,9 +255,7 @@ class LocalStorage:
         """Remove every checkpoint of a job, of any attempt (once it is finished)."""
         with contextlib.suppress(OSError):
             for entry in os.scandir(self.job_dir(job_id)):
-                if entry.name == CHECKPOINT_FILE or (
-                    entry.name.startswith("checkpoint.a") and _FENCED_NAME.fullmatch(entry.name)
-                ):
+                if is_checkpoint(entry.name):
                     Path(entry.path).unlink(missing_ok=True)
 
     def delete_job_files(self, job_id: uuid.UUID) -> None:
@@ -202,7 +263,7 @@ class LocalStorage:
         shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
 
 
-def _check_name(name: str) -> None:
+def check_name(name: str) -> None:
     # Names come from this module's constants; refuse anything else so that a
     # bug can never turn into a path outside the job's directory.
     if name in ALLOWED_NAMES:
