@@ -2,14 +2,15 @@
 
 Browsers cannot send a bearer header by themselves, so the page logs in once:
 the key is checked like a bearer key (``shared.auth.authenticate``) and must be
-an admin's. The login makes a server-side session (an ``admin_sessions`` row,
-stored as the sha256 of a random token) and the cookie carries that token, the
-admin's name and the CSRF token, signed (Flask's itsdangerous session) with
-``STYLEQUEUE_SECRET_KEY`` or, when unset, a random key kept in the data dir so
-that every gunicorn process and every restart agree. Every request looks the
-row up: logging out deletes it, so a copy of the cookie taken before is no
-login afterwards. The cookie is HttpOnly, SameSite=Strict, scoped to
-``/admin``, Secure over HTTPS; the session ends after ``SESSION_HOURS``.
+an admin's. The login makes a server-side session (``shared.admin_sessions``:
+an ``admin_sessions`` row, stored as the sha256 of a random token) and the
+cookie carries that token, the admin's name and the CSRF token, signed (Flask's
+itsdangerous session) with ``STYLEQUEUE_SECRET_KEY`` or, when unset, a random
+key kept in the data dir so that every gunicorn process and every restart
+agree. Every request looks the row up: logging out deletes it, so a copy of the
+cookie taken before is no login afterwards. The cookie is HttpOnly,
+SameSite=Strict, scoped to ``/admin``, Secure over HTTPS; the session ends
+after ``SESSION_HOURS``.
 
 Every POST also carries a CSRF token (a hidden form field or the
 ``X-CSRF-Token`` header), stored in the session and compared in constant time.
@@ -25,14 +26,13 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from flask import Flask, Request, request, session
+from flask import Flask, Request, request, session, url_for
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
-from sqlalchemy import delete, select
 
 from api.services import EXTENSION_KEY, db_session, services
-from shared.auth import Principal, authenticate, hash_key, same_secret
+from shared.admin_sessions import end_admin_session, session_admin, start_admin_session
+from shared.auth import Principal, authenticate, same_secret
 from shared.errors import ForbiddenError, UnauthorizedError
-from shared.models import AdminSession, ApiClient, utcnow
 from shared.settings import Settings
 
 SESSION_COOKIE = "stylequeue_admin"
@@ -40,6 +40,7 @@ SESSION_HOURS = 12
 SECRET_FILE = "secret_key"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
+MAX_NEXT_LENGTH = 2000
 
 
 class _AdminSessionInterface(SecureCookieSessionInterface):
@@ -142,18 +143,7 @@ def log_in(key: str) -> Principal:
             code="not_admin",
         )
     token = secrets.token_urlsafe(32)
-    now = utcnow()
-    db = db_session()
-    db.execute(delete(AdminSession).where(AdminSession.expires_at <= now))
-    db.add(
-        AdminSession(
-            id=hash_key(token),
-            client_id=principal.client_id,
-            created_at=now,
-            expires_at=now + timedelta(hours=SESSION_HOURS),
-        )
-    )
-    db.commit()
+    start_admin_session(db_session(), token, principal.client_id, hours=SESSION_HOURS)
     session.clear()
     session.permanent = True
     session["sid"] = token
@@ -167,9 +157,7 @@ def log_out() -> None:
     """End this session on the server (every copy of its cookie) and clear the cookie."""
     token = session.get("sid")
     if isinstance(token, str):
-        db = db_session()
-        db.execute(delete(AdminSession).where(AdminSession.id == hash_key(token)))
-        db.commit()
+        end_admin_session(db_session(), token)
     session.clear()
 
 
@@ -181,13 +169,20 @@ def current_admin() -> Principal | None:
         if "admin_id" in session:  # a cookie from before server-side sessions
             session.clear()
         return None
-    query = (
-        select(ApiClient.id, ApiClient.name, ApiClient.is_admin)
-        .join(AdminSession, AdminSession.client_id == ApiClient.id)
-        .where(AdminSession.id == hash_key(token), AdminSession.expires_at > utcnow())
-    )
-    row = db_session().execute(query).one_or_none()
-    if row is None or not row.is_admin:
+    admin = session_admin(db_session(), token)
+    if admin is None:
         session.clear()
-        return None
-    return Principal(row.id, row.name, True)
+    return admin
+
+
+def safe_next(raw: str | None) -> str:
+    """Where to go after a login or an action: only our own pages (an open redirect would
+    make the login form a phishing aid); the job table otherwise."""
+    default = url_for("admin_ui.jobs_page")
+    if not raw or not raw.startswith("/admin") or raw.startswith("//") or "\\" in raw:
+        return default
+    if len(raw) > MAX_NEXT_LENGTH or not raw.isascii() or not raw.isprintable():
+        return default  # a Location header takes neither control characters nor raw non-ASCII
+    if raw.startswith(("/admin/login", "/admin/logout")):
+        return default
+    return raw
