@@ -1,34 +1,31 @@
 """The admin JSON API: every client's jobs, a job's timeline, statistics, workers,
 and the actions cancel, retry and delete-files. Admin keys only (401 without a key,
-403 ``admin_required`` with a client key). Views parse, call ``shared.admin``, return JSON.
+403 ``admin_required`` with a client key). Views parse (``shared.admin_filters``, the
+parser the /admin page uses too), call ``shared``, return JSON.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, Response, request
-from werkzeug.datastructures import MultiDict
 
 from api.auth import current_principal
 from api.job_json import _timestamp, job_dict
 from api.services import db_session, read_session, services
-from shared import admin
-from shared.errors import ForbiddenError, InvalidInputError
+from shared import admin, admin_filters, admin_reads
+from shared.errors import ForbiddenError
 from shared.jobs import parse_job_id
 from shared.logging import log_cancel_requested
 from shared.models import utcnow
-from shared.pagination import Cursor, parse_limit
+from shared.stats import job_stats
 
 blueprint = Blueprint("admin_api", __name__, url_prefix="/v1/admin")
 
-QUERY_FIELDS = frozenset(
-    {"status", "client_id", "worker", "created_from", "created_to", "limit", "cursor"}
-)
+QUERY_FIELDS = admin_filters.job_query_fields(client_field=admin_filters.API_CLIENT_FIELD)
 
 
 @blueprint.before_request
@@ -41,24 +38,6 @@ def require_admin() -> None:
 def _json(body: Any, status: int = 200) -> Response:
     text = json.dumps(body, separators=(",", ":"), allow_nan=False)
     return Response(text, status=status, mimetype="application/json")
-
-
-# ---------------------------------------------------------------- parsing
-
-
-def parse_filters(args: MultiDict[str, str]) -> admin.JobFilters:
-    """The admin list's filters (the parser the /admin page uses too); a bad value is a 400."""
-    return admin.parse_job_filters(args, client_field="client_id")
-
-
-def _reject_unknown(args: Mapping[str, str], known: frozenset[str]) -> None:
-    unknown = sorted(set(args) - known)
-    if unknown:
-        raise InvalidInputError(
-            f"{unknown[0]}: unknown query parameter; known: {', '.join(sorted(known))}",
-            field=unknown[0],
-            code="unknown_parameter",
-        )
 
 
 # ---------------------------------------------------------------- JSON
@@ -121,15 +100,9 @@ def _plain(value: Any) -> Any:
 
 @blueprint.get("/jobs")
 def list_jobs() -> Response:
-    _reject_unknown(request.args, QUERY_FIELDS)
-    filters = parse_filters(request.args)
-    raw_cursor = request.args.get("cursor")
-    page = admin.list_jobs(
-        read_session(),
-        filters,
-        limit=parse_limit(request.args.get("limit")),
-        cursor=Cursor.decode(raw_cursor) if raw_cursor else None,
-    )
+    admin_filters.reject_unknown(request.args, QUERY_FIELDS)
+    query = admin_filters.parse_job_query(request.args, client_field=admin_filters.API_CLIENT_FIELD)
+    page = admin.list_jobs(read_session(), query.filters, limit=query.limit, cursor=query.cursor)
     now = utcnow()
     return _json(
         {"jobs": [admin_job_dict(j, now) for j in page.items], "next_cursor": page.next_cursor}
@@ -169,16 +142,15 @@ def delete_job_files(job_id: str) -> Response:
 
 @blueprint.get("/stats")
 def stats() -> Response:
-    _reject_unknown(request.args, frozenset({"hours"}))
-    result = admin.job_stats(read_session(), hours=admin.parse_hours(request.args.get("hours")))
+    admin_filters.reject_unknown(request.args, frozenset({"hours"}))
+    hours = admin_filters.parse_hours(request.args.get("hours"))
+    result = job_stats(read_session(), hours=hours)
     return _json(_plain(asdict(result)))
 
 
 @blueprint.get("/workers")
 def workers() -> Response:
-    _reject_unknown(request.args, frozenset({"all"}))
-    raw = (request.args.get("all") or "false").lower()
-    if raw not in ("true", "false", "1", "0"):
-        raise InvalidInputError("all: must be true or false", field="all", code="invalid_all")
-    found = admin.live_workers(read_session(), include_dead=raw in ("true", "1"))
+    admin_filters.reject_unknown(request.args, frozenset({"all"}))
+    include_dead = admin_filters.parse_flag(request.args.get("all"), field="all")
+    found = admin_reads.live_workers(read_session(), include_dead=include_dead)
     return _json({"workers": [_plain(asdict(w)) for w in found]})

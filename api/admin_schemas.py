@@ -10,8 +10,8 @@ from pydantic import BaseModel, Field
 
 from api.schemas import JobOut
 from api.spec_parts import JOB_ID, LIMIT, cursor, error_responses, json_response
-from shared.admin import DEFAULT_STATS_HOURS, MAX_STATS_HOURS
 from shared.models import JobStatus
+from shared.stats import DEFAULT_STATS_HOURS, MAX_STATS_HOURS
 
 
 class ClientRef(BaseModel):

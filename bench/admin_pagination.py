@@ -37,7 +37,7 @@ from service_stack import database  # noqa: E402
 import migrations  # noqa: E402
 from api import create_app  # noqa: E402
 from api.services import EXTENSION_KEY  # noqa: E402
-from shared import admin  # noqa: E402
+from shared import stats  # noqa: E402
 from shared.pagination import Cursor  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 
@@ -279,7 +279,7 @@ def main() -> None:
             times = []
             for _ in range(n):
                 if cold:
-                    admin.forget_cached_counts()
+                    stats.forget_cached_counts()
                 started = time.perf_counter()
                 response = http.get(path, query_string=query, headers=headers)
                 times.append((time.perf_counter() - started) * 1000)

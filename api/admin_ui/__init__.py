@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from flask import Flask
 
-from api.admin_ui import auth
+from api.admin_ui import (
+    auth,
+    images,  # noqa: F401  (its routes join the blueprint when imported)
+)
 from api.admin_ui.views import blueprint
 
 

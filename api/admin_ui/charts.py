@@ -7,6 +7,9 @@ from html import escape
 
 from markupsafe import Markup
 
+from shared.models import JobStatus
+from shared.stats import JobStats
+
 STATUS_COLOURS = {
     "queued": "#8a93a3",
     "running": "#2f6fdb",
@@ -142,3 +145,27 @@ def format_seconds(value: float | None) -> str:
         return f"{minutes} min {seconds:02d} s"
     hours, rest = divmod(int(round(value)), 3600)
     return f"{hours} h {rest // 60:02d} min"
+
+
+def stats_charts(stats: JobStats) -> dict[str, Markup]:
+    """The stats page's charts: ``throughput`` per hour, ``counts`` by status, ``timings``."""
+    per_hour = stats.per_hour
+    labels = [b.hour_start.strftime("%H:00" if stats.hours <= 48 else "%m-%d %H") for b in per_hour]
+    throughput = bar_chart(
+        labels,
+        [("created", [b.created for b in per_hour]), ("finished", [b.finished for b in per_hour])],
+        label_every=max(1, len(per_hour) // 8),
+    )
+    counts = hbar_chart(
+        [(s.value, float(stats.counts.get(s.value, 0)), STATUS_COLOURS[s]) for s in JobStatus]
+    )
+    timings = hbar_chart(
+        [
+            ("wait p50", stats.queue_seconds.p50, "#8fb3ef"),
+            ("wait p95", stats.queue_seconds.p95, "#2f6fdb"),
+            ("run p50", stats.run_seconds.p50, "#8fd3ab"),
+            ("run p95", stats.run_seconds.p95, "#1f9d55"),
+        ],
+        unit="s",
+    )
+    return {"throughput": throughput, "counts": counts, "timings": timings}

@@ -22,7 +22,7 @@ from sqlalchemy import delete
 import migrations
 from api import create_app, metrics
 from api.services import EXTENSION_KEY
-from shared import admin
+from shared import stats
 from shared.celery_app import JOBS_QUEUE
 from shared.celery_wire import JobPublisher
 from shared.db import Database
@@ -47,7 +47,7 @@ def module_database(
 @pytest.fixture
 def fresh_database(module_database: str) -> str:
     """The module's database, emptied."""
-    admin.forget_cached_counts()
+    stats.forget_cached_counts()
     db = Database(module_database)
     try:
         with db.session() as session:
@@ -131,7 +131,7 @@ def add_jobs(app: Flask, *, ago: timedelta = timedelta(hours=1)) -> list[uuid.UU
         ]
         session.add_all(jobs)
         session.commit()
-    admin.forget_cached_counts()  # rows that finished long ago appear: not so in production
+    stats.forget_cached_counts()  # rows that finished long ago appear: not so in production
     return [j.id for j in jobs]
 
 
@@ -225,7 +225,7 @@ def test_histograms_follow_new_jobs_and_count_each_run_once(metrics_app: Flask) 
         running.status, running.finished_at = JobStatus.SUCCEEDED, utcnow()
         retried.finished_at = utcnow()
         session.commit()
-    admin.forget_cached_counts()  # as shared.admin.retry_job does
+    stats.forget_cached_counts()  # as retry_job does
     fourth = scrape(metrics_app)
     assert fourth["stylequeue_job_run_seconds_count"][succeeded] == 4
     assert fourth["stylequeue_job_run_seconds_count"][failed] == 2

@@ -21,13 +21,15 @@ from sqlalchemy.orm import Session
 
 from api.admin_schemas import AdminJobDetailOut, AdminJobList, StatsOut, WorkerList
 from api.services import EXTENSION_KEY
-from shared import admin, jobs
+from shared import admin, admin_reads, jobs
 from shared.auth import authenticate, create_client
 from shared.models import ApiClient, Job, JobStatus
 from shared.params import parse_params
 from shared.settings import Settings
+from shared.stats import forget_cached_counts, job_stats
 from shared.storage import CONTENT_FILE, RESULT_FILE
-from worker.runner import Outcome, WorkerContext, run_job
+from worker.context import WorkerContext
+from worker.runner import Outcome, run_job
 
 TINY = {"size": 32, "iterations": 4, "scales": 1}
 BASE_TIME = datetime(2001, 3, 4, 5, 0, tzinfo=UTC)  # before any other test's job
@@ -345,7 +347,7 @@ def test_stats_on_a_known_set_of_jobs(session: Session) -> None:
     now = BASE_TIME - timedelta(days=400 + uuid.uuid4().int % 3000) + timedelta(minutes=30)
     hour = now.replace(minute=0)
     client = new_client(session)
-    before = admin.job_stats(session, now=now, hours=3)
+    before = job_stats(session, now=now, hours=3)
     runs = [10.0, 20.0, 30.0, 40.0]
     for i, seconds in enumerate(runs):  # succeeded on w1, created 1 h 30 before now
         insert_job(
@@ -376,12 +378,12 @@ def test_stats_on_a_known_set_of_jobs(session: Session) -> None:
         started_after=1.0,
         run_seconds=1.0,
     )
-    stats = admin.job_stats(session, now=now, hours=3)
+    stats = job_stats(session, now=now, hours=3)
     # Jobs that finished before the previous hour are counted from a cache (5 min):
     # the old one shows once it is dropped; the rest are counted at once.
     assert stats.total - before.total == 6
-    admin.forget_cached_counts()
-    stats = admin.job_stats(session, now=now, hours=3)
+    forget_cached_counts()
+    stats = job_stats(session, now=now, hours=3)
     assert stats.window_start == hour - timedelta(hours=2)
     assert stats.counts["succeeded"] - before.counts["succeeded"] == 5
     assert stats.counts["failed"] - before.counts["failed"] == 1
@@ -457,7 +459,7 @@ def test_the_timeline_of_a_job_run_by_a_worker(
     assert detail["queue_seconds"] >= 0 and detail["run_seconds"] > 0
     assert detail["files_deleted"] is False and detail["n_styles"] == 1
     # The in-process runner registered itself and counted the job.
-    workers = {w.name: w for w in admin.live_workers(session)}
+    workers = {w.name: w for w in admin_reads.live_workers(session)}
     me = workers[ctx.name]
     assert me.alive and me.device == "cpu" and me.device_name is None
     assert me.jobs_done >= 1 and me.current_job_id is None
@@ -630,7 +632,7 @@ def test_workers_alive_and_dead(
     assert everyone[alive]["jobs_failed"] == 1 and everyone[alive]["current_job_id"] is None
     # A restarted process with the same name starts its row afresh.
     registry.register_worker(session, name=alive, hostname="gpu-1", pid=1, device=gpu)
-    again = {w.name: w for w in admin.live_workers(session)}
+    again = {w.name: w for w in admin_reads.live_workers(session)}
     assert again[alive].jobs_failed == 0
 
 

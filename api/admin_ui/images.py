@@ -1,0 +1,58 @@
+"""The /admin pages' images of a job: thumbnails and the files at full size.
+
+An image is named ``content``, ``style-N``, ``preview`` or ``result``;
+``shared.admin_reads.job_image_file`` says which file that is (for the preview
+and the result, only the one the job's row names). Routes on the page's
+blueprint, behind its login guard.
+"""
+
+from __future__ import annotations
+
+from flask import Response, request, send_file
+
+from api.admin_ui.thumbnails import THUMB_SIZES, ThumbnailCache, placeholder_svg
+from api.admin_ui.views import blueprint
+from api.services import db_session, services
+from api.uploads import serve_input
+from shared import admin_reads
+from shared.errors import InvalidInputError, NotFoundError
+from shared.jobs import parse_job_id
+
+_thumbs = ThumbnailCache()
+
+
+@blueprint.get("/jobs/<job_id>/thumbs/<name>")
+def thumbnail(job_id: str, name: str) -> Response:
+    """A JPEG thumbnail (``?size=96`` or 320); an SVG placeholder when the file is gone."""
+    parsed = parse_job_id(job_id)
+    file_name = admin_reads.job_image_file(db_session(), parsed, name)
+    raw_size = request.args.get("size", str(THUMB_SIZES[0]))
+    if raw_size not in {str(s) for s in THUMB_SIZES}:
+        raise InvalidInputError(
+            f"size: must be one of {', '.join(map(str, THUMB_SIZES))}", field="size"
+        )
+    size = int(raw_size)
+    changing = name == "preview"
+    path = services().storage.path(parsed, file_name)
+    data = _thumbs.thumbnail(path, size, cache=not changing)
+    if data is None:
+        label = "no preview yet" if changing else "no file"
+        response = Response(placeholder_svg(size, label), mimetype="image/svg+xml")
+        response.headers["Cache-Control"] = "no-store"
+        return response
+    response = Response(data, mimetype="image/jpeg")
+    response.headers["Cache-Control"] = "no-store" if changing else "private, max-age=86400"
+    return response
+
+
+@blueprint.get("/jobs/<job_id>/files/<name>")
+def image(job_id: str, name: str) -> Response:
+    """A job's image at full size (inputs as uploaded, preview and result as PNG)."""
+    parsed = parse_job_id(job_id)
+    file_name = admin_reads.job_image_file(db_session(), parsed, name)
+    path = services().storage.path(parsed, file_name)
+    if not path.is_file():
+        raise NotFoundError(f"job {job_id} has no {name} file (never written, or deleted)")
+    if name == "content" or name.startswith("style-"):
+        return serve_input(path)  # as uploaded: its own type, never sniffed
+    return send_file(path, max_age=0, mimetype="image/png")

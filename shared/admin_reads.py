@@ -1,0 +1,184 @@
+"""The operators' reads besides the job list: workers, clients, live progress, job images.
+
+``live_workers`` reads the ``workers`` registry (the admin API, the page and the
+metrics); ``client_choices`` the clients a job table can be filtered by;
+``live_jobs`` the progress of the jobs a page shows, polled every few seconds;
+``job_image_file`` the file behind one of a job's images; ``job_actions`` which
+actions an operator may take on a job now. Every function takes a SQLAlchemy
+session and returns frozen dataclasses.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shared.admin import RETRYABLE_STATUSES, AdminJobDetail
+from shared.errors import NotFoundError
+from shared.models import ApiClient, Job, JobStatus, Worker, utcnow
+from shared.storage import (
+    CONTENT_FILE,
+    LocalStorage,
+    committed_preview,
+    committed_result,
+    style_file,
+)
+from shared.workers import ALIVE_SECONDS
+
+_STYLE_IMAGE = re.compile(r"style-[0-9]{1,3}")
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """A worker process from the ``workers`` registry."""
+
+    name: str  # hostname/pid, the ``worker`` that jobs show
+    hostname: str
+    pid: int
+    device: str  # "cpu", "cuda:0", …
+    device_name: str | None  # the GPU's name; None on the CPU
+    device_memory_bytes: int | None  # the GPU's total memory; None on the CPU
+    started_at: datetime
+    last_heartbeat_at: datetime
+    current_job_id: uuid.UUID | None
+    jobs_done: int  # succeeded
+    jobs_failed: int
+    alive: bool  # a heartbeat within shared.workers.ALIVE_SECONDS
+
+
+def live_workers(
+    session: Session, *, now: datetime | None = None, include_dead: bool = False
+) -> list[WorkerInfo]:
+    """The workers whose last heartbeat is recent (``alive``), by name; with
+    ``include_dead`` every registered worker (the dead ones with alive=False)."""
+    now = now or utcnow()
+    cutoff = now - timedelta(seconds=ALIVE_SECONDS)
+    query = select(Worker).order_by(Worker.name)
+    if not include_dead:
+        query = query.where(Worker.last_heartbeat_at >= cutoff)
+    return [
+        WorkerInfo(
+            name=w.name,
+            hostname=w.hostname,
+            pid=w.pid,
+            device=w.device,
+            device_name=w.device_name,
+            device_memory_bytes=w.device_memory_bytes,
+            started_at=w.started_at,
+            last_heartbeat_at=w.last_heartbeat_at,
+            current_job_id=w.current_job_id,
+            jobs_done=w.jobs_done,
+            jobs_failed=w.jobs_failed,
+            alive=w.last_heartbeat_at >= cutoff,
+        )
+        for w in session.scalars(query)
+    ]
+
+
+@dataclass(frozen=True)
+class ClientChoice:
+    id: int
+    name: str
+
+
+def client_choices(session: Session, *, limit: int) -> list[ClientChoice]:
+    """The first ``limit`` clients by name, for a client filter."""
+    query = select(ApiClient.id, ApiClient.name).order_by(ApiClient.name).limit(limit)
+    return [ClientChoice(client_id, name) for client_id, name in session.execute(query)]
+
+
+@dataclass(frozen=True)
+class LiveJob:
+    """What changes while a job is queued or running."""
+
+    id: uuid.UUID
+    status: JobStatus
+    iteration: int
+    iterations: int
+    percent: float
+    eta_seconds: float | None
+    worker: str | None
+    cancel_requested: bool
+    preview_version: int | None  # while running: its committed preview's mtime (ns), if written
+
+
+def live_jobs(session: Session, storage: LocalStorage, ids: list[uuid.UUID]) -> list[LiveJob]:
+    """The jobs among ``ids`` that exist (unknown ids are left out)."""
+    if not ids:
+        return []
+    rows = session.execute(
+        select(
+            Job.id,
+            Job.status,
+            Job.iteration,
+            Job.iterations,
+            Job.percent,
+            Job.eta_seconds,
+            Job.worker,
+            Job.cancel_requested,
+            Job.preview_file,
+        ).where(Job.id.in_(ids))
+    )
+    found: list[LiveJob] = []
+    for row in rows:
+        version = None
+        if row.status is JobStatus.RUNNING:
+            try:
+                path = storage.path(row.id, committed_preview(row.preview_file))
+                version = path.stat().st_mtime_ns
+            except FileNotFoundError:
+                pass
+        found.append(
+            LiveJob(
+                id=row.id,
+                status=row.status,
+                iteration=row.iteration,
+                iterations=row.iterations,
+                percent=row.percent,
+                eta_seconds=row.eta_seconds,
+                worker=row.worker,
+                cancel_requested=row.cancel_requested,
+                preview_version=version,
+            )
+        )
+    return found
+
+
+def job_image_file(session: Session, job_id: uuid.UUID, image: str) -> str:
+    """The file name of a job's image: ``content``, ``style-N``, or the ``preview`` and
+    ``result`` its row names (only the ones its attempt committed). NotFoundError
+    ``image_not_found`` for any other name; the file itself may not exist."""
+    if image == "content":
+        return CONTENT_FILE
+    if image in ("preview", "result"):
+        column = Job.preview_file if image == "preview" else Job.result_file
+        named = session.execute(select(column).where(Job.id == job_id)).scalar()
+        return committed_preview(named) if image == "preview" else committed_result(named)
+    if _STYLE_IMAGE.fullmatch(image):
+        return style_file(int(image[6:]))
+    raise NotFoundError(
+        f"no image {image!r}: content, style-N, preview or result", code="image_not_found"
+    )
+
+
+@dataclass(frozen=True)
+class JobActions:
+    """Which of the admin actions a job takes now."""
+
+    cancel: bool  # queued or running
+    retry: bool  # failed or canceled, its files still there
+    delete_files: bool  # finished, its files still there
+
+
+def job_actions(detail: AdminJobDetail) -> JobActions:
+    status = detail.job.status
+    return JobActions(
+        cancel=not status.is_finished,
+        retry=status in RETRYABLE_STATUSES and not detail.files_deleted,
+        delete_files=status.is_finished and not detail.files_deleted,
+    )
