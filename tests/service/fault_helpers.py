@@ -8,6 +8,7 @@ database records every attempt, its worker and where it stopped and resumed.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import service_helpers
 from processes import stop_process_group
@@ -72,6 +74,20 @@ class WorkerProcess:
 
     def stop(self) -> None:
         stop_process_group(self.process)
+
+
+def log_lines(text: str) -> list[dict[str, Any]]:
+    """The JSON lines of a process's log (STYLEQUEUE_LOG_FORMAT=json): each a dict with
+    ``logger``, ``level``, ``message`` and, for a job's events, ``event`` and ``job_id``.
+    Anything else (Celery's banner, a half-written last line) is left out."""
+    found = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            try:
+                found.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return found
 
 
 @dataclass(frozen=True)

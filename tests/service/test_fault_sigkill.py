@@ -25,13 +25,14 @@ from typing import Any
 
 import pytest
 import service_helpers
-from fault_helpers import WorkerProcess, fault_report
+from fault_helpers import WorkerProcess, fault_report, log_lines
 from lease_cluster import LeaseCluster
 from service_helpers import store_job
+from sqlalchemy import select
 
-from shared.celery_app import enqueue_job
+from shared.celery_app import RECONCILE_TASK, enqueue_job
 from shared.images import decode_image
-from shared.models import JobEvent, JobStatus
+from shared.models import JobEvent, JobStatus, Worker
 from worker.tasks import pool_worker_name
 
 pytestmark = pytest.mark.slow
@@ -94,6 +95,28 @@ class Cluster(LeaseCluster):
     def scheduler_log(self) -> str:
         return (self.log_dir / "scheduler.log").read_text(errors="replace")
 
+    def reconciler_runs(self) -> int:
+        """How many reconciler runs have ended: Celery's line for each task the
+        scheduler's worker finished, in its JSON log."""
+        return sum(
+            line.get("logger") == "celery.app.trace"
+            and f"{RECONCILE_TASK}[" in line["message"]
+            and " succeeded in " in line["message"]
+            for line in log_lines(self.scheduler_log())
+        )
+
+    def registered_pool_processes(self, worker: WorkerProcess) -> set[int]:
+        """The worker's pool processes alive now that have loaded the network (they are
+        in the workers registry)."""
+        # Each thread's children: the pool process is forked by whichever thread
+        # maintains the pool.
+        threads = Path(f"/proc/{worker.process.pid}/task").glob("*/children")
+        pids = {int(pid) for children in threads for pid in children.read_text().split()}
+        names = {pool_worker_name(pid): pid for pid in pids}
+        with self.db.session() as session:
+            found = session.scalars(select(Worker.name).where(Worker.name.in_(names)))
+            return {names[name] for name in found}
+
 
 def parent_pid(pid: int) -> int:
     # /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces, not ")".
@@ -120,6 +143,7 @@ def cluster(
         "STYLEQUEUE_CHECKPOINT_SECONDS": "0.5",
         "STYLEQUEUE_RECONCILE_SECONDS": "1",
         "STYLEQUEUE_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
+        "STYLEQUEUE_LOG_FORMAT": "json",  # the tests read the scheduler's lines by their fields
         # One thread per worker: two workers (and the test machine's other work) on
         # few cores otherwise spin against each other, several times slower.
         "OMP_NUM_THREADS": "1",
@@ -265,7 +289,14 @@ def test_a_job_whose_workers_keep_dying_fails_after_max_attempts(cluster: Cluste
     [failed] = cluster.events(job_id, "failed")
     assert failed.data["died"] == MAX_ATTEMPTS
 
-    time.sleep(3)  # three reconciler runs, and the worker's restarted pool process is up
+    # Three reconciler runs that began after the failure (the one under way may not
+    # have seen it), and the worker's restarted pool process is up.
+    runs = cluster.reconciler_runs()
+    wait_for("three more reconciler runs", lambda: cluster.reconciler_runs() >= runs + 4)
+    wait_for(
+        "the restarted pool process",
+        lambda: cluster.registered_pool_processes(worker) - set(pids),
+    )
     assert cluster.row(job_id).status is JobStatus.FAILED
     assert_pool_processes_started_cleanly(worker)
     claims = cluster.events(job_id, "claimed")
