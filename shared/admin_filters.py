@@ -197,7 +197,8 @@ def filter_pairs(filters: JobFilters, *, client_field: str) -> list[tuple[str, s
 
 
 def reject_unknown(names: Iterable[str], known: frozenset[str]) -> None:
-    """A 400 ``unknown_parameter`` for the first name (in order) not in ``known``."""
+    """A 400 ``unknown_parameter`` naming the first (alphabetically) of ``names`` not in
+    ``known``."""
     unknown = sorted(set(names) - known)
     if unknown:
         raise InvalidInputError(
