@@ -23,7 +23,10 @@ DEFAULT_DATA_DIR = "./var"
 SQLITE_FILE_NAME = "stylequeue.sqlite3"  # the default database, inside the data dir
 DEFAULT_REDIS_PREFIX = "stylequeue:"
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # per uploaded file
-DEFAULT_LEASE_SECONDS = 120.0  # a claimed job is the worker's until then, unless renewed
+# A claimed job is the worker's until then, unless renewed (every heartbeat, from a thread of
+# its own): 20 renewals may fail in a row before a live worker lets go, and a dead machine's
+# job runs again within lease + reconcile interval (~25 s).
+DEFAULT_LEASE_SECONDS = 20.0
 DEFAULT_HEARTBEAT_SECONDS = 1.0  # progress write + lease renewal + cancel check, at most this often
 DEFAULT_PREVIEW_SECONDS = 5.0  # a preview PNG at most this often
 DEFAULT_CHECKPOINT_SECONDS = 30.0  # a resumable engine checkpoint at most this often
@@ -31,7 +34,7 @@ DEFAULT_CHECKPOINT_SECONDS = 30.0  # a resumable engine checkpoint at most this 
 # with `too_many_attempts`; attempts handed back on a shutdown do not count.
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_REQUEUE_AFTER_SECONDS = 300.0  # a queued job untouched this long is enqueued again
-DEFAULT_RECONCILE_SECONDS = 60.0  # how often the scheduler runs the reconciler
+DEFAULT_RECONCILE_SECONDS = 5.0  # how often the scheduler runs the reconciler
 DEFAULT_MAX_RUN_SECONDS = 6 * 3600.0  # one attempt of a job running longer fails with `timeout`
 DEFAULT_RETENTION_SECONDS = (
     7 * 24 * 3600.0
@@ -63,6 +66,8 @@ class Settings:
     secret_key: str | None = None  # signs /admin session cookies; None: a file in the data dir
     metrics_key: str | None = None  # None: /metrics is open (scraped on an internal network)
     redis_prefix: str = DEFAULT_REDIS_PREFIX
+    # The master's name the sentinels know, with a sentinel:// redis_url (shared/redis_conn.py).
+    redis_sentinel_master: str | None = None
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     device: Device = "auto"
@@ -98,9 +103,12 @@ class Settings:
         data_dir = Path(reader.get("DATA_DIR", DEFAULT_DATA_DIR, str)).resolve()
         default_db = f"sqlite:///{data_dir / SQLITE_FILE_NAME}"
         tv_path = reader.get("TORCHVISION_WEIGHTS", "", str)
+        redis_url = reader.get("REDIS_URL", DEFAULT_REDIS_URL, _redis_url)
+        sentinel_master = reader.get("REDIS_SENTINEL_MASTER", "", str) or None
+        _check_sentinel_master(redis_url, sentinel_master)
         return cls(
             database_url=reader.get("DATABASE_URL", default_db, _url),
-            redis_url=reader.get("REDIS_URL", DEFAULT_REDIS_URL, _redis_url),
+            redis_url=redis_url,
             data_dir=data_dir,
             storage_url=reader.get("STORAGE_URL", "", _storage_url) or None,
             storage_redirect=reader.get("STORAGE_REDIRECT", False, _bool),
@@ -108,6 +116,7 @@ class Settings:
             secret_key=reader.get("SECRET_KEY", "", str) or None,
             metrics_key=reader.get("METRICS_KEY", "", str) or None,
             redis_prefix=reader.get("REDIS_PREFIX", DEFAULT_REDIS_PREFIX, str),
+            redis_sentinel_master=sentinel_master,
             max_upload_bytes=reader.get(
                 "MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD_BYTES, _positive_int
             ),
@@ -194,9 +203,34 @@ def _url(raw: str) -> str:
 
 
 def _redis_url(raw: str) -> str:
-    if not raw.startswith(("redis://", "rediss://", "unix://")):
-        raise ValueError("expected a redis:// URL")
+    from shared.redis_conn import is_sentinel_url, parse_sentinel_url
+
+    if is_sentinel_url(raw):
+        parse_sentinel_url(raw)  # a ValueError says what is wrong with it
+    elif not raw.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(
+            "expected a redis://, rediss:// or unix:// URL, "
+            "or sentinel://HOST:PORT;sentinel://HOST:PORT;... for Redis Sentinel"
+        )
     return raw
+
+
+def _check_sentinel_master(redis_url: str, master: str | None) -> None:
+    from shared.redis_conn import is_sentinel_url
+
+    variable = ENV_PREFIX + "REDIS_SENTINEL_MASTER"
+    if is_sentinel_url(redis_url) and master is None:
+        raise ConfigError(
+            f"{variable} is required with a sentinel:// {ENV_PREFIX}REDIS_URL: the name of "
+            "the master the sentinels watch (their 'sentinel monitor NAME ...')",
+            details={"variable": variable},
+        )
+    if master is not None and not is_sentinel_url(redis_url):
+        raise ConfigError(
+            f"{variable} is set, but {ENV_PREFIX}REDIS_URL is no sentinel:// URL: "
+            "unset it, or list the sentinels in the URL",
+            details={"variable": variable},
+        )
 
 
 def _storage_url(raw: str) -> str:
