@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from shared.celery_app import create_celery
 from shared.celery_wire import JobPublisher
 from shared.db import Database
+from shared.redis_conn import redis_client
 from shared.settings import Settings
 from shared.storage import LocalStorage
 
@@ -37,11 +38,7 @@ class Services:
             storage=LocalStorage(settings.data_dir),
             celery=create_celery(settings),
             publisher=JobPublisher(settings),
-            redis=redis.Redis.from_url(
-                settings.redis_url,
-                socket_timeout=REDIS_TIMEOUT_SECONDS,
-                socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
-            ),
+            redis=redis_client(settings, timeout=REDIS_TIMEOUT_SECONDS),
         )
         app.extensions[EXTENSION_KEY] = services
         app.teardown_appcontext(_close_session)

@@ -526,8 +526,8 @@ def _exit_on_signal(signum: int, _frame: object) -> None:
 def _ensure_redis(settings: Settings) -> subprocess.Popen[bytes] | None:
     """Start a Redis for ``settings.redis_url`` when nothing answers there; None if one does."""
     url = urlparse(settings.redis_url)
-    if url.scheme == "unix":
-        return None  # a socket path: the operator runs that Redis
+    if url.scheme in ("unix", "sentinel"):
+        return None  # a socket path, or sentinels: the operator runs that Redis
     host, port = url.hostname or "127.0.0.1", url.port or 6379
     if _reachable(host, port):
         click.echo(f"using the Redis at {host}:{port}")

@@ -19,6 +19,7 @@ from celery import Celery
 from celery.exceptions import CPendingDeprecationWarning
 from celery.signals import celeryd_after_setup
 
+from shared.redis_conn import redis_client, sentinel_transport_options
 from shared.settings import Settings
 
 RUN_JOB_TASK = "stylequeue.run_job"
@@ -102,6 +103,8 @@ def _no_reminder_of_a_chosen_setting(**_: Any) -> None:
 
 
 def broker_transport_options(settings: Settings) -> dict[str, Any]:
+    # A sentinel:// URL (Kombu's SentinelChannel) takes every option below as well,
+    # plus the master's name and the sentinels' own socket options.
     return {
         "visibility_timeout": VISIBILITY_TIMEOUT_SECONDS,
         # Every key we and Celery put in Redis starts with this, so deployments
@@ -111,6 +114,7 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
         "socket_timeout": BROKER_SOCKET_TIMEOUT_SECONDS,
         "socket_keepalive": True,  # the kernel notices a dead peer on an idle connection
         "health_check_interval": BROKER_HEALTH_CHECK_SECONDS,
+        **sentinel_transport_options(settings, timeout=BROKER_CONNECT_TIMEOUT_SECONDS),
     }
 
 
@@ -143,11 +147,7 @@ def forget_broker_marker(settings: Settings) -> None:
 
 
 def _short_lived_client(settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=BROKER_CONNECT_TIMEOUT_SECONDS,
-        socket_connect_timeout=BROKER_CONNECT_TIMEOUT_SECONDS,
-    )
+    return redis_client(settings, timeout=BROKER_CONNECT_TIMEOUT_SECONDS)
 
 
 def enqueue_job(app: Celery, job_id: uuid.UUID) -> None:

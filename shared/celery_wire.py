@@ -23,11 +23,11 @@ import socket
 import uuid
 from typing import Any
 
-import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from shared.celery_app import BROKER_CONNECT_TIMEOUT_SECONDS, JOBS_QUEUE, RUN_JOB_TASK
+from shared.redis_conn import redis_client
 from shared.settings import Settings
 
 
@@ -39,13 +39,13 @@ class JobPublisher:
 
     def __init__(self, settings: Settings) -> None:
         self._queue_key = settings.redis_prefix + JOBS_QUEUE
-        self._redis = redis.Redis.from_url(
-            settings.redis_url,
-            socket_timeout=BROKER_CONNECT_TIMEOUT_SECONDS,
-            socket_connect_timeout=BROKER_CONNECT_TIMEOUT_SECONDS,
-            # One more try at once on a dropped pooled connection (a Redis restart),
-            # like PUBLISH_RETRY_POLICY. A message sent twice is harmless: the
-            # second claim is a no-op.
+        self._redis = redis_client(
+            settings,
+            timeout=BROKER_CONNECT_TIMEOUT_SECONDS,
+            # One more try at once on a dropped pooled connection (a Redis restart, a
+            # failover: the new connection asks the sentinels for the master), like
+            # PUBLISH_RETRY_POLICY. A message sent twice is harmless: the second claim
+            # is a no-op.
             retry=Retry(NoBackoff(), 1),
         )
 
