@@ -160,8 +160,7 @@ class _Run:
     ) -> torch.Tensor:
         first_pass, done_in_pass = 0, 0
         if resume is not None:
-            if resume.fingerprint != self.fingerprint:
-                raise ParameterError("resume", "the state was saved for other parameters or inputs")
+            resume.check_fits(self.fingerprint)
             first_pass, done_in_pass = resume.scale, resume.pass_iteration
             self.iteration, self.elapsed_before = resume.iteration, resume.elapsed_seconds
         image: torch.Tensor | None = None

@@ -7,14 +7,22 @@
     └── NumericalError            the optimization produced NaN or infinity
 
 Bad parameters and inputs raise ``shared.errors.ParameterError`` and
-``InvalidInputError`` (client errors), never these.
+``InvalidInputError`` (client errors), never these. A ``resume`` state that
+cannot be used has errors of its own, so that a worker tells a checkpoint to
+start over without from a job's bad input, while a caller of ``transfer`` still
+sees a bad ``resume`` parameter:
+
+    ParameterError
+    └── CheckpointIncompatibleError  saved for other parameters, inputs or state format
+    InvalidInputError
+    └── CheckpointCorruptError       the bytes do not load as a saved state (torn, foreign)
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from shared.errors import EngineError
+from shared.errors import EngineError, InvalidInputError, ParameterError
 
 if TYPE_CHECKING:
     from worker.engine.state import EngineState
@@ -52,3 +60,20 @@ class NumericalError(EngineError):
     """Raised when the loss becomes NaN or infinite (weights far out of their useful range)."""
 
     code = "numerical_error"
+
+
+class CheckpointIncompatibleError(ParameterError):
+    """Raised when a ``resume`` state was saved for other parameters, inputs or weights,
+    or in another state format: it loads, but this run cannot continue it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("resume", message)
+
+
+class CheckpointCorruptError(InvalidInputError):
+    """Raised when bytes do not load as a saved engine state (torn, truncated, not one)."""
+
+    code = "invalid_state"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"resume: {message}", field="resume")

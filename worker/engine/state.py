@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from shared.errors import InvalidInputError
+from worker.engine.errors import CheckpointCorruptError, CheckpointIncompatibleError
 
 STATE_FORMAT = 1  # bump when the layout of EngineState changes
 
@@ -53,11 +53,21 @@ class EngineState:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> EngineState:
-        """The inverse of ``to_bytes``; loads tensors and plain data only (``weights_only``)."""
+        """The inverse of ``to_bytes``; loads tensors and plain data only (``weights_only``).
+
+        CheckpointCorruptError when ``data`` is not a saved state (torn, truncated,
+        anything else); CheckpointIncompatibleError when it is one of another format.
+        """
         try:
             raw = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-            if raw["format"] != STATE_FORMAT:
-                raise ValueError(f"state format {raw['format']}, expected {STATE_FORMAT}")
+            found = raw["format"]
+        except Exception as exc:
+            raise CheckpointCorruptError(_not_a_state(exc)) from None
+        if found != STATE_FORMAT:
+            raise CheckpointIncompatibleError(
+                f"the state is of format {found!r}; this engine reads format {STATE_FORMAT}"
+            )
+        try:
             return cls(
                 iteration=int(raw["iteration"]),
                 scale=int(raw["scale"]),
@@ -67,12 +77,17 @@ class EngineState:
                 optimizer=raw["optimizer"],
                 fingerprint=raw["fingerprint"],
             )
-        except Exception as exc:  # any malformed blob is the caller's bad input
-            raise InvalidInputError(
-                f"resume: not a saved engine state ({exc.__class__.__name__}: {exc})",
-                field="resume",
-                code="invalid_state",
-            ) from None
+        except Exception as exc:
+            raise CheckpointCorruptError(_not_a_state(exc)) from None
+
+    def check_fits(self, fingerprint: dict[str, Any]) -> None:
+        """CheckpointIncompatibleError unless this state belongs to a run with ``fingerprint``."""
+        if self.fingerprint != fingerprint:
+            raise CheckpointIncompatibleError("the state was saved for other parameters or inputs")
+
+
+def _not_a_state(exc: Exception) -> str:
+    return f"not a saved engine state ({exc.__class__.__name__}: {exc})"
 
 
 @dataclass(frozen=True)
