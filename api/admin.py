@@ -16,9 +16,9 @@ from flask import Blueprint, Response, request
 from api.auth import current_principal
 from api.job_json import _timestamp, job_dict
 from api.services import db_session, read_session, services
-from shared import admin, admin_filters, admin_reads
+from shared import admin, admin_filters, admin_reads, jobs
 from shared.errors import ForbiddenError
-from shared.jobs import parse_job_id
+from shared.job_store import parse_job_id
 from shared.logging import log_cancel_requested
 from shared.models import utcnow
 from shared.stats import job_stats
@@ -130,7 +130,7 @@ def cancel_job(job_id: str) -> Response:
 
 @blueprint.post("/jobs/<job_id>/retry")
 def retry_job(job_id: str) -> Response:
-    job = admin.retry_job(db_session(), parse_job_id(job_id), services().publisher.publish)
+    job = jobs.retry_job(db_session(), parse_job_id(job_id), services().publisher.publish)
     return _detail_response(job.id)
 
 

@@ -12,7 +12,8 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.models import JobRecord, utcnow
+from shared.job_view import JobView, job_timings
+from shared.models import utcnow
 from shared.params import StyleParams
 
 # Every parameter in the schema's order with its default: a row written before a
@@ -24,12 +25,12 @@ _PARAM_DEFAULTS: dict[str, Any] = {
 }
 
 
-def job_dict(job: JobRecord, now: datetime | None = None) -> dict[str, Any]:
+def job_dict(job: JobView, now: datetime | None = None) -> dict[str, Any]:
     """The job as the API shows it (``JobOut``'s JSON), timings measured at ``now``."""
     now = now or utcnow()
     base = f"/v1/jobs/{job.id}"
     created_at, started_at, finished_at = job.created_at, job.started_at, job.finished_at
-    queue_end = started_at or finished_at or now
+    timings = job_timings(created_at, started_at, finished_at, now)
     stored = job.params
     return {
         "id": str(job.id),
@@ -51,10 +52,8 @@ def job_dict(job: JobRecord, now: datetime | None = None) -> dict[str, Any]:
         "created_at": _timestamp(created_at),
         "started_at": _timestamp(started_at),
         "finished_at": _timestamp(finished_at),
-        "queue_seconds": max(0.0, (queue_end - created_at).total_seconds()),
-        "run_seconds": (
-            None if started_at is None else ((finished_at or now) - started_at).total_seconds()
-        ),
+        "queue_seconds": timings.queue_seconds,
+        "run_seconds": timings.run_seconds,
         "urls": {
             "self": base,
             "result": f"{base}/result",
@@ -64,7 +63,7 @@ def job_dict(job: JobRecord, now: datetime | None = None) -> dict[str, Any]:
     }
 
 
-def job_json(job: JobRecord, now: datetime | None = None) -> str:
+def job_json(job: JobView, now: datetime | None = None) -> str:
     """``job_dict`` as compact JSON text, as pydantic writes it."""
     return json.dumps(job_dict(job, now), separators=(",", ":"), allow_nan=False)
 

@@ -14,10 +14,12 @@ from api.job_json import job_dict, job_json
 from api.multipart import read_form
 from api.services import db_session, read_session, services
 from api.uploads import check_same_request, read_idempotency_key, read_submission, replay_digest
-from shared import jobs
+from shared import job_list, job_store, jobs, submissions
 from shared.errors import ConflictError, InvalidInputError, NotFoundError
+from shared.job_store import parse_job_id
+from shared.job_view import JobView
 from shared.logging import log_cancel_requested, log_job_created
-from shared.models import Job, JobRecord, JobStatus, utcnow
+from shared.models import JobStatus, utcnow
 from shared.pagination import Cursor, parse_limit
 from shared.storage import committed_preview, committed_result
 
@@ -25,7 +27,7 @@ log = logging.getLogger(__name__)
 blueprint = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
 
-def _job_response(job: JobRecord, status: int = 200) -> Response:
+def _job_response(job: JobView, status: int = 200) -> Response:
     return Response(job_json(job), status=status, mimetype="application/json")
 
 
@@ -37,18 +39,16 @@ def submit_job() -> Response:
     key = read_idempotency_key(request.headers.get("Idempotency-Key"))
     form = read_form(request)
     if key is not None:
-        replay = jobs.find_by_idempotency_key(read_session(), principal.client_id, key)
-        if replay is not None:
-            # The same key must come with the same request, or it answers another one.
-            check_same_request(replay, key, replay_digest(form))
-            return _replayed(replay)
+        replayed = _replay(principal.client_id, key, replay_digest(form))
+        if replayed is not None:
+            return replayed
     submission = read_submission(
         form,
         max_upload_bytes=svc.settings.max_upload_bytes,
         max_image_pixels=svc.settings.max_image_pixels,
     )
     digest = submission.digest
-    job, created = jobs.create_job(
+    job, created = submissions.create_job(
         session,
         svc.storage,
         client_id=principal.client_id,
@@ -58,19 +58,29 @@ def submit_job() -> Response:
         idempotency_key=key,
         request_digest=digest,
         enqueue=svc.publisher.publish,
-        driver=svc.db.thread_connections,
+        db=svc.db,
     )
     if not created:
-        if key is not None:  # another request with this key committed first
-            check_same_request(job, key, digest)
-        return _replayed(job)
+        # Another request with this key committed first: answered as a replay of it.
+        replayed = _replay(principal.client_id, key, digest) if key is not None else None
+        return _replayed(job) if replayed is None else replayed
     log_job_created(job.id, client_id=principal.client_id, n_styles=len(submission.styles))
     response = _job_response(job, 202)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return response
 
 
-def _replayed(job: Job) -> Response:
+def _replay(client_id: int, key: str, digest: str | None) -> Response | None:
+    """The answer to a request with a used Idempotency-Key (None: the key is new)."""
+    replay = job_store.find_by_idempotency_key(read_session(), client_id, key)
+    if replay is None:
+        return None
+    # The same key must come with the same request, or it answers another one.
+    check_same_request(replay, key, digest)
+    return _replayed(JobView.of(replay))
+
+
+def _replayed(job: JobView) -> Response:
     # The same Idempotency-Key again: the original job, created nothing.
     if job.status is JobStatus.QUEUED:
         # A client retries when it got no answer: the API may have died between the
@@ -101,7 +111,7 @@ def list_jobs() -> Response:
                 code="invalid_status",
             ) from None
     raw_cursor = request.args.get("cursor")
-    page = jobs.list_jobs(
+    page = job_list.list_jobs(
         read_session(),
         client_id=principal.client_id,
         status=status,
@@ -116,22 +126,22 @@ def list_jobs() -> Response:
 @blueprint.get("/<job_id>")
 def get_job(job_id: str) -> Response:
     principal = current_principal()
-    job = jobs.poll_job(services().db, jobs.parse_job_id(job_id), client_id=principal.client_id)
+    job = job_store.poll_job(services().db, parse_job_id(job_id), client_id=principal.client_id)
     return _job_response(job)
 
 
 @blueprint.post("/<job_id>/cancel")
 def cancel_job(job_id: str) -> Response:
     principal = current_principal()
-    job = jobs.cancel_job(db_session(), jobs.parse_job_id(job_id), client_id=principal.client_id)
+    job = jobs.cancel_job(db_session(), parse_job_id(job_id), client_id=principal.client_id)
     log_cancel_requested(job.id, client_id=principal.client_id, status=job.status.value)
-    return _job_response(job)
+    return _job_response(JobView.of(job))
 
 
 @blueprint.get("/<job_id>/result")
 def get_result(job_id: str) -> Response:
     principal = current_principal()
-    job = jobs.get_job(read_session(), jobs.parse_job_id(job_id), client_id=principal.client_id)
+    job = job_store.get_job(read_session(), parse_job_id(job_id), client_id=principal.client_id)
     if job.status is not JobStatus.SUCCEEDED:
         raise ConflictError(
             f"job {job.id} is {job.status.value}; a result exists only once it has succeeded",
@@ -151,9 +161,9 @@ def get_result(job_id: str) -> Response:
 @blueprint.get("/<job_id>/preview")
 def get_preview(job_id: str) -> Response:
     principal = current_principal()
-    parsed = jobs.parse_job_id(job_id)
+    parsed = parse_job_id(job_id)
     session = read_session()
-    job = jobs.get_job(session, parsed, client_id=principal.client_id)
+    job = job_store.get_job(session, parsed, client_id=principal.client_id)
     name = committed_preview(job.preview_file)
     if job.status is JobStatus.RUNNING and not services().storage.path(job.id, name).is_file():
         # The worker replaced the preview between the read of the row and the file's

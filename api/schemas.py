@@ -8,7 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.models import JobRecord, JobStatus, utcnow
+from shared.job_view import JobView, job_timings
+from shared.models import JobStatus, utcnow
 from shared.params import StyleParams
 
 
@@ -51,13 +52,10 @@ class JobOut(BaseModel):
     urls: JobUrls
 
     @classmethod
-    def from_job(cls, job: JobRecord, now: datetime | None = None) -> JobOut:
+    def from_job(cls, job: JobView, now: datetime | None = None) -> JobOut:
         now = now or utcnow()
         base = f"/v1/jobs/{job.id}"
-        queue_end = job.started_at or job.finished_at or now
-        run_seconds = None
-        if job.started_at is not None:
-            run_seconds = ((job.finished_at or now) - job.started_at).total_seconds()
+        timings = job_timings(job.created_at, job.started_at, job.finished_at, now)
         error = None
         if job.error_code is not None:
             error = JobErrorInfo(code=job.error_code, message=job.error_message or "")
@@ -77,8 +75,8 @@ class JobOut(BaseModel):
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
-            queue_seconds=max(0.0, (queue_end - job.created_at).total_seconds()),
-            run_seconds=run_seconds,
+            queue_seconds=timings.queue_seconds,
+            run_seconds=timings.run_seconds,
             urls=JobUrls.model_validate(
                 {
                     "self": base,

@@ -2,7 +2,7 @@
 
 Reads: ``list_jobs`` (filtered, keyset-paginated, newest first) and
 ``job_detail`` (a job with its event timeline). Actions: ``cancel_job``,
-``retry_job`` (a failed or canceled job queued again), ``delete_job_files``.
+``delete_job_files`` (a retry is ``shared.jobs.retry_job``, beside the other transitions).
 Every function takes a SQLAlchemy session and returns frozen dataclasses; the
 admin API and page turn them into JSON or HTML. The statistics are in
 ``shared.stats``, the other operator reads (workers, clients, live progress) in
@@ -13,7 +13,6 @@ admin API and page turn them into JSON or HTML. The statistics are in
 from __future__ import annotations
 
 import functools
-import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,19 +26,16 @@ from sqlalchemy import (
     select,
     tuple_,
     union_all,
-    update,
 )
 from sqlalchemy.orm import Session
 
 from shared import jobs
 from shared.errors import ConflictError
-from shared.jobs import Enqueue, EventKind, get_job
-from shared.models import ApiClient, Job, JobEvent, JobStatus, utcnow
+from shared.job_store import get_job
+from shared.job_view import JOB_VIEW_COLUMNS, JOB_VIEW_FIELDS, JobView, job_timings
+from shared.models import ApiClient, EventKind, Job, JobEvent, JobStatus, utcnow
 from shared.pagination import Cursor
-from shared.stats import forget_cached_counts
 from shared.storage import LocalStorage
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -58,27 +54,12 @@ class JobFilters:
     created_to: datetime | None = None
 
 
-@dataclass(frozen=True)
-class AdminJob:
-    """One job as a table row: the client JSON's fields (the ``JobRecord`` protocol,
-    so ``api.job_json.job_dict`` takes it) plus its client's id and name."""
+@dataclass(frozen=True, slots=True)
+class AdminJob(JobView):
+    """One job as a table row: its read model (so ``api.job_json.job_dict`` takes it)
+    and its client's name."""
 
-    id: uuid.UUID
-    client_id: int
     client_name: str
-    status: JobStatus
-    params: dict[str, Any]
-    iteration: int
-    iterations: int
-    percent: float
-    eta_seconds: float | None
-    attempts: int
-    worker: str | None
-    error_code: str | None
-    error_message: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -151,23 +132,7 @@ def list_jobs(
     return AdminJobPage(items[:limit], Cursor(last.created_at, last.id).encode())
 
 
-_JOB_COLUMNS = (
-    Job.id,
-    Job.client_id,
-    Job.status,
-    Job.params,
-    Job.iteration,
-    Job.iterations,
-    Job.percent,
-    Job.eta_seconds,
-    Job.attempts,
-    Job.worker,
-    Job.error_code,
-    Job.error_message,
-    Job.created_at,
-    Job.started_at,
-    Job.finished_at,
-)
+_JOB_COLUMNS = JOB_VIEW_COLUMNS
 
 
 @functools.lru_cache(maxsize=512)
@@ -233,24 +198,10 @@ def _ordered(query: Select[Any], limit: Any, columns: Any = None) -> Select[Any]
 
 
 def _admin_job(row: Any) -> AdminJob:
-    return AdminJob(
-        id=row["id"],
-        client_id=row["client_id"],
-        client_name=row["client_name"],
-        status=JobStatus(row["status"]),
-        params=dict(row["params"]),
-        iteration=row["iteration"],
-        iterations=row["iterations"],
-        percent=row["percent"],
-        eta_seconds=row["eta_seconds"],
-        attempts=row["attempts"],
-        worker=row["worker"],
-        error_code=row["error_code"],
-        error_message=row["error_message"],
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-    )
+    # The status and params as the client's JSON expects them, whatever the query's shape.
+    values = {name: row[name] for name in JOB_VIEW_FIELDS}
+    values["status"], values["params"] = JobStatus(values["status"]), dict(values["params"])
+    return AdminJob(**values, client_name=row["client_name"])
 
 
 def job_detail(
@@ -267,7 +218,7 @@ def job_detail(
         )
     ]
     row = {c.key: getattr(job, c.key) for c in _JOB_COLUMNS} | {"client_name": client_name or ""}
-    queue_end = job.started_at or job.finished_at or now
+    timings = job_timings(job.created_at, job.started_at, job.finished_at, now)
     return AdminJobDetail(
         job=_admin_job(row),
         n_styles=job.n_styles,
@@ -275,12 +226,8 @@ def job_detail(
         lease_owner=job.lease_owner,
         lease_expires_at=job.lease_expires_at,
         updated_at=job.updated_at,
-        queue_seconds=max(0.0, (queue_end - job.created_at).total_seconds()),
-        run_seconds=(
-            None
-            if job.started_at is None
-            else ((job.finished_at or now) - job.started_at).total_seconds()
-        ),
+        queue_seconds=timings.queue_seconds,
+        run_seconds=timings.run_seconds,
         files_deleted=any(e.kind == EventKind.FILES_DELETED for e in events),
         events=events,
     )
@@ -293,71 +240,6 @@ def cancel_job(session: Session, job_id: uuid.UUID) -> Job:
     """Cancel any client's queued or running job (a running one stops at its next
     heartbeat); a finished job is returned unchanged. NotFoundError when unknown."""
     return jobs.cancel_job(session, job_id, client_id=None)
-
-
-RETRYABLE_STATUSES = (JobStatus.FAILED, JobStatus.CANCELED)
-
-
-def retry_job(session: Session, job_id: uuid.UUID, enqueue: Enqueue) -> Job:
-    """A failed or canceled job queued again: the error cleared, the next claim a new
-    attempt, its history kept with a ``retried`` event; then enqueued.
-
-    ConflictError ``job_not_retryable`` for any other status, or ``job_files_deleted``
-    when its input files are gone. NotFoundError when unknown. ``started_at`` and
-    ``finished_at`` are cleared: they describe the new run (the timeline keeps the old).
-    """
-    job = get_job(session, job_id, client_id=None)
-    status = job.status
-    if status not in RETRYABLE_STATUSES:
-        raise ConflictError(
-            f"job {job_id} is {status.value}; only a failed or canceled job can be retried",
-            code="job_not_retryable",
-            details={"status": status.value},
-        )
-    if _files_deleted(session, job_id):
-        raise ConflictError(
-            f"job {job_id}: its files were deleted, it cannot run again",
-            code="job_files_deleted",
-        )
-    previous = {"status": status.value, "error_code": job.error_code}
-    now = utcnow()
-    retried = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == status)
-        .values(
-            status=JobStatus.QUEUED,
-            error_code=None,
-            error_message=None,
-            cancel_requested=False,
-            lease_owner=None,
-            lease_expires_at=None,
-            iteration=0,
-            percent=0.0,
-            eta_seconds=None,
-            started_at=None,
-            finished_at=None,
-            updated_at=now,
-        )
-    )
-    if not getattr(retried, "rowcount", 0):  # changed under us: say what it is now
-        session.rollback()
-        return retry_job(session, job_id, enqueue)
-    session.add(
-        JobEvent(
-            job_id=job_id,
-            kind=EventKind.RETRIED,
-            attempt=job.attempts,
-            data={k: v for k, v in previous.items() if v is not None},
-        )
-    )
-    session.commit()
-    forget_cached_counts()
-    try:
-        enqueue(job_id)
-    except Exception as exc:  # the broker is down: the reconciler enqueues it later
-        log.warning("job %s retried but not enqueued (%s); left for the reconciler", job_id, exc)
-    session.refresh(job)
-    return job
 
 
 def delete_job_files(session: Session, storage: LocalStorage, job_id: uuid.UUID) -> Job:

@@ -18,9 +18,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared.admin import RETRYABLE_STATUSES, AdminJobDetail
+from shared.admin import AdminJobDetail
 from shared.errors import NotFoundError
-from shared.models import ApiClient, Job, JobStatus, Worker, utcnow
+from shared.models import RETRYABLE_STATUSES, ApiClient, Job, JobStatus, Worker, utcnow
 from shared.storage import (
     CONTENT_FILE,
     LocalStorage,

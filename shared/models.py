@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     JSON,
@@ -55,7 +55,22 @@ DIGEST_LENGTH = 64  # sha256 hex
 
 
 class JobStatus(enum.StrEnum):
-    """Where a job is in its life: queued → running → succeeded | failed | canceled."""
+    """Where a job is in its life; ``TRANSITIONS`` (below) is how it moves:
+
+                      claim                          finish
+        submit ─▶ queued ─────────▶ running ─────────────────────▶ succeeded
+                   ▲ │ ▲   release    │  │ fail
+                   │ │ └──────────────┘  ├─────────────────────────▶ failed ───┐
+                   │ │                   │ cancel (once requested)            │
+                   │ │                   └─────────────────────────▶ canceled ─┤
+                   │ ├── cancel ───────────────────────────────────▶ canceled  │
+                   │ └── give up (its workers died too often) ─────▶ failed    │
+                   └──────────────────────── retry ───────────────────────────┘
+
+    A claim and a give-up also take a running job whose lease ran out (its
+    worker died or was cut off). Running, a job's worker renews its lease and
+    may learn that a cancel was requested; neither changes the status.
+    """
 
     QUEUED = "queued"
     RUNNING = "running"
@@ -69,6 +84,61 @@ class JobStatus(enum.StrEnum):
 
 
 FINISHED_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED})
+
+
+class EventKind(enum.StrEnum):
+    """The kinds of ``job_events`` rows: each transition's, and what else happens to a job."""
+
+    CREATED = "created"
+    ENQUEUE_FAILED = "enqueue_failed"
+    REQUEUED = "requeued"
+    CLAIMED = "claimed"
+    CHECKPOINT = "checkpoint"
+    RESUMED = "resumed"
+    CANCEL_REQUESTED = "cancel_requested"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    FILES_DELETED = "files_deleted"
+    RELEASED = "released"
+    WORKER_LOST = "worker_lost"
+    RETRIED = "retried"  # an admin queued a failed or canceled job again
+
+
+class Transition(NamedTuple):
+    """One move of the state machine: a job in one of ``sources`` becomes ``target``, and
+    an ``event`` row records it (``shared.jobs`` makes each with one guarded UPDATE)."""
+
+    sources: tuple[JobStatus, ...]
+    target: JobStatus
+    event: EventKind
+
+
+class Transitions(NamedTuple):
+    """Every transition there is, by the name of what makes it."""
+
+    claim: Transition  # a worker takes the job (a running one only once its lease ran out)
+    release: Transition  # the worker hands it back (shutdown, storage failure); attempt kept
+    finish: Transition
+    fail: Transition
+    cancel_running: Transition  # the worker stopped for a cancel request
+    cancel_queued: Transition
+    give_up: Transition  # its workers died too often (a running one only once its lease ran out)
+    retry: Transition  # an admin queues it again
+
+
+_Q, _R = JobStatus.QUEUED, JobStatus.RUNNING
+TRANSITIONS = Transitions(
+    claim=Transition((_Q, _R), _R, EventKind.CLAIMED),
+    release=Transition((_R,), _Q, EventKind.RELEASED),
+    finish=Transition((_R,), JobStatus.SUCCEEDED, EventKind.SUCCEEDED),
+    fail=Transition((_R,), JobStatus.FAILED, EventKind.FAILED),
+    cancel_running=Transition((_R,), JobStatus.CANCELED, EventKind.CANCELED),
+    cancel_queued=Transition((_Q,), JobStatus.CANCELED, EventKind.CANCELED),
+    give_up=Transition((_Q, _R), JobStatus.FAILED, EventKind.FAILED),
+    retry=Transition((JobStatus.FAILED, JobStatus.CANCELED), _Q, EventKind.RETRIED),
+)
+RETRYABLE_STATUSES = TRANSITIONS.retry.sources
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -172,41 +242,6 @@ class Job(Base):
     preview_file: Mapped[str | None] = mapped_column(String(FILE_NAME_LENGTH))
     # sha256 of the submit's inputs and parameters: an Idempotency-Key replay must match it.
     request_digest: Mapped[str | None] = mapped_column(String(DIGEST_LENGTH))
-
-
-class JobRecord(Protocol):
-    """What a job's JSON is made from: a ``Job`` or a row of the ``jobs`` table."""
-
-    @property
-    def id(self) -> uuid.UUID: ...
-    @property
-    def client_id(self) -> int: ...
-    @property
-    def status(self) -> JobStatus: ...
-    @property
-    def params(self) -> dict[str, Any]: ...
-    @property
-    def iteration(self) -> int: ...
-    @property
-    def iterations(self) -> int: ...
-    @property
-    def percent(self) -> float: ...
-    @property
-    def eta_seconds(self) -> float | None: ...
-    @property
-    def attempts(self) -> int: ...
-    @property
-    def worker(self) -> str | None: ...
-    @property
-    def error_code(self) -> str | None: ...
-    @property
-    def error_message(self) -> str | None: ...
-    @property
-    def created_at(self) -> datetime: ...
-    @property
-    def started_at(self) -> datetime | None: ...
-    @property
-    def finished_at(self) -> datetime | None: ...
 
 
 class JobEvent(Base):

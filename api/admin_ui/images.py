@@ -16,7 +16,7 @@ from api.services import db_session, services
 from api.uploads import serve_input
 from shared import admin_reads
 from shared.errors import InvalidInputError, NotFoundError
-from shared.jobs import parse_job_id
+from shared.job_store import parse_job_id
 
 _thumbs = ThumbnailCache()
 

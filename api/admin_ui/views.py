@@ -34,7 +34,7 @@ from api.admin_ui.thumbnails import placeholder_svg
 from api.errors import HTTP_ERROR_CODES
 from api.job_json import job_dict
 from api.services import db_session, services
-from shared import admin, admin_filters, admin_reads
+from shared import admin, admin_filters, admin_reads, jobs
 from shared.errors import (
     ClientError,
     NotFoundError,
@@ -42,8 +42,8 @@ from shared.errors import (
     StylequeueError,
     UnauthorizedError,
 )
+from shared.job_store import parse_job_id
 from shared.job_view import job_timings
-from shared.jobs import parse_job_id
 from shared.models import JobStatus, utcnow
 from shared.stats import job_stats
 
@@ -327,7 +327,7 @@ def cancel(job_id: str) -> BaseResponse:
 @blueprint.post("/jobs/<job_id>/retry")
 def retry(job_id: str) -> BaseResponse:
     svc = services()
-    job = admin.retry_job(db_session(), parse_job_id(job_id), svc.publisher.publish)
+    job = jobs.retry_job(db_session(), parse_job_id(job_id), svc.publisher.publish)
     flash(f"Job {str(job.id)[:8]} queued again.", "ok")
     return _after_action(job.id)
 

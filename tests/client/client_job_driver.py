@@ -10,7 +10,7 @@ from collections.abc import Callable
 from flask import Flask
 
 from api.services import EXTENSION_KEY
-from shared import jobs
+from shared import job_list, jobs, leases
 from shared.auth import authenticate
 from shared.models import JobStatus
 from shared.storage import RESULT_FILE
@@ -38,7 +38,7 @@ class JobDriver:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             with self._services.db.session() as session:
-                page = jobs.list_jobs(
+                page = job_list.list_jobs(
                     session, client_id=client_id, status=JobStatus.QUEUED, limit=1, cursor=None
                 )
             if page.jobs:
@@ -66,7 +66,7 @@ class JobDriver:
             iterations = 10 * steps
             for step in range(1, steps + 1):
                 time.sleep(step_s)
-                jobs.heartbeat(
+                leases.heartbeat(
                     session,
                     claim,
                     iteration=10 * step,

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from api.admin_schemas import AdminJobDetailOut, AdminJobList, StatsOut, WorkerList
 from api.services import EXTENSION_KEY
-from shared import admin, admin_reads, jobs
+from shared import admin, admin_reads, jobs, leases
 from shared.auth import authenticate, create_client
 from shared.models import ApiClient, Job, JobStatus
 from shared.params import parse_params
@@ -551,7 +551,7 @@ def test_cancel_of_a_running_job_asks_its_worker_to_stop(
     response = http.post(f"/v1/admin/jobs/{job_id}/cancel", headers=admin_auth)
     assert response.status_code == 200
     assert response.json["status"] == "running" and response.json["cancel_requested"] is True
-    assert jobs.heartbeat(
+    assert leases.heartbeat(
         session, claim, iteration=1, iterations=4, eta_seconds=None, lease_seconds=30
     )
 

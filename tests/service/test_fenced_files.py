@@ -12,7 +12,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from api.services import EXTENSION_KEY
-from shared import jobs
+from shared import jobs, leases
 from shared.errors import LeaseLostError
 from shared.models import Job, JobEvent
 from shared.storage import (
@@ -74,11 +74,11 @@ def test_an_attempt_that_lost_its_lease_commits_nothing(submit, http: FlaskClien
     storage = _storage(app)
     storage.put(new.job_id, preview_file(2, 5), b"\x89PNG new preview")
     with db.session() as session:
-        jobs.record_preview(session, new, name=preview_file(2, 5))
-        jobs.record_checkpoint(session, new, iteration=5, name=checkpoint_file(2, 5))
+        leases.record_preview(session, new, name=preview_file(2, 5))
+        leases.record_checkpoint(session, new, iteration=5, name=checkpoint_file(2, 5))
         for commit in (
-            lambda: jobs.record_preview(session, old, name=preview_file(1, 9)),
-            lambda: jobs.record_checkpoint(session, old, iteration=9, name=checkpoint_file(1, 9)),
+            lambda: leases.record_preview(session, old, name=preview_file(1, 9)),
+            lambda: leases.record_checkpoint(session, old, iteration=9, name=checkpoint_file(1, 9)),
             lambda: jobs.finish_job(session, old, result_file=result_file(1)),
         ):
             with pytest.raises(LeaseLostError):

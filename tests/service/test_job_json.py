@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,36 +12,31 @@ import pytest
 
 from api.job_json import job_dict, job_json
 from api.schemas import JobOut
+from shared.job_view import JobView
 from shared.models import JobStatus
 from shared.params import parse_params
 
 NOW = datetime(2026, 11, 27, 22, 0, 0, 123456, tzinfo=UTC)
 
 
-@dataclass(frozen=True)
-class Record:
-    """A jobs row as read_job returns it (the JobRecord protocol)."""
-
-    id: uuid.UUID = field(default_factory=uuid.uuid4)
-    client_id: int = 1
-    status: JobStatus = JobStatus.QUEUED
-    params: dict[str, Any] = field(
-        default_factory=lambda: parse_params({"size": 64}).model_dump(mode="json")
-    )
-    iteration: int = 0
-    iterations: int = 300
-    percent: float = 0.0
-    eta_seconds: float | None = None
-    attempts: int = 0
-    worker: str | None = None
-    error_code: str | None = None
-    error_message: str | None = None
-    created_at: datetime = NOW - timedelta(seconds=7.25)
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-
-
-QUEUED = Record()
+# A job as the poll reads it (the read model every job's JSON is made from).
+QUEUED = JobView(
+    id=uuid.uuid4(),
+    client_id=1,
+    status=JobStatus.QUEUED,
+    params=parse_params({"size": 64}).model_dump(mode="json"),
+    iteration=0,
+    iterations=300,
+    percent=0.0,
+    eta_seconds=None,
+    attempts=0,
+    worker=None,
+    error_code=None,
+    error_message=None,
+    created_at=NOW - timedelta(seconds=7.25),
+    started_at=None,
+    finished_at=None,
+)
 RUNNING = replace(
     QUEUED,
     status=JobStatus.RUNNING,
@@ -102,7 +97,7 @@ REORDERED_AND_OLD = replace(
     ],
     ids=["queued", "running", "succeeded", "failed", "canceled", "no-message", "blend", "old"],
 )
-def test_job_json_equals_the_pydantic_schema_text(record: Record) -> None:
+def test_job_json_equals_the_pydantic_schema_text(record: JobView) -> None:
     by_pydantic = JobOut.from_job(record, NOW).model_dump_json(by_alias=True)
     # Same keys in the same order, same values (numbers may differ only in how an
     # exponent is spelt: 1e-7 against 1e-07), same timestamp text.

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from shared import jobs
+from shared import jobs, leases, reconciler, submissions
 from shared.auth import create_client
 from shared.errors import LeaseLostError, StorageUnavailableError
 from shared.models import Job, JobEvent, JobStatus, utcnow
@@ -28,7 +28,7 @@ def client_id(session: Session) -> int:
 
 def new_job(session: Session, storage: LocalStorage, client_id: int) -> Job:
     enqueued: list[uuid.UUID] = []
-    job, created = jobs.create_job(
+    job, created = submissions.create_job(
         session,
         storage,
         client_id=client_id,
@@ -80,7 +80,7 @@ def test_an_expired_lease_can_be_claimed_again_and_the_old_owner_is_locked_out(
     new = jobs.claim_job(session, job.id, worker="w2", lease_seconds=LEASE)
     assert new is not None and new.attempt == 2
     with pytest.raises(LeaseLostError):
-        jobs.heartbeat(
+        leases.heartbeat(
             session, old, iteration=3, iterations=10, eta_seconds=1.0, lease_seconds=LEASE
         )
     with pytest.raises(LeaseLostError):
@@ -94,7 +94,7 @@ def test_heartbeat_writes_progress_renews_the_lease_and_reports_cancel(session, 
     claim = jobs.claim_job(session, job.id, worker="w1", lease_seconds=1.0)
     assert claim is not None
     first_lease = reload(session, job.id).lease_expires_at
-    assert not jobs.heartbeat(
+    assert not leases.heartbeat(
         session, claim, iteration=4, iterations=10, eta_seconds=2.5, lease_seconds=LEASE
     )
     row = reload(session, job.id)
@@ -103,7 +103,7 @@ def test_heartbeat_writes_progress_renews_the_lease_and_reports_cancel(session, 
     assert row.lease_expires_at > first_lease
     canceled = jobs.cancel_job(session, job.id, client_id=client_id)
     assert canceled.status is JobStatus.RUNNING and canceled.cancel_requested
-    assert jobs.heartbeat(
+    assert leases.heartbeat(
         session, claim, iteration=5, iterations=10, eta_seconds=2.0, lease_seconds=LEASE
     )
     jobs.cancel_running_job(session, claim, iteration=5)
@@ -171,7 +171,7 @@ def test_a_failed_enqueue_keeps_the_committed_job_queued(session, storage, clien
     def broker_down(_job_id: uuid.UUID) -> None:
         raise ConnectionError("redis is down")
 
-    job, created = jobs.create_job(
+    job, created = submissions.create_job(
         session,
         storage,
         client_id=client_id,
@@ -195,10 +195,10 @@ def test_the_reconciler_requeues_stale_queued_jobs_once_per_period(session, stor
     )
     session.commit()
     sent: list[uuid.UUID] = []
-    jobs.requeue_stale_jobs(session, older_than_seconds=60, enqueue=sent.append)
+    reconciler.requeue_stale_jobs(session, older_than_seconds=60, enqueue=sent.append)
     assert stale.id in sent and fresh.id not in sent
     sent.clear()
-    jobs.requeue_stale_jobs(session, older_than_seconds=60, enqueue=sent.append)
+    reconciler.requeue_stale_jobs(session, older_than_seconds=60, enqueue=sent.append)
     assert stale.id not in sent
     assert events(session, stale.id)[-1] == "requeued"
 
@@ -215,7 +215,7 @@ def test_the_reconciler_requeues_a_running_job_whose_worker_died(session, storag
     session.execute(update(Job).where(Job.id == alive.id).values(updated_at=long_ago))
     session.commit()
     sent: list[uuid.UUID] = []
-    jobs.requeue_stale_jobs(session, older_than_seconds=60, enqueue=sent.append)
+    reconciler.requeue_stale_jobs(session, older_than_seconds=60, enqueue=sent.append)
     assert dead.id in sent, "an expired lease with no heartbeat: the worker is gone"
     assert alive.id not in sent, "a live lease: the worker is still on it"
     claim = jobs.claim_job(session, dead.id, worker="w2", lease_seconds=LEASE)

@@ -12,7 +12,7 @@ from typing import Any
 from flask.testing import FlaskClient
 
 from api.services import EXTENSION_KEY
-from shared import jobs
+from shared import submissions
 from shared.auth import authenticate
 from shared.params import parse_params
 
@@ -78,7 +78,7 @@ def test_a_job_stored_without_a_digest_still_replays(
     services = app.extensions[EXTENSION_KEY]
     with services.db.session() as session:
         client_id = authenticate(session, auth["Authorization"].removeprefix("Bearer ")).client_id
-        job, _ = jobs.create_job(
+        job, _ = submissions.create_job(
             session,
             services.storage,
             client_id=client_id,

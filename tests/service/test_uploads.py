@@ -27,7 +27,7 @@ from PIL import Image
 from processes import free_port
 
 from api.services import EXTENSION_KEY
-from shared import jobs
+from shared import submissions
 from shared.auth import authenticate, create_client
 from shared.celery_app import enqueue_job
 from shared.errors import UnsupportedImageFormatError
@@ -314,7 +314,7 @@ def test_a_stored_gif_fails_its_job_on_the_worker_without_being_decoded(
     with services.db.session() as session:
         _, key = create_client(session, "formats")
         client_id = authenticate(session, key).client_id
-        job, _ = jobs.create_job(
+        job, _ = submissions.create_job(
             session,
             services.storage,
             client_id=client_id,

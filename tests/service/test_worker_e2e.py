@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 from PIL import Image
 
 from api.services import EXTENSION_KEY
-from shared import jobs
+from shared import submissions
 from shared.auth import authenticate, create_client
 from shared.celery_app import enqueue_job
 from shared.params import parse_params
@@ -126,7 +126,7 @@ def test_a_job_that_cannot_run_fails_with_a_code_and_message_the_client_can_read
     services = worker_stack.app.extensions[EXTENSION_KEY]
     client_id = _client_id(services, stack_auth)
     with services.db.session() as session:
-        job, _ = jobs.create_job(
+        job, _ = submissions.create_job(
             session,
             services.storage,
             client_id=client_id,

@@ -1,0 +1,131 @@
+"""A job submitted: its input files stored durably, its row committed, then its id sent.
+
+``create_job`` is the submit's rule (idempotency, files before the row, the row
+before the message); ``enqueue_or_leave_queued`` sends a committed job's id,
+and records an ``enqueue_failed`` event when the broker is down (the reconciler
+sends it later). A retry enqueues through it too.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from shared.db import CommitOutcomeUnknownError, Database
+from shared.job_store import find_by_idempotency_key, insert_job
+from shared.job_view import JobView
+from shared.models import EventKind, JobEvent, JobStatus, utcnow
+from shared.params import StyleParams
+from shared.storage import CONTENT_FILE, Storage, style_file
+
+log = logging.getLogger(__name__)
+
+Enqueue = Callable[[uuid.UUID], None]
+
+
+def create_job(
+    session: Session,
+    storage: Storage,
+    *,
+    client_id: int,
+    params: StyleParams,
+    content: bytes,
+    styles: Sequence[bytes],
+    idempotency_key: str | None,
+    enqueue: Enqueue,
+    db: Database | None = None,
+    request_digest: str | None = None,
+) -> tuple[JobView, bool]:
+    """Store a validated job durably, then enqueue its id. Returns (job, created).
+
+    The input files are fsync'ed and the row committed before the id goes to
+    Redis. If the enqueue fails the job stays queued for the reconciler: the
+    client has its 202 either way. With an ``idempotency_key`` already used by
+    this client, the original job is returned and nothing is created. With
+    ``db`` (the API's ``Database``) the row goes in on its fastest path
+    (``shared.job_store.insert_job``); else through ``session``.
+    ``request_digest`` is kept on the row, for a replay with the key to match.
+    """
+    if idempotency_key is not None:
+        existing = find_by_idempotency_key(session, client_id, idempotency_key)
+        if existing is not None:
+            return JobView.of(existing), False
+    now = utcnow()
+    job = JobView(
+        id=uuid.uuid4(),
+        client_id=client_id,
+        status=JobStatus.QUEUED,
+        params=params.model_dump(mode="json"),
+        iteration=0,
+        iterations=params.iterations,
+        percent=0.0,
+        eta_seconds=None,
+        attempts=0,
+        worker=None,
+        error_code=None,
+        error_message=None,
+        created_at=now,
+        started_at=None,
+        finished_at=None,
+    )
+    files = {CONTENT_FILE: content} | {style_file(i): data for i, data in enumerate(styles)}
+    try:
+        storage.put_many(job.id, files)
+        insert_job(
+            session,
+            job,
+            n_styles=len(styles),
+            idempotency_key=idempotency_key,
+            request_digest=request_digest,
+            db=db,
+        )
+    except IntegrityError:
+        session.rollback()
+        storage.delete_job_files(job.id)
+        if idempotency_key is None:
+            raise
+        # Another request with the same key committed first: that one is the job.
+        existing = find_by_idempotency_key(session, client_id, idempotency_key)
+        if existing is None:
+            raise
+        return JobView.of(existing), False
+    except CommitOutcomeUnknownError:
+        # The row may be in: its files stay (a job without its inputs would fail).
+        # If it is not, they are files no job refers to.
+        _rollback_quietly(session)
+        raise
+    except BaseException:
+        _rollback_quietly(session)
+        storage.delete_job_files(job.id)
+        raise
+    enqueue_or_leave_queued(session, job.id, enqueue)
+    return job, True
+
+
+def _rollback_quietly(session: Session) -> None:
+    # With the database gone the rollback fails too: the first error is the one to raise.
+    try:
+        session.rollback()
+    except SQLAlchemyError:
+        log.debug("rollback failed", exc_info=True)
+
+
+def enqueue_or_leave_queued(session: Session, job_id: uuid.UUID, enqueue: Enqueue) -> None:
+    """Send the id of ``job_id`` (committed, queued) to the workers; if the broker is down,
+    record ``enqueue_failed`` and leave the job for the reconciler, which re-sends it."""
+    try:
+        enqueue(job_id)
+    except Exception as exc:  # the broker is down: the reconciler will enqueue it later
+        log.warning("job %s committed but not enqueued (%s); left for the reconciler", job_id, exc)
+        try:
+            session.add(
+                JobEvent(job_id=job_id, kind=EventKind.ENQUEUE_FAILED, data={"error": repr(exc)})
+            )
+            session.commit()
+        except Exception:
+            session.rollback()
+            log.exception("could not record the failed enqueue of job %s", job_id)
