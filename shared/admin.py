@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from shared import jobs
 from shared.errors import ConflictError
-from shared.job_store import get_job
+from shared.job_store import files_deleted, get_job
 from shared.job_view import JOB_VIEW_COLUMNS, JOB_VIEW_FIELDS, JobView, job_timings
 from shared.models import ApiClient, EventKind, Job, JobEvent, JobStatus, utcnow
 from shared.pagination import Cursor
@@ -255,19 +255,10 @@ def delete_job_files(session: Session, storage: LocalStorage, job_id: uuid.UUID)
             code="job_not_finished",
             details={"status": job.status.value},
         )
-    already = _files_deleted(session, job_id)
+    already = files_deleted(session, job_id)
     session.rollback()  # no transaction open while deleting files
     storage.delete_job_files(job_id)
     if not already:
         session.add(JobEvent(job_id=job_id, kind=EventKind.FILES_DELETED, data={"by": "admin"}))
         session.commit()
     return get_job(session, job_id, client_id=None)
-
-
-def _files_deleted(session: Session, job_id: uuid.UUID) -> bool:
-    found = session.scalar(
-        select(JobEvent.id)
-        .where(JobEvent.job_id == job_id, JobEvent.kind == EventKind.FILES_DELETED)
-        .limit(1)
-    )
-    return found is not None
