@@ -90,6 +90,15 @@ def log_lines(text: str) -> list[dict[str, Any]]:
     return found
 
 
+def job_log_events(text: str, job_id: uuid.UUID, event: str) -> list[dict[str, Any]]:
+    """The JSON log lines of one of a job's events (the ``event`` and ``job_id`` fields)."""
+    return [
+        line
+        for line in log_lines(text)
+        if line.get("event") == event and line.get("job_id") == str(job_id)
+    ]
+
+
 @dataclass(frozen=True)
 class FaultReport:
     """What a fault test reports: per test, over the jobs it submitted."""

@@ -56,6 +56,7 @@ def cluster_env(
         "STYLEQUEUE_CHECKPOINT_SECONDS": "0.5",
         "STYLEQUEUE_RECONCILE_SECONDS": "1",
         "OMP_NUM_THREADS": "1",
+        "STYLEQUEUE_LOG_FORMAT": "json",  # the tests read a job's log lines by their fields
     }
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fault_helpers import fault_report
+from fault_helpers import fault_report, job_log_events
 from lease_cluster import LeaseCluster, cluster_env, pool_pid, process_state, wait_for
 from service_helpers import DATA
 
@@ -67,7 +67,9 @@ class Fencing:
         self.paused.discard(pid)
         wait_for(
             "the late worker to give up",
-            lambda: any(f"job {job_id}: lease lost" in w.log() for w in self.cluster.workers),
+            lambda: any(
+                job_log_events(w.log(), job_id, "lease_lost") for w in self.cluster.workers
+            ),
         )
 
     def download(self, job_id: uuid.UUID, what: str) -> httpx.Response:

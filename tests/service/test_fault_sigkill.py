@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 import service_helpers
-from fault_helpers import WorkerProcess, fault_report, log_lines
+from fault_helpers import WorkerProcess, fault_report, job_log_events, log_lines
 from lease_cluster import LeaseCluster
 from service_helpers import store_job
 from sqlalchemy import select
@@ -217,7 +217,7 @@ def test_sigkill_of_a_whole_worker_another_worker_resumes_the_job(cluster: Clust
     assert resumed.attempt == 2
     assert resumed.data["iteration"] == checkpoints[-1].data["iteration"], "the last checkpoint"
     assert cluster.events(job_id, "requeued"), "the reconciler re-sent it"
-    assert "re-enqueued by the reconciler" in cluster.scheduler_log()
+    assert job_log_events(cluster.scheduler_log(), job_id, "requeued"), "and logged it"
     assert "VGG19" not in cluster.scheduler_log(), "the scheduler runs no job"
     assert cluster.row(job_id).attempts == 2
     report = fault_report(cluster.db, [job_id], stopped_at={job_id: [before_kill]})

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import volumes
-from fault_helpers import fault_report
+from fault_helpers import fault_report, job_log_events, log_lines
 from lease_cluster import LeaseCluster, cluster_env, wait_for
 from service_helpers import DATA
 
@@ -83,8 +83,15 @@ def test_a_job_whose_storage_fails_is_handed_back_and_succeeds_once_it_is_back(
         assert row.checkpoint_file is not None and row.checkpoint_file.startswith("checkpoint.a1.")
         [worker] = running.workers
         log = worker.log()
-        assert "the storage failed" in log and code in log
-        assert "unexpected error" not in log, "a storage problem, not a bug"
+        warnings = [
+            line
+            for line in job_log_events(log, job_id, "storage_error")
+            if line["attempt"] == 1 and line["error_code"] == code
+        ]
+        assert warnings and warnings[0]["level"] == "WARNING", log[-3000:]
+        assert "the storage failed" in warnings[0]["message"], "what the operator reads"
+        unexpected = [line for line in log_lines(log) if line.get("event") == "unexpected_error"]
+        assert not unexpected, "a storage problem, not a bug"
     finally:
         if fault == "full":
             filler.unlink()
