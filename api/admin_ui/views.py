@@ -2,7 +2,7 @@
 
 Views parse with ``shared.admin_filters`` (the parser the admin JSON API uses),
 read and act through ``shared`` (``shared.admin``, ``shared.admin_reads``,
-``shared.stats``), and render a template; they run no query of their own. The
+``shared.stats``, ``shared.jobs`` for a retry), and render a template; they run no query of their own. The
 image routes are in ``api.admin_ui.images``.
 """
 
