@@ -19,7 +19,7 @@ from celery import Celery
 from celery.exceptions import CPendingDeprecationWarning
 from celery.signals import celeryd_after_setup
 
-from shared.redis_conn import redis_client, sentinel_transport_options
+from shared.redis_conn import is_sentinel_url, redis_client, sentinel_transport_options
 from shared.settings import Settings
 
 RUN_JOB_TASK = "stylequeue.run_job"
@@ -119,20 +119,51 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
 
 
 def broker_lost_its_keys(settings: Settings) -> bool:
-    """Set the reconciler's marker key in Redis; True when it was not there.
+    """Set the reconciler's marker key in Redis; True when it was not there, or, with
+    Sentinel, when the master is another Redis than at the last run.
 
     The key never expires, so it goes only when Redis loses its data: a restart
     without persistence, a FLUSHALL or FLUSHDB, an eviction (``noeviction`` rules
     that out), or the Redis is new to this deployment. Each may have taken every
     queued job's message with it, so the reconciler then re-sends every queued job
     at once rather than STYLEQUEUE_REQUEUE_AFTER_SECONDS after its last change.
+
+    Behind Sentinel the marker names the master's ``run_id`` too: after a failover
+    the promoted replica has the marker (replicated) but may lack the messages the
+    old master took just before it died (replication is asynchronous), so a marker
+    written on another Redis process counts as lost keys, once, and is rewritten.
     """
     client = _short_lived_client(settings)
+    key = settings.redis_prefix + BROKER_MARKER_KEY
     try:
+        run_id = _master_run_id(client) if is_sentinel_url(settings.redis_url) else None
         marker = f"set by {_HOSTNAME}/{os.getpid()} at {time.time():.0f}"
-        return bool(client.set(settings.redis_prefix + BROKER_MARKER_KEY, marker, nx=True))
+        if run_id is not None:
+            marker += f" {MARKER_RUN_ID_WORD} {run_id}"
+        if client.set(key, marker, nx=True):
+            return True
+        if run_id is None:
+            return False
+        found = client.get(key)
+        if found is not None and found.decode(errors="replace").endswith(f" {run_id}"):
+            return False
+        client.set(key, marker)  # written by the old master's run: this one's from now on
+        return True
     finally:
         client.close()
+
+
+MARKER_RUN_ID_WORD = "on redis run_id"
+
+
+def _master_run_id(client: redis.Redis) -> str | None:
+    """The ``run_id`` of the Redis process that answers (each process has its own, so a
+    promoted replica's is not the old master's); None where INFO is refused."""
+    try:
+        run_id = client.info("server").get("run_id")
+    except redis.ResponseError:
+        return None
+    return str(run_id) if run_id else None
 
 
 def forget_broker_marker(settings: Settings) -> None:
