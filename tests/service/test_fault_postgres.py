@@ -530,8 +530,13 @@ def test_an_outage_longer_than_the_lease_stops_the_job_and_it_writes_nothing(
         stopped = _row(context, job_id)
         assert stopped.status is JobStatus.RUNNING and stopped.attempts == 1  # nothing written
         assert stopped.checkpoint_file is None
-        time.sleep(0.5)  # the database's lease (2 s from the last heartbeat) runs out too
-        with context.db.session() as session:
-            claim = jobs.claim_job(session, job_id, worker="next", lease_seconds=30)
+
+        def claim_next() -> jobs.Claim | None:
+            with context.db.session() as session:
+                return jobs.claim_job(session, job_id, worker="next", lease_seconds=30)
+
+        # The database's lease (2 s from the last heartbeat) runs out too: until then
+        # a claim matches no row and changes nothing.
+        claim = wait_for("the database's lease to run out", claim_next, timeout=30)
         assert claim is not None and claim.attempt == 2  # the reconciler's re-send, claimed
         assert claim.checkpoint_file is None  # nothing recorded: it starts over
