@@ -74,9 +74,9 @@ def test_a_json_line_has_the_fixed_keys_and_the_events_fields() -> None:
 
 
 def test_a_line_that_only_formats_a_job_uuid_still_gets_its_job_id() -> None:
-    # e.g. shared.jobs' "job %s committed but not enqueued (%s)".
+    # e.g. shared.submissions' "job %s committed but not enqueued (%s)".
     record = logging.LogRecord(
-        "shared.jobs", logging.WARNING, __file__, 1, "job %s: %s", (JOB_ID, "x"), None
+        "shared.submissions", logging.WARNING, __file__, 1, "job %s: %s", (JOB_ID, "x"), None
     )
     assert as_json(record)["job_id"] == str(JOB_ID)
 
