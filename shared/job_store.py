@@ -2,12 +2,12 @@
 guarded update (``guarded_update``) that every transition uses.
 
 The rules (``shared.submissions``, ``shared.jobs``, ``shared.leases``) call these
-functions and never see a driver. On PostgreSQL the submit's two INSERTs and the poll's SELECT run
-prepared, straight on the driver, on a connection of this thread's own
-(``shared.db.ThreadConnections``): through SQLAlchemy a poll cost about five
-times its ~40 µs query. Elsewhere (SQLite) they go through SQLAlchemy Core. The
-statements and their column lists are built once, from the tables; the values
-go through the columns' own SQLAlchemy type processing on both paths.
+functions and never see a driver. On PostgreSQL the submit's two INSERTs and the
+poll's SELECT run prepared, straight on the driver, on a connection of this
+thread's own (``shared.db.ThreadConnections``): through SQLAlchemy a poll cost
+about five times its ~40 µs query. Elsewhere (SQLite) they go through SQLAlchemy
+Core. The statements and their column lists are built once, from the tables; the
+values go through the columns' own SQLAlchemy type processing on both paths.
 """
 
 from __future__ import annotations
@@ -251,11 +251,10 @@ def _bound(
 ) -> list[Any]:
     # What SQLAlchemy would send for these values (enums as text, JSON wrapped, UTC
     # timestamps), from the columns' own bind processors.
+    processors = _processors(table, columns, dialect)
     return [
-        value if process is None else process(value)
-        for process, value in zip(
-            _processors(table, columns, dialect), [values[c] for c in columns], strict=True
-        )
+        values[name] if process is None else process(values[name])
+        for name, process in zip(columns, processors, strict=True)
     ]
 
 

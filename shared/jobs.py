@@ -5,7 +5,7 @@ called by both api/ and worker/.
 Every change of a job's row goes through ``guarded_update``: one conditional
 UPDATE on the row's current state, its event, the commit; so two processes
 racing for the same job cannot both win. A worker claims a job only if it is
-queued (or running under an expired lease: a retry, with the attempt number
+queued (or running under an expired lease: a new attempt, its number
 incremented), and writes an outcome only while it still holds the lease (same
 owner, same attempt number); a write that finds the lease gone raises
 ``LeaseLostError`` and changes nothing. What a lease holder writes without
