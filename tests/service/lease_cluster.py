@@ -24,7 +24,7 @@ from processes import free_port, stop_process_group
 from sqlalchemy import select
 
 from cli.server_cmds import scheduler_argv
-from shared import jobs
+from shared import submissions
 from shared.auth import create_client
 from shared.celery_app import create_celery, enqueue_job
 from shared.db import Database
@@ -120,7 +120,7 @@ class LeaseCluster:
     ) -> uuid.UUID:
         """A job stored as the API stores one, and sent to the workers."""
         with self.db.session() as session:
-            job, _ = jobs.create_job(
+            job, _ = submissions.create_job(
                 session,
                 self.storage,
                 client_id=self.client_id,
