@@ -82,7 +82,8 @@ COMMIT_LOST_MESSAGE = (
 
 
 class ThreadConnections:
-    """One autocommit DBAPI (psycopg) connection per thread, for the poll and the submit.
+    """One autocommit DBAPI (psycopg) connection per thread, for the poll and the submit
+    (``shared.job_store`` holds their statements and is the only caller).
 
     A poll through SQLAlchemy cost ~200 µs of CPU: a pool checkout and return,
     the execution context and the result machinery around a ~40 µs query (and
