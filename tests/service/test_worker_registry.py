@@ -9,6 +9,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 
+import pytest
 import torch
 from service_helpers import wait_for
 
@@ -67,6 +68,8 @@ def test_the_registry_registers_beats_and_stops(database_url: str) -> None:
     db.dispose()
 
 
+# An exception in the beating thread fails the test (it is not the test's own thread).
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_registry_without_a_database_never_raises() -> None:
     db = Database("postgresql://nobody@127.0.0.1:1/none?connect_timeout=1")
     registry = WorkerRegistry(db, "ghost/1", lambda: torch.device("cpu"), beat_seconds=0.05)
