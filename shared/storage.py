@@ -255,12 +255,18 @@ class LocalStorage:
         """Remove every checkpoint of a job, of any attempt (once it is finished)."""
         with contextlib.suppress(OSError):
             for entry in os.scandir(self.job_dir(job_id)):
-                if is_checkpoint(entry.name):
+                # and the temp file of a checkpoint whose writer died mid-write
+                if is_checkpoint(entry.name) or _checkpoint_temp(entry.name):
                     Path(entry.path).unlink(missing_ok=True)
 
     def delete_job_files(self, job_id: uuid.UUID) -> None:
         """Remove every file of a job (used when a submit fails half way, and by retention)."""
         shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+
+
+def _checkpoint_temp(name: str) -> bool:
+    """A temp file ``_write_temp`` made for a checkpoint (left behind by a killed writer)."""
+    return name.startswith(".checkpoint") and name.endswith(".tmp")
 
 
 def check_name(name: str) -> None:
