@@ -85,11 +85,13 @@ _NETPBM = {b"P1", b"P2", b"P3", b"P4", b"P5", b"P6", b"P7", b"Pf", b"PF"}
 
 @dataclass(frozen=True)
 class ImageInfo:
-    """What ``inspect_image`` found: Pillow's format name and the size in pixels."""
+    """What ``inspect_image`` found: Pillow's format name, the size in pixels (as stored,
+    before any EXIF rotation) and whether the image has transparency."""
 
     format: str
     width: int
     height: int
+    has_alpha: bool = False
 
     @property
     def mimetype(self) -> str:
@@ -146,7 +148,7 @@ def inspect_image(
     """Check an upload without decoding it at full size, or raise a 4xx naming ``field``."""
     with _opened(data, field=field, max_pixels=max_pixels) as img:
         name = FORMAT_NAMES[img.format or ""]
-        info = ImageInfo(img.format or "", *img.size)
+        info = ImageInfo(img.format or "", *img.size, has_alpha=has_alpha(img))
         try:
             if img.format == "PNG":
                 img.verify()  # every chunk's CRC through IEND; no pixel decoded
