@@ -13,7 +13,7 @@ import pytest
 import torch
 from service_helpers import wait_for
 
-from shared import admin
+from shared import admin_reads
 from shared.db import Database
 from shared.models import Worker
 from worker.registry import WorkerRegistry, describe_device
@@ -52,7 +52,7 @@ def test_the_registry_registers_beats_and_stops(database_url: str) -> None:
         ended = row()
         assert ended is not None and ended.current_job_id is None and ended.jobs_done == 1
         with db.session() as session:
-            assert name in {w.name for w in admin.live_workers(session)}
+            assert name in {w.name for w in admin_reads.live_workers(session)}
     finally:
         registry.stop()
     stopped = row()
@@ -62,8 +62,8 @@ def test_the_registry_registers_beats_and_stops(database_url: str) -> None:
     assert after is not None and after.last_heartbeat_at == stopped.last_heartbeat_at
     with db.session() as session:
         later = datetime.now(UTC).replace(year=datetime.now(UTC).year + 1)
-        assert name not in {w.name for w in admin.live_workers(session, now=later)}
-        dead = {w.name: w for w in admin.live_workers(session, now=later, include_dead=True)}
+        assert name not in {w.name for w in admin_reads.live_workers(session, now=later)}
+        dead = {w.name: w for w in admin_reads.live_workers(session, now=later, include_dead=True)}
         assert dead[name].alive is False
     db.dispose()
 
