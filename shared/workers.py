@@ -2,7 +2,7 @@
 
 A worker registers once its network is loaded (or on its first job), then beats
 every ``BEAT_SECONDS`` from a background thread; it records its current job on
-claim and counts its outcomes. Operators read it through ``shared.admin``: a
+claim and counts its outcomes. Operators read it through ``shared.admin_reads``: a
 worker is alive while its last beat is under ``ALIVE_SECONDS`` old (three beats).
 Rows of dead workers are kept as history; a restarted process with the same
 hostname and pid takes its row over.
