@@ -21,7 +21,7 @@ from celery.signals import (
 )
 from celery.worker.request import Request
 
-from shared import jobs
+from shared import leases, reconciler
 from shared.celery_app import (
     RECONCILE_TASK,
     RUN_JOB_TASK,
@@ -30,13 +30,14 @@ from shared.celery_app import (
     forget_broker_marker,
     settings_of,
 )
-from shared.jobs import EventKind
 from shared.logging import configure_logging, job_event
+from shared.models import EventKind
+from worker.attempts import log_too_many_attempts
 
 if TYPE_CHECKING:
     from celery import Celery
 
-    from worker.runner import WorkerContext
+    from worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ _running_job = False  # whether this pool child is inside run_job now
 def _worker_context(settings_app: Celery) -> WorkerContext:
     # torch is imported here, not at module import: the scheduler's worker and
     # the prefork parent never load it, and CUDA is only touched after the fork.
-    from worker.runner import make_context
+    from worker.context import make_context
 
     global _context
     if _context is None:
@@ -140,7 +141,7 @@ def hand_back_running_jobs(how: str | None = None, **_: Any) -> None:
 
 
 def pool_worker_name(pid: int) -> str:
-    """The lease owner name of this host's pool process ``pid`` (``runner.worker_name``)."""
+    """The lease owner name of this host's pool process ``pid`` (``context.worker_name``)."""
     return f"{socket.gethostname()}/{pid}"
 
 
@@ -184,7 +185,7 @@ def _end_lease_of_dead_process(app: Celery, args: Any, pid: int) -> None:
         db = Database(settings_of(app).database_url)
         try:
             with db.session() as session:
-                attempt = jobs.expire_lease_of_dead_worker(session, job_id, worker=worker)
+                attempt = leases.expire_lease_of_dead_worker(session, job_id, worker=worker)
         finally:
             db.dispose()
     except Exception:  # the reconciler recovers the job once the lease runs out
@@ -241,10 +242,10 @@ def reconcile(self: Task) -> int:
     try:
         with db.session() as session:
             # First the jobs whose workers died too often: failed, not sent again.
-            exhausted = jobs.fail_exhausted_jobs(
+            exhausted = reconciler.fail_exhausted_jobs(
                 session, storage, max_attempts=settings.max_attempts
             )
-            requeued = jobs.requeue_stale_jobs(
+            requeued = reconciler.requeue_stale_jobs(
                 session,
                 older_than_seconds=0 if keys_lost else settings.requeue_after_seconds,
                 enqueue=lambda job_id: enqueue_job(self.app, job_id),
@@ -252,7 +253,7 @@ def reconcile(self: Task) -> int:
             )
             expired: list[uuid.UUID] = []
             if settings.retention_seconds > 0:
-                expired = jobs.delete_expired_files(
+                expired = reconciler.delete_expired_files(
                     session, storage, older_than_seconds=settings.retention_seconds
                 )
     except BaseException:
@@ -268,18 +269,7 @@ def reconcile(self: Task) -> int:
             len(requeued),
         )
     for failure in exhausted:
-        log.warning(
-            "job %s failed: %s: %s",
-            failure.job_id,
-            jobs.TOO_MANY_ATTEMPTS,
-            failure.message,
-            extra=job_event(
-                EventKind.FAILED,
-                failure.job_id,
-                error_code=jobs.TOO_MANY_ATTEMPTS,
-                attempt=failure.attempts,
-            ),
-        )
+        log_too_many_attempts(failure)
     for job_id in expired:
         log.info(
             "job %s: files removed after the retention period",

@@ -16,7 +16,7 @@ from shared import jobs
 from shared.params import parse_params
 from shared.settings import Settings
 from shared.storage import LocalStorage
-from worker.runner import WorkerContext, make_context
+from worker.context import WorkerContext, make_context
 
 
 def wait_for(what: str, found: Callable[[], Any], *, timeout: float, interval: float = 0.05) -> Any:

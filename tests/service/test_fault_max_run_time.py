@@ -12,7 +12,8 @@ from sqlalchemy import select
 
 from shared.auth import create_client
 from shared.models import Job, JobEvent, JobStatus
-from worker.runner import TIMEOUT_ERROR_CODE, Outcome, WorkerContext, run_job
+from worker.context import WorkerContext
+from worker.runner import TIMEOUT_ERROR_CODE, Outcome, run_job
 
 pytestmark = pytest.mark.slow
 

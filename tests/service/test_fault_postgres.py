@@ -40,7 +40,9 @@ from shared.models import Job, JobEvent, JobStatus
 from shared.params import parse_params
 from shared.settings import Settings
 from shared.storage import LocalStorage
-from worker.runner import JobReporter, Outcome, WorkerContext, run_job
+from worker.context import WorkerContext
+from worker.reporter import JobReporter
+from worker.runner import Outcome, run_job
 
 pytestmark = pytest.mark.slow
 

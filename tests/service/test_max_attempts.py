@@ -223,7 +223,7 @@ def test_a_dead_pool_process_lease_ends_at_once_and_counts_as_a_death(session, s
 
 
 def test_the_main_process_names_a_pool_process_as_that_process_names_itself() -> None:
-    from worker.runner import worker_name
+    from worker.context import worker_name
     from worker.tasks import pool_worker_name
 
     assert pool_worker_name(os.getpid()) == worker_name()

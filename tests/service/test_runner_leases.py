@@ -20,7 +20,8 @@ from shared import jobs
 from shared.auth import create_client
 from shared.models import Job, JobEvent, JobStatus, utcnow
 from shared.params import parse_params
-from worker.runner import Outcome, WorkerContext, run_job
+from worker.context import WorkerContext
+from worker.runner import Outcome, run_job
 
 pytestmark = pytest.mark.slow
 
@@ -127,7 +128,7 @@ def test_a_worker_cut_off_from_the_database_stops_when_its_lease_runs_out(
 ) -> None:
     from shared.db import Database
     from worker.engine import Progress
-    from worker.runner import JobReporter
+    from worker.reporter import JobReporter
 
     with ctx.db.session() as session:
         client, _ = create_client(session, "cut-off")

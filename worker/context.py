@@ -1,0 +1,78 @@
+"""What one worker process holds for all its jobs: settings, database, storage, its name,
+the network and its row in the workers registry (built after the fork)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass, field
+
+import torch
+
+from shared.db import Database
+from shared.settings import Settings
+from shared.storage import LocalStorage
+from worker.engine import Network, default_device, get_network, load_network
+from worker.registry import WorkerRegistry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerContext:
+    """What one worker process holds for all its jobs (built after the fork)."""
+
+    settings: Settings
+    db: Database
+    storage: LocalStorage
+    name: str
+    # Set when the worker is asked to shut down (SIGTERM): a running job
+    # checkpoints and goes back to the queue instead of holding up the shutdown.
+    shutting_down: threading.Event = field(default_factory=threading.Event)
+    _network: Network | None = field(default=None, repr=False)
+    _registry: WorkerRegistry | None = field(default=None, repr=False)
+
+    def device(self) -> torch.device:
+        device = self.settings.device
+        return default_device() if device == "auto" else torch.device(device)
+
+    def registry(self) -> WorkerRegistry:
+        """This process in the ``workers`` table, started once the network is loaded."""
+        if self._registry is None:
+            self._registry = WorkerRegistry(self.db, self.name, self.device)
+        return self._registry
+
+    def close(self) -> None:
+        """Stop beating and close the database connections."""
+        if self._registry is not None:
+            self._registry.stop()
+        self.db.dispose()
+
+    def network(self) -> Network:
+        """The VGG19 network, loaded on first use and kept for every later job."""
+        if self._network is None:
+            chosen = self.device()
+            path = self.settings.torchvision_weights_path
+            if self.settings.weights == "torchvision" and path is not None:
+                self._network = load_network("torchvision", chosen, torchvision_path=path)
+            else:
+                self._network = get_network(self.settings.weights, chosen)
+            log.info("loaded %s VGG19 on %s", self.settings.weights, chosen)
+            self.registry().start()
+        return self._network
+
+
+def worker_name() -> str:
+    """Unique per process: the lease owner and the ``worker`` a job shows."""
+    return f"{socket.gethostname()}/{os.getpid()}"
+
+
+def make_context(settings: Settings) -> WorkerContext:
+    return WorkerContext(
+        settings=settings,
+        db=Database(settings.database_url),
+        storage=LocalStorage(settings.data_dir),
+        name=worker_name(),
+    )
