@@ -23,6 +23,17 @@ BEAT_SECONDS = 5.0
 ALIVE_SECONDS = 3 * BEAT_SECONDS
 
 
+def worker_name(hostname: str, pid: int) -> str:
+    """The one name of a worker process: ``<hostname>/<pid>``.
+
+    The lease owner its claims record, the ``worker`` of a job and of its events,
+    the key of its row here. A pool process names itself with it; its worker's
+    main process, which knows only the pool process's pid, names it the same way
+    to end the lease of one that died.
+    """
+    return f"{hostname}/{pid}"
+
+
 @dataclass(frozen=True)
 class DeviceInfo:
     """What a worker computes on: ``cpu`` or ``cuda:N`` with the GPU's name and memory."""

@@ -13,7 +13,8 @@ import torch
 
 from shared.db import Database
 from shared.settings import Settings
-from shared.storage import LocalStorage
+from shared.storage import Storage, open_storage
+from shared.workers import worker_name
 from worker.engine import Network, default_device, get_network, load_network
 from worker.registry import WorkerRegistry
 
@@ -26,13 +27,19 @@ class WorkerContext:
 
     settings: Settings
     db: Database
-    storage: LocalStorage
-    name: str
+    storage: Storage
+    hostname: str
+    pid: int
     # Set when the worker is asked to shut down (SIGTERM): a running job
     # checkpoints and goes back to the queue instead of holding up the shutdown.
     shutting_down: threading.Event = field(default_factory=threading.Event)
+    # The lease owner and the ``worker`` a job shows: ``shared.workers.worker_name``.
+    name: str = field(init=False)
     _network: Network | None = field(default=None, repr=False)
     _registry: WorkerRegistry | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.name = worker_name(self.hostname, self.pid)
 
     def device(self) -> torch.device:
         device = self.settings.device
@@ -41,7 +48,7 @@ class WorkerContext:
     def registry(self) -> WorkerRegistry:
         """This process in the ``workers`` table, started once the network is loaded."""
         if self._registry is None:
-            self._registry = WorkerRegistry(self.db, self.name, self.device)
+            self._registry = WorkerRegistry(self.db, self.hostname, self.pid, self.device)
         return self._registry
 
     def close(self) -> None:
@@ -64,15 +71,12 @@ class WorkerContext:
         return self._network
 
 
-def worker_name() -> str:
-    """Unique per process: the lease owner and the ``worker`` a job shows."""
-    return f"{socket.gethostname()}/{os.getpid()}"
-
-
 def make_context(settings: Settings) -> WorkerContext:
+    """This process's context: named by this host and this process's pid."""
     return WorkerContext(
         settings=settings,
         db=Database(settings.database_url),
-        storage=LocalStorage(settings.data_dir),
-        name=worker_name(),
+        storage=open_storage(settings),
+        hostname=socket.gethostname(),
+        pid=os.getpid(),
     )

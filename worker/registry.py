@@ -6,8 +6,6 @@ Best effort throughout: a database hiccup costs a beat or a counter, never a job
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import uuid
 from collections.abc import Callable
@@ -32,18 +30,25 @@ def describe_device(device: torch.device) -> DeviceInfo:
 
 
 class WorkerRegistry:
-    """Registers the worker on ``start`` (idempotent) and beats every ``beat_seconds``."""
+    """Registers the worker on ``start`` (idempotent) and beats every ``beat_seconds``.
+
+    The row's key is ``shared.workers.worker_name(hostname, pid)``, the name the
+    worker's claims carry.
+    """
 
     def __init__(
         self,
         db: Database,
-        name: str,
+        hostname: str,
+        pid: int,
         device: Callable[[], torch.device],
         *,
         beat_seconds: float = workers.BEAT_SECONDS,
     ) -> None:
         self._db = db
-        self._name = name
+        self._hostname = hostname
+        self._pid = pid
+        self.name = workers.worker_name(hostname, pid)
         self._device = device
         self._beat_seconds = beat_seconds
         self._lock = threading.Lock()
@@ -71,21 +76,20 @@ class WorkerRegistry:
 
     def job_started(self, job_id: uuid.UUID) -> None:
         self.start()
-        self._best_effort("job start", lambda s: workers.job_started(s, self._name, job_id))
+        self._best_effort("job start", lambda s: workers.job_started(s, self.name, job_id))
 
     def job_ended(self, *, succeeded: bool, failed: bool) -> None:
         self._best_effort(
             "job end",
-            lambda s: workers.job_ended(s, self._name, succeeded=succeeded, failed=failed),
+            lambda s: workers.job_ended(s, self.name, succeeded=succeeded, failed=failed),
         )
 
     def _register(self, session: Session) -> None:
-        hostname, _, pid = self._name.rpartition("/")
         workers.register_worker(
             session,
-            name=self._name,
-            hostname=hostname or socket.gethostname(),
-            pid=int(pid) if pid.isdigit() else os.getpid(),
+            name=self.name,
+            hostname=self._hostname,
+            pid=self._pid,
             device=describe_device(self._device()),
         )
 
@@ -94,7 +98,7 @@ class WorkerRegistry:
             self._best_effort("beat", self._beat)
 
     def _beat(self, session: Session) -> None:
-        if not workers.beat(session, self._name):  # the row went away: register again
+        if not workers.beat(session, self.name):  # the row went away: register again
             self._register(session)
 
     def _best_effort(self, what: str, write: Callable[[Session], object]) -> bool:

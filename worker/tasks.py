@@ -32,6 +32,7 @@ from shared.celery_app import (
 )
 from shared.logging import configure_logging, job_event
 from shared.models import EventKind
+from shared.workers import worker_name
 from worker.attempts import log_too_many_attempts
 
 if TYPE_CHECKING:
@@ -140,11 +141,6 @@ def hand_back_running_jobs(how: str | None = None, **_: Any) -> None:
             os.kill(child.pid, signal.SIGTERM)
 
 
-def pool_worker_name(pid: int) -> str:
-    """The lease owner name of this host's pool process ``pid`` (``context.worker_name``)."""
-    return f"{socket.gethostname()}/{pid}"
-
-
 class JobRequest(Request):
     """A ``run_job`` message in the worker's main process.
 
@@ -178,7 +174,7 @@ def _end_lease_of_dead_process(app: Celery, args: Any, pid: int) -> None:
         job_id = uuid.UUID(str(args[0]))
     except (ValueError, TypeError, IndexError):
         return
-    worker = pool_worker_name(pid)
+    worker = worker_name(socket.gethostname(), pid)  # as the pool process named itself
     try:
         # A short-lived connection: the main process forks the next pool process
         # and must not hand it open database sockets.
@@ -232,11 +228,11 @@ def reconcile(self: Task) -> int:
     jobs the broker lost and running jobs whose worker died; remove the files of jobs
     finished longer ago than the retention period."""
     from shared.db import Database
-    from shared.storage import LocalStorage
+    from shared.storage import open_storage
 
     settings = settings_of(self.app)
     db = Database(settings.database_url)
-    storage = LocalStorage(settings.data_dir)
+    storage = open_storage(settings)
     # Redis restarted empty or was flushed: every queued job's message may be gone.
     keys_lost = broker_lost_its_keys(settings)
     try:

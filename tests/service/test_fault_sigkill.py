@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,7 +34,7 @@ from sqlalchemy import select
 from shared.celery_app import RECONCILE_TASK, enqueue_job
 from shared.images import decode_image
 from shared.models import JobEvent, JobStatus, Worker
-from worker.tasks import pool_worker_name
+from shared.workers import worker_name
 
 pytestmark = pytest.mark.slow
 
@@ -42,6 +43,11 @@ ITERATIONS = 150  # at 32 px: a few seconds of work on a quiet machine
 LEASE_SECONDS = 4
 MAX_ATTEMPTS = 3  # the default, set here so that the test says what it counts
 WAIT_SECONDS = 90.0
+
+
+def pool_worker_name(pid: int) -> str:
+    """The name this host's pool process ``pid`` claims jobs and registers under."""
+    return worker_name(socket.gethostname(), pid)
 
 
 def wait_for(what: str, found: Callable[[], Any], timeout: float = WAIT_SECONDS) -> Any:

@@ -8,15 +8,17 @@ shutdown (``released``) does not count.
 from __future__ import annotations
 
 import os
+import socket
 import time
 import uuid
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from shared import jobs
+from shared import jobs, leases
 from shared.auth import create_client
 from shared.models import Job, JobEvent, JobStatus, utcnow
 from shared.params import parse_params
@@ -222,8 +224,21 @@ def test_a_dead_pool_process_lease_ends_at_once_and_counts_as_a_death(session, s
     assert exhausted is not None and exhausted.last_worker == "h/2"
 
 
-def test_the_main_process_names_a_pool_process_as_that_process_names_itself() -> None:
-    from worker.context import worker_name
-    from worker.tasks import pool_worker_name
+def test_the_main_process_names_a_pool_process_as_that_process_names_itself(
+    session: Session, storage: LocalStorage, client_id: int, database_url: str, tmp_path: Path
+) -> None:
+    from service_helpers import worker_context
 
-    assert pool_worker_name(os.getpid()) == worker_name()
+    from shared.workers import worker_name
+
+    # A pool process claims under its own context's name; its worker's main process,
+    # which knows only that process's pid, names it from this host and the pid.
+    job = new_job(session, storage, client_id)
+    with worker_context(database_url, tmp_path) as ctx:
+        assert claim(session, job.id, ctx.name, cap=3) is not None
+    as_the_main_process_names_it = worker_name(socket.gethostname(), os.getpid())
+    assert ctx.name == as_the_main_process_names_it
+    assert (
+        leases.expire_lease_of_dead_worker(session, job.id, worker=as_the_main_process_names_it)
+        == 1
+    ), "the main process ends the lease its pool process holds"

@@ -3,7 +3,6 @@ that goes away (best effort: never an exception into the job)."""
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 import uuid
@@ -16,6 +15,7 @@ from service_helpers import wait_for
 from shared import admin_reads
 from shared.db import Database
 from shared.models import Worker
+from shared.workers import worker_name
 from worker.registry import WorkerRegistry, describe_device
 
 
@@ -26,8 +26,13 @@ def test_describe_device_on_the_cpu() -> None:
 
 def test_the_registry_registers_beats_and_stops(database_url: str) -> None:
     db = Database(database_url)
-    name = f"{socket.gethostname()}/{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    registry = WorkerRegistry(db, name, lambda: torch.device("cpu"), beat_seconds=0.05)
+    # A pid no process has (Linux's pid_max is at most 2**22), and one of this run's own.
+    pid = 2**30 + uuid.uuid4().int % 2**20
+    registry = WorkerRegistry(
+        db, socket.gethostname(), pid, lambda: torch.device("cpu"), beat_seconds=0.05
+    )
+    name = registry.name
+    assert name == worker_name(socket.gethostname(), pid)
     try:
         registry.start()
         registry.start()  # idempotent: one row, one thread
@@ -38,6 +43,7 @@ def test_the_registry_registers_beats_and_stops(database_url: str) -> None:
 
         first = row()
         assert first is not None and first.hostname == socket.gethostname()
+        assert first.pid == pid
         assert first.device == "cpu" and first.jobs_done == 0
         wait_for(
             "a beat",
@@ -72,7 +78,7 @@ def test_the_registry_registers_beats_and_stops(database_url: str) -> None:
 @pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_registry_without_a_database_never_raises() -> None:
     db = Database("postgresql://nobody@127.0.0.1:1/none?connect_timeout=1")
-    registry = WorkerRegistry(db, "ghost/1", lambda: torch.device("cpu"), beat_seconds=0.05)
+    registry = WorkerRegistry(db, "ghost", 1, lambda: torch.device("cpu"), beat_seconds=0.05)
     try:
         registry.start()
         registry.job_started(uuid.uuid4())
