@@ -388,6 +388,7 @@ def _load_checkpoint(
         extra=reporter.event(EventKind.RESUMED, iteration=state.iteration),
     )
     reporter.write(
-        "record the resume", lambda: leases.record_resumed(session, claim, iteration=state.iteration)
+        "record the resume",
+        lambda: leases.record_resumed(session, claim, iteration=state.iteration),
     )
     return state
