@@ -6,8 +6,9 @@ import json
 import logging
 import uuid
 
-from flask import Blueprint, Response, request, send_file
+from flask import Blueprint, Response, redirect, request, send_file
 from redis.exceptions import RedisError
+from werkzeug.wrappers import Response as BaseResponse
 
 from api.auth import current_principal
 from api.job_json import job_dict, job_json
@@ -139,7 +140,7 @@ def cancel_job(job_id: str) -> Response:
 
 
 @blueprint.get("/<job_id>/result")
-def get_result(job_id: str) -> Response:
+def get_result(job_id: str) -> BaseResponse:
     principal = current_principal()
     job = job_store.get_job(read_session(), parse_job_id(job_id), client_id=principal.client_id)
     if job.status is not JobStatus.SUCCEEDED:
@@ -159,13 +160,13 @@ def get_result(job_id: str) -> Response:
 
 
 @blueprint.get("/<job_id>/preview")
-def get_preview(job_id: str) -> Response:
+def get_preview(job_id: str) -> BaseResponse:
     principal = current_principal()
     parsed = parse_job_id(job_id)
     session = read_session()
     job = job_store.get_job(session, parsed, client_id=principal.client_id)
     name = committed_preview(job.preview_file)
-    if job.status is JobStatus.RUNNING and not services().storage.path(job.id, name).is_file():
+    if job.status is JobStatus.RUNNING and not services().storage.exists(job.id, name):
         # The worker replaced the preview between the read of the row and the file's
         # (it removes the one it replaced): the row names the new one now.
         session.refresh(job)
@@ -180,14 +181,33 @@ def _png(
     *,
     missing_code: str,
     missing_message: str | None = None,
-) -> Response:
-    path = services().storage.path(job_id, name)
+) -> BaseResponse:
+    svc = services()
+    storage = svc.storage
+    message = missing_message or f"it has no {download_as.removesuffix('.png')} yet"
+    missing = NotFoundError(f"job {job_id}: {message}", code=missing_code)
+    download_name = f"{job_id}-{download_as}"
+    path = storage.local_path(job_id, name)
+    if path is not None:
+        try:
+            # Opened here, not by name later: a preview replaced meanwhile stays readable.
+            opened = path.open("rb")
+        except FileNotFoundError:
+            raise missing from None
+        return send_file(opened, mimetype="image/png", max_age=0, download_name=download_name)
+    if svc.settings.storage_redirect:
+        if not storage.exists(job_id, name):
+            raise missing
+        url = storage.presigned_url(job_id, name)
+        if url is not None:
+            response = redirect(url, code=303)
+            response.headers["Cache-Control"] = "no-store"  # the URL expires
+            return response
     try:
-        # Opened here, not by name later: a preview replaced meanwhile stays readable.
-        opened = path.open("rb")
-    except FileNotFoundError:
-        message = missing_message or f"it has no {download_as.removesuffix('.png')} yet"
-        raise NotFoundError(f"job {job_id}: {message}", code=missing_code) from None
-    return send_file(
-        opened, mimetype="image/png", max_age=0, download_name=f"{job_id}-{download_as}"
-    )
+        data = storage.get(job_id, name)
+    except NotFoundError:
+        raise missing from None
+    response = Response(data, mimetype="image/png")
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["Content-Disposition"] = f'inline; filename="{download_name}"'
+    return response

@@ -15,7 +15,7 @@ from shared.celery_wire import JobPublisher
 from shared.db import Database
 from shared.redis_conn import redis_client
 from shared.settings import Settings
-from shared.storage import LocalStorage
+from shared.storage import Storage, open_storage
 
 EXTENSION_KEY = "stylequeue"
 REDIS_TIMEOUT_SECONDS = 1.0  # readiness must answer fast, up or down
@@ -25,7 +25,7 @@ REDIS_TIMEOUT_SECONDS = 1.0  # readiness must answer fast, up or down
 class Services:
     settings: Settings
     db: Database
-    storage: LocalStorage
+    storage: Storage
     celery: Celery
     publisher: JobPublisher  # submits enqueue through this: one LPUSH each
     redis: redis.Redis
@@ -35,7 +35,7 @@ class Services:
         services = cls(
             settings=settings,
             db=Database(settings.database_url),
-            storage=LocalStorage(settings.data_dir),
+            storage=open_storage(settings),
             celery=create_celery(settings),
             publisher=JobPublisher(settings),
             redis=redis_client(settings, timeout=REDIS_TIMEOUT_SECONDS),

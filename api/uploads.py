@@ -228,6 +228,14 @@ def read_idempotency_key(raw: str | None) -> str | None:
 INPUT_HEADERS = {"X-Content-Type-Options": "nosniff"}
 
 
+def serve_input_bytes(data: bytes) -> Response:
+    """A stored input read from an object store, as ``serve_input`` serves a file."""
+    response = Response(data, mimetype=input_mimetype(data[:16]))
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers.update(INPUT_HEADERS)
+    return response
+
+
 def serve_input(path: Path) -> Response:
     """A stored input file as a response: its true image type, never sniffed."""
     with path.open("rb") as file:

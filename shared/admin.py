@@ -35,7 +35,7 @@ from shared.job_store import files_deleted, get_job
 from shared.job_view import JOB_VIEW_COLUMNS, JOB_VIEW_FIELDS, JobView, job_timings
 from shared.models import ApiClient, EventKind, Job, JobEvent, JobStatus, utcnow
 from shared.pagination import Cursor
-from shared.storage import LocalStorage
+from shared.storage import Storage
 
 
 @dataclass(frozen=True)
@@ -242,7 +242,7 @@ def cancel_job(session: Session, job_id: uuid.UUID) -> Job:
     return jobs.cancel_job(session, job_id, client_id=None)
 
 
-def delete_job_files(session: Session, storage: LocalStorage, job_id: uuid.UUID) -> Job:
+def delete_job_files(session: Session, storage: Storage, job_id: uuid.UUID) -> Job:
     """Remove a job's files (inputs, preview, checkpoint, result) and record ``files_deleted``.
 
     Only for a finished job: a queued or running one is a ConflictError

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import uuid
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -23,7 +24,7 @@ from shared.errors import NotFoundError
 from shared.models import RETRYABLE_STATUSES, ApiClient, Job, JobStatus, Worker, utcnow
 from shared.storage import (
     CONTENT_FILE,
-    LocalStorage,
+    Storage,
     committed_preview,
     committed_result,
     style_file,
@@ -107,7 +108,20 @@ class LiveJob:
     preview_version: int | None  # while running: its committed preview's mtime (ns), if written
 
 
-def live_jobs(session: Session, storage: LocalStorage, ids: list[uuid.UUID]) -> list[LiveJob]:
+def _preview_version(storage: Storage, job_id: uuid.UUID, named: str | None) -> int | None:
+    """What changes when a running job's preview does: the committed preview's name (each
+    preview of an attempt has its own), or, for a job from before named previews, the
+    file's mtime where the store has files."""
+    if named is not None:
+        return zlib.crc32(named.encode())
+    path = storage.local_path(job_id, committed_preview(named))
+    try:
+        return None if path is None else path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
+
+
+def live_jobs(session: Session, storage: Storage, ids: list[uuid.UUID]) -> list[LiveJob]:
     """The jobs among ``ids`` that exist (unknown ids are left out)."""
     if not ids:
         return []
@@ -128,11 +142,7 @@ def live_jobs(session: Session, storage: LocalStorage, ids: list[uuid.UUID]) -> 
     for row in rows:
         version = None
         if row.status is JobStatus.RUNNING:
-            try:
-                path = storage.path(row.id, committed_preview(row.preview_file))
-                version = path.stat().st_mtime_ns
-            except FileNotFoundError:
-                pass
+            version = _preview_version(storage, row.id, row.preview_file)
         found.append(
             LiveJob(
                 id=row.id,

@@ -13,7 +13,7 @@ from flask import Response, request, send_file
 from api.admin_ui.thumbnails import THUMB_SIZES, ThumbnailCache, placeholder_svg
 from api.admin_ui.views import blueprint
 from api.services import db_session, services
-from api.uploads import serve_input
+from api.uploads import serve_input, serve_input_bytes
 from shared import admin_reads
 from shared.errors import InvalidInputError, NotFoundError
 from shared.job_store import parse_job_id
@@ -33,8 +33,7 @@ def thumbnail(job_id: str, name: str) -> Response:
         )
     size = int(raw_size)
     changing = name == "preview"
-    path = services().storage.path(parsed, file_name)
-    data = _thumbs.thumbnail(path, size, cache=not changing)
+    data = _thumbs.thumbnail(services().storage, parsed, file_name, size, cache=not changing)
     if data is None:
         label = "no preview yet" if changing else "no file"
         response = Response(placeholder_svg(size, label), mimetype="image/svg+xml")
@@ -50,7 +49,20 @@ def image(job_id: str, name: str) -> Response:
     """A job's image at full size (inputs as uploaded, preview and result as PNG)."""
     parsed = parse_job_id(job_id)
     file_name = admin_reads.job_image_file(db_session(), parsed, name)
-    path = services().storage.path(parsed, file_name)
+    storage = services().storage
+    path = storage.local_path(parsed, file_name)
+    if path is None:  # an object store: the bytes, read once
+        try:
+            data = storage.get(parsed, file_name)
+        except NotFoundError:
+            raise NotFoundError(
+                f"job {job_id} has no {name} file (never written, or deleted)"
+            ) from None
+        if name == "content" or name.startswith("style-"):
+            return serve_input_bytes(data)  # as uploaded: its own type, never sniffed
+        response = Response(data, mimetype="image/png")
+        response.headers["Cache-Control"] = "no-cache"
+        return response
     if not path.is_file():
         raise NotFoundError(f"job {job_id} has no {name} file (never written, or deleted)")
     if name == "content" or name.startswith("style-"):

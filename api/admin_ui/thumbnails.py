@@ -1,7 +1,8 @@
 """Small JPEG copies of a job's images for the admin page, made with Pillow on request.
 
 Inputs and results never change once written, so their thumbnails are kept in
-a small in-process LRU cache (keyed by path, size and the file's mtime) and the
+a small in-process LRU cache (keyed by job, file name, size and, on a filesystem, the
+file's mtime) and the
 browser may keep them for a day; a preview changes while the job runs and is
 never cached. A missing file (not written yet, or removed by retention) is
 ``None``: the caller shows a placeholder.
@@ -11,10 +12,14 @@ from __future__ import annotations
 
 import io
 import threading
+import uuid
 from collections import OrderedDict
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
+
+from shared.errors import NotFoundError, StorageError
+from shared.storage import Storage
 
 THUMB_SIZES = (96, 320)  # the table's thumbnails; the job page's images
 JPEG_QUALITY = 85
@@ -27,20 +32,33 @@ class ThumbnailCache:
         self._lock = threading.Lock()
         self._cache: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
 
-    def thumbnail(self, path: Path, size: int, *, cache: bool) -> bytes | None:
+    def thumbnail(
+        self, storage: Storage, job_id: uuid.UUID, name: str, size: int, *, cache: bool
+    ) -> bytes | None:
         """A JPEG no larger than ``size`` on its longest side; None if the file is gone or unreadable."""
-        try:
-            mtime = path.stat().st_mtime_ns
-        except FileNotFoundError:
-            return None
-        key = (str(path), size, mtime)
+        path = storage.local_path(job_id, name)
+        if path is None:
+            # An object store: names of written files never change what they hold.
+            key = (f"{job_id}/{name}", size, 0)
+            source: Path | io.BytesIO | None = None
+        else:
+            try:
+                key = (str(path), size, path.stat().st_mtime_ns)
+            except FileNotFoundError:
+                return None
+            source = path
         if cache:
             with self._lock:
                 found = self._cache.get(key)
                 if found is not None:
                     self._cache.move_to_end(key)
                     return found
-        data = make_thumbnail(path, size)
+        if source is None:
+            try:
+                source = io.BytesIO(storage.get(job_id, name))
+            except (NotFoundError, StorageError):
+                return None  # the placeholder, as for a missing file
+        data = make_thumbnail(source, size)
         if data is not None and cache:
             with self._lock:
                 self._cache[key] = data
@@ -49,7 +67,7 @@ class ThumbnailCache:
         return data
 
 
-def make_thumbnail(path: Path, size: int) -> bytes | None:
+def make_thumbnail(path: Path | io.BytesIO, size: int) -> bytes | None:
     try:
         with Image.open(path) as image:
             image.draft("RGB", (size, size))  # JPEG inputs decode at a fraction of their size
