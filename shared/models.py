@@ -1,9 +1,11 @@
 """The database schema as SQLAlchemy 2.0 typed models. Changed only through a migration.
 
-Four tables: ``api_clients`` (who may call the API), ``jobs`` (one row per
+The tables: ``api_clients`` (who may call the API), ``jobs`` (one row per
 style transfer, the source of truth for its state), ``job_events`` (the
-append-only history of each job, for operators and fault analysis) and
-``workers`` (each worker process's registration and heartbeat, for operators).
+append-only history of each job, for operators and fault analysis),
+``job_losses`` (each attempt's loss curve, for operators), ``workers`` (each
+worker process's registration and heartbeat, for operators) and
+``admin_sessions`` (the /admin logins).
 """
 
 from __future__ import annotations
@@ -259,6 +261,23 @@ class JobEvent(Base):
     data: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
 
 
+class JobLosses(Base):
+    """One attempt's loss curve, downsampled by its worker to at most a few hundred points.
+
+    ``points``: ``[iteration, loss, content_loss, style_loss, tv_loss]`` lists, by
+    iteration. Written by the attempt's worker as it runs; read by /admin.
+    """
+
+    __tablename__ = "job_losses"
+
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
+    points: Mapped[list[list[float]]] = mapped_column(JSONType)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
 DEVICE_LENGTH = 32
 
 
@@ -277,6 +296,8 @@ class Worker(Base):
     device: Mapped[str] = mapped_column(String(DEVICE_LENGTH))
     device_name: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
     device_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    # What this process holds on its GPU as of its last beat; None on the CPU.
+    device_memory_used_bytes: Mapped[int | None] = mapped_column(BigInteger)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     current_job_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
