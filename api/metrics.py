@@ -18,10 +18,11 @@ from collections.abc import Iterator
 from flask import Blueprint, Response, current_app, request
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from api.services import Services, services
 from shared.auth import bearer_token, same_secret
+from shared.backlog import Backlog
 from shared.errors import UnauthorizedError
 from shared.metrics_figures import (
     DatabaseFigures,
@@ -36,6 +37,9 @@ blueprint = Blueprint("metrics", __name__)
 
 EXTENSION_KEY = "stylequeue_metrics"
 CACHE_SECONDS = 5.0
+# The text format every Prometheus version reads, with its charset once: given as
+# ``mimetype`` Flask would append a second ``; charset=utf-8``.
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
 
 @blueprint.get("/metrics")
@@ -51,7 +55,7 @@ def metrics() -> Response:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(StylequeueCollector(svc))
         current_app.extensions[EXTENSION_KEY] = registry
-    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE)
 
 
 class StylequeueCollector:
@@ -94,6 +98,7 @@ class StylequeueCollector:
             "Live workers running a job now.",
             value=figures.workers_busy,
         )
+        yield from _backlog_metrics(figures.backlog)
         yield from self._queue_metrics()
 
     def _database_figures(self) -> DatabaseFigures:
@@ -125,6 +130,30 @@ class StylequeueCollector:
             "Messages delivered to a worker and not yet acknowledged (the jobs it is running).",
             value=queues.unacked,
         )
+
+
+def _backlog_metrics(backlog: Backlog) -> Iterator[Metric]:
+    yield GaugeMetricFamily(
+        "stylequeue_queue_oldest_age_seconds",
+        "Seconds since the oldest queued job was submitted; 0 when none is queued.",
+        value=backlog.oldest_queued_age_seconds,
+    )
+    yield GaugeMetricFamily(
+        "stylequeue_backlog_seconds",
+        "Estimated seconds of work: the expected run time of the queued jobs plus the"
+        " remaining time of the running ones.",
+        value=backlog.seconds,
+    )
+    yield GaugeMetricFamily(
+        "stylequeue_backlog_seconds_per_worker",
+        "stylequeue_backlog_seconds over the live workers; the whole backlog when none is live.",
+        value=backlog.seconds_per_worker,
+    )
+    yield GaugeMetricFamily(
+        "stylequeue_backlog_history_jobs",
+        "Succeeded jobs the expected run times come from (0: a fixed guess per iteration).",
+        value=backlog.history_jobs,
+    )
 
 
 def _histogram_family(

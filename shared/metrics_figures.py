@@ -3,7 +3,8 @@
 gunicorn runs several processes, so counters kept in one process would each
 see only part of the traffic; every figure here is read from the ``jobs``
 table, the ``workers`` registry and the broker's Redis lists instead, so any
-process answers the same. ``api.metrics`` turns them into Prometheus text.
+process answers the same. ``api.metrics`` turns them into Prometheus text; the
+backlog an autoscaler acts on comes from ``shared.backlog``.
 
 The wait and run time histograms are cumulative over every finished job in the
 database. Aggregating a million rows at every scrape would cost seconds, so
@@ -29,6 +30,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from shared.admin_reads import live_workers
+from shared.backlog import Backlog, backlog
 from shared.celery_app import JOBS_QUEUE, MAINTENANCE_QUEUE
 from shared.models import Job, JobStatus
 from shared.sql_time import at_most, dialect_of, disable_jit, seconds_between
@@ -179,6 +181,7 @@ class DatabaseFigures:
     workers_busy: int  # live workers running a job
     wait: Histogram  # a copy, read at the same time as the rest
     run: dict[str, Histogram]  # by finished status
+    backlog: Backlog  # the queued and running jobs' expected seconds, the scaling signal
 
 
 def database_figures(
@@ -197,6 +200,9 @@ def database_figures(
         workers_busy=sum(1 for w in workers if w.current_job_id is not None),
         wait=copy.deepcopy(histograms.wait),
         run=copy.deepcopy(histograms.run),
+        backlog=backlog(
+            session, now, live_workers=len(workers), queued_count=by_status[JobStatus.QUEUED.value]
+        ),
     )
 
 
