@@ -9,6 +9,7 @@ from flask import Blueprint, Response, jsonify, render_template
 from pydantic.json_schema import models_json_schema
 
 from api.admin_schemas import ADMIN_MODELS, admin_paths
+from api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from api.schemas import ErrorResponse, Health, JobList, JobOut
 from api.spec_parts import (
     JOB_ID,
@@ -65,7 +66,14 @@ def openapi_spec() -> dict[str, Any]:
         },
         "components": {
             "schemas": top["$defs"],
-            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearerAuth": {"type": "http", "scheme": "bearer"},
+                "metricsKey": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "STYLEQUEUE_METRICS_KEY, needed by /metrics only when set.",
+                },
+            },
         },
         "security": [{"bearerAuth": []}],
         "paths": _paths() | admin_paths(),
@@ -179,6 +187,27 @@ def _paths() -> dict[str, Any]:
                 "summary": "Readiness: the database and Redis answer",
                 "security": [],
                 "responses": {"200": json_response("Health", "Ready."), **error_responses(503)},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics: jobs by status, wait and run times, workers,"
+                " the backlog, the broker's queues",
+                "description": "Open unless STYLEQUEUE_METRICS_KEY is set; then that key is"
+                " needed as a bearer token.",
+                "security": [{}, {"metricsKey": []}],
+                "responses": {
+                    "200": {
+                        "description": "Prometheus' text exposition format 0.0.4.",
+                        "content": {METRICS_CONTENT_TYPE: {"schema": {"type": "string"}}},
+                    },
+                    **error_responses(
+                        401,
+                        s401="STYLEQUEUE_METRICS_KEY is set and another key or none was sent"
+                        " (invalid_api_key).",
+                    ),
+                },
             }
         },
     }

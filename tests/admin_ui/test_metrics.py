@@ -448,3 +448,17 @@ def test_a_queue_longer_than_the_sample_takes_the_oldest_jobs_mix(
     # The two oldest: 50 x 1 + 40 x 0.375 = 65 s for two of the three queued jobs.
     assert samples["stylequeue_backlog_seconds"][()] == pytest.approx(65 * 3 / 2)
     assert 600 <= samples["stylequeue_queue_oldest_age_seconds"][()] < 660
+
+
+def test_the_openapi_spec_documents_metrics_as_it_answers(metrics_app: Flask) -> None:
+    http = metrics_app.test_client()
+    operation = http.get("/openapi.json").json["paths"]["/metrics"]["get"]
+    answer = http.get("/metrics")
+    assert list(operation["responses"]["200"]["content"]) == [answer.headers["Content-Type"]]
+    # Open by default, the metrics key when one is set: either is allowed, and a 401 is listed.
+    assert operation["security"] == [{}, {"metricsKey": []}]
+    svc = metrics_app.extensions[EXTENSION_KEY]
+    svc.settings = replace(svc.settings, metrics_key="scrape-me")
+    refused = http.get("/metrics")
+    assert str(refused.status_code) in operation["responses"]
+    assert refused.mimetype in operation["responses"]["401"]["content"]
