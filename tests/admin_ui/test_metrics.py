@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from backlog_rows import add_history, add_job, add_queue, add_running, add_workers
 from flask import Flask
 from own_databases import own_postgresql_database
 from prometheus_client.parser import text_string_to_metric_families
@@ -310,90 +311,16 @@ def test_the_content_type_is_prometheus_text_with_one_charset(metrics_app: Flask
     assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
 
 
-def add_job(
-    app: Flask,
-    status: JobStatus,
-    *,
-    size: int,
-    iterations: int,
-    created_ago: float = 3600.0,
-    run: float | None = None,
-    finished_ago: float = 600.0,
-    iteration: int = 0,
-    eta: float | None = None,
-) -> None:
-    """One job of ``size`` px and ``iterations``; a finished one ran ``run`` seconds and
-    finished ``finished_ago`` seconds ago."""
-    now = utcnow()
-    started = finished = None
-    if status.is_finished:
-        finished = now - timedelta(seconds=finished_ago)
-        started = finished - timedelta(seconds=run or 0.0)
-    elif status is JobStatus.RUNNING:
-        started = now - timedelta(seconds=60)
-    with app.extensions[EXTENSION_KEY].db.session() as session:
-        client = ApiClient(name="metrics", key_hash=secrets.token_hex(32))
-        session.add(client)
-        session.flush()
-        session.add(
-            Job(
-                client_id=client.id,
-                status=status,
-                params={"size": size, "iterations": iterations},
-                n_styles=1,
-                iteration=iteration,
-                iterations=iterations,
-                eta_seconds=eta,
-                created_at=now - timedelta(seconds=created_ago),
-                started_at=started,
-                finished_at=finished,
-            )
-        )
-        session.commit()
-
-
-def add_workers(app: Flask, live: int) -> None:
-    """``live`` workers beating now, and one whose last beat was an hour ago."""
-    now = utcnow()
-    beats = [now] * live + [now - timedelta(hours=1)]
-    with app.extensions[EXTENSION_KEY].db.session() as session:
-        for number, beat in enumerate(beats):
-            register_worker(
-                session,
-                name=f"w{number}@h/{number}",
-                hostname="h",
-                pid=number,
-                device=DeviceInfo("cpu"),
-                now=beat,
-            )
-
-
-def add_history(app: Flask) -> None:
-    """Succeeded jobs at 512 px of 1, 3 and 1 s per iteration (median 1), one at 1024 px of
-    8 s per iteration (2 at 512 px's pixels: 1.5 over every size); and jobs the estimate
-    leaves out: a failed one, and one that succeeded more than a day ago."""
-    for run, iterations in ((100, 100), (300, 100), (200, 200)):
-        add_job(app, JobStatus.SUCCEEDED, size=512, iterations=iterations, run=run)
-    add_job(app, JobStatus.SUCCEEDED, size=1024, iterations=100, run=800)
-    add_job(app, JobStatus.FAILED, size=512, iterations=10, run=5000)
-    add_job(app, JobStatus.SUCCEEDED, size=512, iterations=10, run=5000, finished_ago=25 * 3600)
-
-
-def add_queue(app: Flask) -> None:
-    """Queued: 50 iterations at 512 px (the oldest, 600 s ago), 40 at 256 px (a size
-    without history), 10 at 1024 px."""
-    add_job(app, JobStatus.QUEUED, size=512, iterations=50, created_ago=600)
-    add_job(app, JobStatus.QUEUED, size=256, iterations=40, created_ago=300)
-    add_job(app, JobStatus.QUEUED, size=1024, iterations=10, created_ago=100)
+def db(app: Flask) -> Database:
+    database: Database = app.extensions[EXTENSION_KEY].db
+    return database
 
 
 def test_backlog_from_the_queue_the_running_jobs_and_recent_run_times(metrics_app: Flask) -> None:
-    add_history(metrics_app)
-    add_queue(metrics_app)
-    # Running: one with its worker's ETA, one without (25 of 100 iterations done, at 512 px).
-    add_job(metrics_app, JobStatus.RUNNING, size=512, iterations=100, iteration=60, eta=30)
-    add_job(metrics_app, JobStatus.RUNNING, size=512, iterations=100, iteration=25)
-    add_workers(metrics_app, live=2)
+    add_history(db(metrics_app))
+    add_queue(db(metrics_app))
+    add_running(db(metrics_app))
+    add_workers(db(metrics_app), live=2)
     started = utcnow()
     samples = scrape(metrics_app)
     elapsed = (utcnow() - started).total_seconds()
@@ -409,9 +336,9 @@ def test_backlog_from_the_queue_the_running_jobs_and_recent_run_times(metrics_ap
 
 
 def test_backlog_without_a_live_worker_is_the_whole_backlog(metrics_app: Flask) -> None:
-    add_history(metrics_app)
-    add_queue(metrics_app)
-    add_workers(metrics_app, live=0)
+    add_history(db(metrics_app))
+    add_queue(db(metrics_app))
+    add_workers(db(metrics_app), live=0)
     samples = scrape(metrics_app)
     assert samples["stylequeue_workers_live"] == {(): 0}
     assert samples["stylequeue_backlog_seconds"][()] == pytest.approx(145)
@@ -419,8 +346,8 @@ def test_backlog_without_a_live_worker_is_the_whole_backlog(metrics_app: Flask) 
 
 
 def test_nothing_queued_or_running_is_a_zero_backlog(metrics_app: Flask) -> None:
-    add_history(metrics_app)
-    add_workers(metrics_app, live=1)
+    add_history(db(metrics_app))
+    add_workers(db(metrics_app), live=1)
     samples = scrape(metrics_app)
     assert samples["stylequeue_queue_oldest_age_seconds"] == {(): 0}
     assert samples["stylequeue_backlog_seconds"] == {(): 0}
@@ -428,9 +355,9 @@ def test_nothing_queued_or_running_is_a_zero_backlog(metrics_app: Flask) -> None
 
 
 def test_before_any_job_succeeded_an_iteration_counts_the_fallback(metrics_app: Flask) -> None:
-    add_job(metrics_app, JobStatus.FAILED, size=512, iterations=10, run=5000)
-    add_job(metrics_app, JobStatus.QUEUED, size=1024, iterations=100)
-    add_job(metrics_app, JobStatus.RUNNING, size=512, iterations=100, iteration=40)
+    add_job(db(metrics_app), JobStatus.FAILED, size=512, iterations=10, run=5000)
+    add_job(db(metrics_app), JobStatus.QUEUED, size=1024, iterations=100)
+    add_job(db(metrics_app), JobStatus.RUNNING, size=512, iterations=100, iteration=40)
     samples = scrape(metrics_app)
     per_iteration = backlog.FALLBACK_SECONDS_PER_ITERATION  # at 512 px; 1024 px: four times
     expected = per_iteration * 4 * 100 + per_iteration * 60
@@ -442,8 +369,8 @@ def test_a_queue_longer_than_the_sample_takes_the_oldest_jobs_mix(
     metrics_app: Flask, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(backlog, "QUEUED_SAMPLE", 2)
-    add_history(metrics_app)
-    add_queue(metrics_app)
+    add_history(db(metrics_app))
+    add_queue(db(metrics_app))
     samples = scrape(metrics_app)
     # The two oldest: 50 x 1 + 40 x 0.375 = 65 s for two of the three queued jobs.
     assert samples["stylequeue_backlog_seconds"][()] == pytest.approx(65 * 3 / 2)
