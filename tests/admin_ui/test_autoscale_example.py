@@ -8,6 +8,7 @@ would set; the real response's Content-Type is checked on the way.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import secrets
 import subprocess
@@ -120,3 +121,16 @@ def test_the_example_loop_prints_the_workers_the_backlog_wants(api: tuple[str, D
     refused = autoscale(url, "--max", "8", key=None)
     assert refused.returncode == 1
     assert "401" in refused.stderr and "left as they are" in refused.stderr
+
+
+def test_the_loop_scales_up_at_once_and_down_after_the_window() -> None:
+    spec = importlib.util.spec_from_file_location("autoscale", EXAMPLE)
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    scaler = example.Scaler(down_after=300)
+    steps = [(0, 2, 2), (10, 5, 5), (20, 1, 5), (200, 3, 5), (311, 1, 3), (501, 1, 1), (502, 4, 4)]
+    for now, want, applied in steps:
+        got = scaler.decide(want, now)
+        assert got == applied, (now, want)
+        scaler.current = got
