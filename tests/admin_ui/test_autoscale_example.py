@@ -2,7 +2,9 @@
 its own PostgreSQL database holding a known backlog, STYLEQUEUE_METRICS_KEY set.
 
 The script runs in dry-run mode, once per case, and prints the number of workers it
-would set; the real response's Content-Type is checked on the way.
+would set; once for real, with a stand-in ``docker`` first on PATH that records the
+command it was given (there is no Docker daemon here). The real response's
+Content-Type is checked on the way.
 """
 
 from __future__ import annotations
@@ -79,13 +81,17 @@ def api(
 
 
 def autoscale(
-    url: str, *args: str, key: str | None = METRICS_KEY
+    url: str, *args: str, key: str | None = METRICS_KEY, path: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
+    """One reading in dry-run; with ``path``, for real, that directory first on PATH."""
     env = {k: v for k, v in os.environ.items() if k != "STYLEQUEUE_METRICS_KEY"}
     if key is not None:
         env["STYLEQUEUE_METRICS_KEY"] = key
+    if path is not None:
+        env["PATH"] = f"{path}{os.pathsep}{env['PATH']}"
+    dry_run = [] if path is not None else ["--dry-run"]
     return subprocess.run(
-        [sys.executable, str(EXAMPLE), "--url", url, "--once", "--dry-run", *args],
+        [sys.executable, str(EXAMPLE), "--url", url, "--once", *dry_run, *args],
         env=env,
         capture_output=True,
         text=True,
@@ -93,7 +99,9 @@ def autoscale(
     )
 
 
-def test_the_example_loop_prints_the_workers_the_backlog_wants(api: tuple[str, Database]) -> None:
+def test_the_example_loop_prints_the_workers_the_backlog_wants(
+    api: tuple[str, Database], tmp_path: Path
+) -> None:
     url, db = api
     # 145 s queued and 105 s running: 250 s; two live workers, both busy.
     add_history(db)
@@ -117,6 +125,21 @@ def test_the_example_loop_prints_the_workers_the_backlog_wants(api: tuple[str, D
         assert run.stdout.strip() == (
             f"backlog 250 s, 2 live workers (2 busy): worker={workers} (dry run)"
         ), args
+
+    # Without --dry-run it calls `docker compose` (here a stand-in that records its arguments).
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    called = tmp_path / "docker-args"
+    docker = bin_dir / "docker"
+    docker.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {called}\n')
+    docker.chmod(0o755)
+    applied = autoscale(url, "--target-seconds", "100", "--max", "8", path=bin_dir)
+    assert applied.returncode == 0, applied.stderr
+    assert applied.stdout.strip() == "backlog 250 s, 2 live workers (2 busy): worker=3"
+    assert called.read_text().split() == [
+        *("compose", "up", "--detach", "--no-deps", "--no-recreate"),
+        *("--scale", "worker=3", "worker"),
+    ]
 
     refused = autoscale(url, "--max", "8", key=None)
     assert refused.returncode == 1
