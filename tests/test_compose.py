@@ -84,7 +84,7 @@ def test_the_api_healthcheck_uses_healthz_and_readyz(compose: dict[str, Any]) ->
 
 def test_every_long_running_service_has_a_healthcheck(compose: dict[str, Any]) -> None:
     for name, service in compose["services"].items():
-        if name != "migrate":  # one-shot: the others wait for it to complete
+        if service.get("restart") != "no":  # a one-shot: the others wait for it to complete
             assert "test" in service.get("healthcheck", {}), f"{name} has no healthcheck"
 
 
@@ -178,3 +178,19 @@ def test_the_api_ships_the_serving_model_that_reads_requests_whole(
     assert "--worker-class" not in argv  # it comes from the serving module
     assert api.serving.worker_class == "api.serving.Worker"
     assert issubclass(api.serving.Worker, ASGIWorker)
+
+
+def test_job_files_live_in_minio_and_workers_hold_no_job_volume(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert services["minio"]["image"].startswith("minio/minio:")
+    for name in ("migrate", "api", "worker", "scheduler", "flower"):
+        env = services[name]["environment"]
+        assert env["STYLEQUEUE_STORAGE_URL"].startswith("s3://"), name
+        assert env["AWS_ENDPOINT_URL"] == "http://minio:9000", name
+        assert services[name]["depends_on"]["bucket"]["condition"] == (
+            "service_completed_successfully"
+        ), name
+    # the bucket the URL names is the one the one-shot service makes
+    bucket = services["api"]["environment"]["STYLEQUEUE_STORAGE_URL"].removeprefix("s3://")
+    assert f"store/{bucket.split('/')[0]}" in " ".join(services["bucket"]["entrypoint"])
+    assert not any(v.startswith("data:") for v in services["worker"]["volumes"])
