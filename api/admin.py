@@ -1,5 +1,6 @@
 """The admin JSON API: every client's jobs, a job's timeline, statistics, workers,
-and the actions cancel, retry and delete-files. Admin keys only (401 without a key,
+and the actions cancel, retry and delete-files (each recorded with the admin's name:
+the job's event and a log line). Admin keys only (401 without a key,
 403 ``admin_required`` with a client key). Views parse (``shared.admin_filters``, the
 parser the /admin page uses too), call ``shared``, return JSON.
 """
@@ -16,10 +17,10 @@ from flask import Blueprint, Response, request
 from api.auth import current_principal
 from api.job_json import _timestamp, job_dict
 from api.services import db_session, read_session, services
-from shared import admin, admin_filters, admin_reads, jobs
+from shared import admin, admin_actions, admin_filters, admin_reads
+from shared.admin_actions import Operator
 from shared.errors import ForbiddenError
 from shared.job_store import parse_job_id
-from shared.logging import log_cancel_requested
 from shared.models import utcnow
 from shared.stats import job_stats
 
@@ -121,22 +122,30 @@ def _detail_response(job_id: Any) -> Response:
     return _json(detail_dict(admin.job_detail(db_session(), job_id, now=now), now))
 
 
+def _operator() -> Operator:
+    principal = current_principal()
+    return Operator(principal.name, principal.client_id)
+
+
 @blueprint.post("/jobs/<job_id>/cancel")
 def cancel_job(job_id: str) -> Response:
-    job = admin.cancel_job(db_session(), parse_job_id(job_id))
-    log_cancel_requested(job.id, client_id=job.client_id, status=job.status.value)
+    job = admin_actions.cancel_job(db_session(), parse_job_id(job_id), by=_operator())
     return _detail_response(job.id)
 
 
 @blueprint.post("/jobs/<job_id>/retry")
 def retry_job(job_id: str) -> Response:
-    job = jobs.retry_job(db_session(), parse_job_id(job_id), services().publisher.publish)
+    publish = services().publisher.publish
+    job = admin_actions.retry_job(db_session(), parse_job_id(job_id), publish, by=_operator())
     return _detail_response(job.id)
 
 
 @blueprint.delete("/jobs/<job_id>/files")
 def delete_job_files(job_id: str) -> Response:
-    job = admin.delete_job_files(db_session(), services().storage, parse_job_id(job_id))
+    storage = services().storage
+    job = admin_actions.delete_job_files(
+        db_session(), storage, parse_job_id(job_id), by=_operator()
+    )
     return _detail_response(job.id)
 
 

@@ -16,6 +16,7 @@ from api.multipart import read_form
 from api.services import db_session, read_session, services
 from api.uploads import check_same_request, read_idempotency_key, read_submission, replay_digest
 from shared import job_list, job_store, jobs, submissions
+from shared.admin_reads import files_gone_reason
 from shared.errors import ConflictError, InvalidInputError, NotFoundError
 from shared.job_store import parse_job_id
 from shared.job_view import JobView
@@ -142,7 +143,8 @@ def cancel_job(job_id: str) -> Response:
 @blueprint.get("/<job_id>/result")
 def get_result(job_id: str) -> BaseResponse:
     principal = current_principal()
-    job = job_store.get_job(read_session(), parse_job_id(job_id), client_id=principal.client_id)
+    session = read_session()
+    job = job_store.get_job(session, parse_job_id(job_id), client_id=principal.client_id)
     if job.status is not JobStatus.SUCCEEDED:
         raise ConflictError(
             f"job {job.id} is {job.status.value}; a result exists only once it has succeeded",
@@ -155,7 +157,7 @@ def get_result(job_id: str) -> BaseResponse:
         committed_result(job.result_file),
         "result.png",
         missing_code="result_missing",
-        missing_message="its result file is gone (removed after the retention period)",
+        missing_message=f"its result file is gone ({files_gone_reason(session, job.id)})",
     )
 
 

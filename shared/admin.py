@@ -1,20 +1,23 @@
-"""What operators see of every client's jobs, and what they do to them.
+"""What operators see of every client's jobs.
 
-Reads: ``list_jobs`` (filtered, keyset-paginated, newest first) and
-``job_detail`` (a job with its event timeline). Actions: ``cancel_job``,
-``delete_job_files`` (a retry is ``shared.jobs.retry_job``, beside the other transitions).
-Every function takes a SQLAlchemy session and returns frozen dataclasses; the
-admin API and page turn them into JSON or HTML. The statistics are in
-``shared.stats``, the other operator reads (workers, clients, live progress) in
-``shared.admin_reads``, the parsing of the front ends' query strings in
-``shared.admin_filters``.
+Reads: ``list_jobs`` (filtered, keyset-paginated, newest first, or only the
+jobs newer than a row already shown), ``status_counts`` (by status under the
+other filters), ``find_jobs`` (by the beginning of an id) and ``job_detail`` (a
+job with its event timeline); what operators do to jobs is in
+``shared.admin_actions``. Every function takes a SQLAlchemy session and returns
+frozen dataclasses; the admin API and page turn them into JSON or HTML. The
+statistics are in ``shared.stats``, the other operator reads (workers, clients,
+live progress) in ``shared.admin_reads``, the parsing of the front ends' query
+strings in ``shared.admin_filters``.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
+import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -23,19 +26,18 @@ from sqlalchemy import (
     Integer,
     Select,
     bindparam,
+    func,
     select,
     tuple_,
     union_all,
 )
 from sqlalchemy.orm import Session
 
-from shared import jobs
-from shared.errors import ConflictError
-from shared.job_store import files_deleted, get_job
+from shared.job_store import get_job
 from shared.job_view import JOB_VIEW_COLUMNS, JOB_VIEW_FIELDS, JobView, job_timings
 from shared.models import ApiClient, EventKind, Job, JobEvent, JobStatus, utcnow
 from shared.pagination import Cursor
-from shared.storage import Storage
+from shared.stats import status_counts as all_status_counts
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,8 @@ class AdminJob(JobView):
     and its client's name."""
 
     client_name: str
+    n_styles: int = 1
+    has_preview: bool = False  # its row names a preview (the last one of a finished job)
 
 
 @dataclass(frozen=True)
@@ -97,13 +101,21 @@ class AdminJobDetail:
 
 
 def list_jobs(
-    session: Session, filters: JobFilters, *, limit: int, cursor: Cursor | None
+    session: Session,
+    filters: JobFilters,
+    *,
+    limit: int,
+    cursor: Cursor | None,
+    newer_than: Cursor | None = None,
 ) -> AdminJobPage:
     """Every client's jobs matching ``filters``, newest first (created_at, id), one keyset page.
 
-    Each filter shape walks an index in order ((created_at, id), (status, …),
-    (client_id, …), (worker, …)) and stops after ``limit + 1`` rows, however deep
-    the cursor; several statuses are one ordered index walk each, merged.
+    ``cursor``: only the jobs older than it (the next page). ``newer_than``: only
+    the jobs newer than it (the rows a page that shows it lacks; ``next_cursor``
+    then says that more than ``limit`` are newer). Each filter shape walks an
+    index in order ((created_at, id), (status, …), (client_id, …), (worker, …))
+    and stops after ``limit + 1`` rows, however deep the cursor; several statuses
+    are one ordered index walk each, merged.
     """
     statuses = tuple(dict.fromkeys(filters.statuses))
     values: dict[str, Any] = {
@@ -116,6 +128,8 @@ def list_jobs(
     values |= {f"status_{i}": status for i, status in enumerate(statuses)}
     if cursor is not None:
         values |= {"cursor_at": cursor.created_at, "cursor_id": cursor.job_id}
+    if newer_than is not None:
+        values |= {"newer_at": newer_than.created_at, "newer_id": newer_than.job_id}
     statement = _list_statement(
         len(statuses),
         client=filters.client_id is not None,
@@ -123,6 +137,7 @@ def list_jobs(
         created_from=filters.created_from is not None,
         created_to=filters.created_to is not None,
         after=cursor is not None,
+        newer=newer_than is not None,
     )
     rows = session.execute(statement, {k: v for k, v in values.items() if v is not None}).all()
     items = [_admin_job(row._mapping) for row in rows]
@@ -132,7 +147,8 @@ def list_jobs(
     return AdminJobPage(items[:limit], Cursor(last.created_at, last.id).encode())
 
 
-_JOB_COLUMNS = JOB_VIEW_COLUMNS
+# A table row needs the styles' count and whether a preview exists, besides the view.
+_JOB_COLUMNS: tuple[Any, ...] = (*JOB_VIEW_COLUMNS, Job.n_styles, Job.preview_file)
 
 
 @functools.lru_cache(maxsize=512)
@@ -144,25 +160,29 @@ def _list_statement(
     created_from: bool,
     created_to: bool,
     after: bool,
+    newer: bool = False,
 ) -> Select[Any]:
     """The list query for one filter shape, values as bound parameters: built once
     per shape (building it cost as much as running it)."""
-    conditions: list[ColumnElement[bool]] = []
-    if client:
-        conditions.append(Job.client_id == bindparam("client_id"))
-    if worker:
-        conditions.append(Job.worker == bindparam("worker", type_=Job.worker.type))
-    if created_from:
-        conditions.append(Job.created_at >= bindparam("created_from", type_=Job.created_at.type))
-    if created_to:
-        conditions.append(Job.created_at < bindparam("created_to", type_=Job.created_at.type))
+    conditions = _conditions(
+        client=client, worker=worker, created_from=created_from, created_to=created_to
+    )
+    key = tuple_(Job.created_at, Job.id)
     if after:
         # A row comparison: PostgreSQL turns it into one index range, whatever the depth.
         conditions.append(
-            tuple_(Job.created_at, Job.id)
+            key
             < tuple_(
                 bindparam("cursor_at", type_=Job.created_at.type),
                 bindparam("cursor_id", type_=Job.id.type),
+            )
+        )
+    if newer:
+        conditions.append(
+            key
+            > tuple_(
+                bindparam("newer_at", type_=Job.created_at.type),
+                bindparam("newer_id", type_=Job.id.type),
             )
         )
     wanted = bindparam("wanted", type_=Integer)
@@ -190,6 +210,22 @@ def _list_statement(
     )
 
 
+def _conditions(
+    *, client: bool, worker: bool, created_from: bool, created_to: bool
+) -> list[ColumnElement[bool]]:
+    """The filters but the status, as bound parameters of the same names as their fields."""
+    conditions: list[ColumnElement[bool]] = []
+    if client:
+        conditions.append(Job.client_id == bindparam("client_id"))
+    if worker:
+        conditions.append(Job.worker == bindparam("worker", type_=Job.worker.type))
+    if created_from:
+        conditions.append(Job.created_at >= bindparam("created_from", type_=Job.created_at.type))
+    if created_to:
+        conditions.append(Job.created_at < bindparam("created_to", type_=Job.created_at.type))
+    return conditions
+
+
 def _ordered(query: Select[Any], limit: Any, columns: Any = None) -> Select[Any]:
     created_at, job_id = (
         (Job.created_at, Job.id) if columns is None else (columns.created_at, columns.id)
@@ -201,7 +237,79 @@ def _admin_job(row: Any) -> AdminJob:
     # The status and params as the client's JSON expects them, whatever the query's shape.
     values = {name: row[name] for name in JOB_VIEW_FIELDS}
     values["status"], values["params"] = JobStatus(values["status"]), dict(values["params"])
-    return AdminJob(**values, client_name=row["client_name"])
+    return AdminJob(
+        **values,
+        client_name=row["client_name"],
+        n_styles=row["n_styles"],
+        has_preview=row["preview_file"] is not None,
+    )
+
+
+# Counts under filters are a GROUP BY over the filter's index; a page polling them
+# every few seconds is served from this per-process cache in between.
+COUNTS_CACHE_SECONDS = 5.0
+_counts_cache: dict[tuple[str, JobFilters], tuple[float, dict[str, int]]] = {}
+_counts_lock = threading.Lock()
+
+
+def status_counts(session: Session, filters: JobFilters, *, fresh: bool = False) -> dict[str, int]:
+    """How many jobs match ``filters`` but their status, by status (zeros included).
+
+    Without a client, worker or time filter: the statistics' all-time counts
+    (``shared.stats.status_counts``, their settled part cached). With one: a
+    count through the filter's index, kept ``COUNTS_CACHE_SECONDS`` per process
+    (``fresh``: counted now, as a confirmation needs).
+    """
+    general = replace(filters, statuses=())
+    if general == JobFilters() and not fresh:
+        return all_status_counts(session)
+    key = (str(session.get_bind().engine.url), general)
+    with _counts_lock:
+        cached = _counts_cache.get(key)
+        if cached is not None and cached[0] > time.monotonic() and not fresh:
+            return dict(cached[1])
+    conditions = _conditions(
+        client=general.client_id is not None,
+        worker=general.worker is not None,
+        created_from=general.created_from is not None,
+        created_to=general.created_to is not None,
+    )
+    values = {
+        "client_id": general.client_id,
+        "worker": general.worker,
+        "created_from": general.created_from,
+        "created_to": general.created_to,
+    }
+    query = select(Job.status, func.count()).where(*conditions).group_by(Job.status)
+    found = {JobStatus(status).value: int(n) for status, n in session.execute(query, values)}
+    counts = {s.value: found.get(s.value, 0) for s in JobStatus}
+    with _counts_lock:
+        if len(_counts_cache) > 1000:
+            _counts_cache.clear()
+        _counts_cache[key] = (time.monotonic() + COUNTS_CACHE_SECONDS, counts)
+    return dict(counts)
+
+
+def find_jobs(session: Session, id_prefix: str, *, limit: int) -> list[AdminJob]:
+    """The jobs whose id starts with ``id_prefix`` (1–32 lowercase hex digits, no dashes),
+    newest first, at most ``limit``: one range of the primary key's index."""
+    low = uuid.UUID(id_prefix.ljust(32, "0"))
+    high = uuid.UUID(id_prefix.ljust(32, "f"))
+    page = (
+        select(*_JOB_COLUMNS)
+        .where(Job.id >= low, Job.id <= high)
+        .order_by(Job.id)
+        .limit(limit)
+        .subquery()
+    )
+    query = _ordered(
+        select(page, ApiClient.name.label("client_name")).join(
+            ApiClient, ApiClient.id == page.c.client_id
+        ),
+        limit,
+        page.c,
+    )
+    return [_admin_job(row._mapping) for row in session.execute(query)]
 
 
 def job_detail(
@@ -217,7 +325,8 @@ def job_detail(
             select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.at, JobEvent.id)
         )
     ]
-    row = {c.key: getattr(job, c.key) for c in _JOB_COLUMNS} | {"client_name": client_name or ""}
+    names = (*JOB_VIEW_FIELDS, "n_styles", "preview_file")
+    row = {name: getattr(job, name) for name in names} | {"client_name": client_name or ""}
     timings = job_timings(job.created_at, job.started_at, job.finished_at, now)
     return AdminJobDetail(
         job=_admin_job(row),
@@ -231,34 +340,3 @@ def job_detail(
         files_deleted=any(e.kind == EventKind.FILES_DELETED for e in events),
         events=events,
     )
-
-
-# ---------------------------------------------------------------- actions
-
-
-def cancel_job(session: Session, job_id: uuid.UUID) -> Job:
-    """Cancel any client's queued or running job (a running one stops at its next
-    heartbeat); a finished job is returned unchanged. NotFoundError when unknown."""
-    return jobs.cancel_job(session, job_id, client_id=None)
-
-
-def delete_job_files(session: Session, storage: Storage, job_id: uuid.UUID) -> Job:
-    """Remove a job's files (inputs, preview, checkpoint, result) and record ``files_deleted``.
-
-    Only for a finished job: a queued or running one is a ConflictError
-    ``job_not_finished`` (cancel it first). Idempotent. NotFoundError when unknown.
-    """
-    job = get_job(session, job_id, client_id=None)
-    if not job.status.is_finished:
-        raise ConflictError(
-            f"job {job_id} is {job.status.value}; cancel it first, files go only once it ended",
-            code="job_not_finished",
-            details={"status": job.status.value},
-        )
-    already = files_deleted(session, job_id)
-    session.rollback()  # no transaction open while deleting files
-    storage.delete_job_files(job_id)
-    if not already:
-        session.add(JobEvent(job_id=job_id, kind=EventKind.FILES_DELETED, data={"by": "admin"}))
-        session.commit()
-    return get_job(session, job_id, client_id=None)

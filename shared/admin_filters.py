@@ -2,7 +2,8 @@
 
 ``parse_job_query`` reads the job list's filters, page size and cursor;
 ``parse_hours`` the statistics window; ``parse_flag`` a true/false switch;
-``parse_job_ids`` a repeated job id. The two front ends differ only in the name
+``parse_job_ids`` a repeated job id; ``parse_id_search`` the search box's job id
+(or its beginning); ``parse_bulk_action`` a bulk action's name. The two front ends differ only in the name
 of the client filter, which each passes in (the page's is ``client``, the JSON
 API's ``client_id``; both are part of their URLs). ``filter_pairs`` writes
 filters back as query pairs, for the page's links.
@@ -227,3 +228,35 @@ def parse_job_ids(args: QueryArgs, *, field: str, at_most: int) -> list[uuid.UUI
         except ValueError:
             raise InvalidInputError(f"{field}: {raw!r} is not a job id", field=field) from None
     return ids
+
+
+_HEX = re.compile(r"[0-9a-f]{1,32}")
+
+
+def parse_id_search(raw: str | None, *, field: str = "q") -> str | None:
+    """A job id or its beginning, as a search box takes it: with or without dashes, any
+    case, spaces around ignored; the hex digits (1 to 32, lowercase) or None when empty."""
+    if raw is None or raw.strip() == "":
+        return None
+    digits = raw.strip().lower().replace("-", "")
+    if not _HEX.fullmatch(digits):
+        raise InvalidInputError(
+            f"{field}: {shown(raw)} is not a job id or the beginning of one (hex digits)",
+            field=field,
+            code="invalid_job_search",
+        )
+    return digits
+
+
+BULK_ACTIONS = ("retry", "cancel")
+
+
+def parse_bulk_action(raw: str | None) -> str:
+    """``retry`` (the failed jobs of a filter) or ``cancel`` (its queued ones)."""
+    if raw not in BULK_ACTIONS:
+        raise InvalidInputError(
+            f"action: {shown(raw or '')} is not one of {', '.join(BULK_ACTIONS)}",
+            field="action",
+            code="invalid_action",
+        )
+    return raw

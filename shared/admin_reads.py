@@ -16,12 +16,23 @@ import zlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from shared.admin import AdminJobDetail
 from shared.errors import NotFoundError
-from shared.models import RETRYABLE_STATUSES, ApiClient, Job, JobStatus, Worker, utcnow
+from shared.job_view import job_timings
+from shared.models import (
+    RETRYABLE_STATUSES,
+    ApiClient,
+    EventKind,
+    Job,
+    JobEvent,
+    JobLosses,
+    JobStatus,
+    Worker,
+    utcnow,
+)
 from shared.storage import (
     CONTENT_FILE,
     Storage,
@@ -50,6 +61,7 @@ class WorkerInfo:
     jobs_done: int  # succeeded
     jobs_failed: int
     alive: bool  # a heartbeat within shared.workers.ALIVE_SECONDS
+    device_memory_used_bytes: int | None = None  # what it holds on its GPU, as of its last beat
 
 
 def live_workers(
@@ -76,6 +88,7 @@ def live_workers(
             jobs_done=w.jobs_done,
             jobs_failed=w.jobs_failed,
             alive=w.last_heartbeat_at >= cutoff,
+            device_memory_used_bytes=w.device_memory_used_bytes,
         )
         for w in session.scalars(query)
     ]
@@ -95,7 +108,7 @@ def client_choices(session: Session, *, limit: int) -> list[ClientChoice]:
 
 @dataclass(frozen=True)
 class LiveJob:
-    """What changes while a job is queued or running."""
+    """What changes while a job is queued or running (and what it ended with)."""
 
     id: uuid.UUID
     status: JobStatus
@@ -105,7 +118,17 @@ class LiveJob:
     eta_seconds: float | None
     worker: str | None
     cancel_requested: bool
-    preview_version: int | None  # while running: its committed preview's mtime (ns), if written
+    preview_version: int | None  # while running: what changes with its committed preview
+    attempts: int = 0
+    queue_seconds: float = 0.0  # as job_timings measures them now
+    run_seconds: float | None = None
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    has_preview: bool = False
+    started: bool = False  # started_at is set: it ran (a job canceled while queued did not)
+    losses_version: int | None = None  # changes when its loss curve does; None: no curve yet
 
 
 def _preview_version(storage: Storage, job_id: uuid.UUID, named: str | None) -> int | None:
@@ -121,10 +144,13 @@ def _preview_version(storage: Storage, job_id: uuid.UUID, named: str | None) -> 
         return None
 
 
-def live_jobs(session: Session, storage: Storage, ids: list[uuid.UUID]) -> list[LiveJob]:
+def live_jobs(
+    session: Session, storage: Storage, ids: list[uuid.UUID], *, now: datetime | None = None
+) -> list[LiveJob]:
     """The jobs among ``ids`` that exist (unknown ids are left out)."""
     if not ids:
         return []
+    now = now or utcnow()
     rows = session.execute(
         select(
             Job.id,
@@ -136,13 +162,31 @@ def live_jobs(session: Session, storage: Storage, ids: list[uuid.UUID]) -> list[
             Job.worker,
             Job.cancel_requested,
             Job.preview_file,
+            Job.attempts,
+            Job.created_at,
+            Job.started_at,
+            Job.finished_at,
+            Job.lease_owner,
+            Job.lease_expires_at,
+            Job.error_code,
+            Job.error_message,
         ).where(Job.id.in_(ids))
-    )
+    ).all()
+    curves = {
+        job_id: int(at.timestamp() * 1000)
+        for job_id, at in session.execute(
+            select(JobLosses.job_id, func.max(JobLosses.updated_at))
+            .where(JobLosses.job_id.in_(ids))
+            .group_by(JobLosses.job_id)
+        )
+        if at is not None
+    }
     found: list[LiveJob] = []
     for row in rows:
         version = None
         if row.status is JobStatus.RUNNING:
             version = _preview_version(storage, row.id, row.preview_file)
+        timings = job_timings(row.created_at, row.started_at, row.finished_at, now)
         found.append(
             LiveJob(
                 id=row.id,
@@ -154,6 +198,16 @@ def live_jobs(session: Session, storage: Storage, ids: list[uuid.UUID]) -> list[
                 worker=row.worker,
                 cancel_requested=row.cancel_requested,
                 preview_version=version,
+                attempts=row.attempts,
+                queue_seconds=timings.queue_seconds,
+                run_seconds=timings.run_seconds,
+                lease_owner=row.lease_owner,
+                lease_expires_at=row.lease_expires_at,
+                error_code=row.error_code,
+                error_message=row.error_message,
+                has_preview=row.preview_file is not None,
+                started=row.started_at is not None,
+                losses_version=curves.get(row.id),
             )
         )
     return found
@@ -174,6 +228,20 @@ def job_image_file(session: Session, job_id: uuid.UUID, image: str) -> str:
     raise NotFoundError(
         f"no image {image!r}: content, style-N, preview or result", code="image_not_found"
     )
+
+
+def files_gone_reason(session: Session, job_id: uuid.UUID) -> str:
+    """Why a job's files are gone, in the words its client reads: an operator deleted
+    them (a ``files_deleted`` event naming an admin), or the retention period did."""
+    data = session.scalar(
+        select(JobEvent.data)
+        .where(JobEvent.job_id == job_id, JobEvent.kind == EventKind.FILES_DELETED)
+        .order_by(JobEvent.at.desc())
+        .limit(1)
+    )
+    if data and data.get("by"):
+        return "deleted by an operator"
+    return "removed after the retention period"
 
 
 @dataclass(frozen=True)

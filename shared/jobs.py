@@ -51,10 +51,17 @@ class Claim:
 # ---------------------------------------------------------------- client and admin side
 
 
-def cancel_job(session: Session, job_id: uuid.UUID, *, client_id: int | None) -> Job:
+def cancel_job(
+    session: Session,
+    job_id: uuid.UUID,
+    *,
+    client_id: int | None,
+    by: dict[str, Any] | None = None,
+) -> Job:
     """Cancel a job; idempotent. Queued: canceled at once. Running: the worker is told to stop.
 
-    A finished job is returned unchanged.
+    A finished job is returned unchanged. ``by``: who asked, when not the job's
+    client (an admin's name and client id), for the event's data.
     """
     get_job(session, job_id, client_id=client_id)  # 404 before anything changes
     now = utcnow()
@@ -64,7 +71,7 @@ def cancel_job(session: Session, job_id: uuid.UUID, *, client_id: int | None) ->
         [],
         {"finished_at": now, "updated_at": now},
         transition=TRANSITIONS.cancel_queued,
-        data={"while": "queued"},
+        data={"while": "queued", **(by or {})},
     )
     if canceled is None:
         guarded_update(
@@ -73,20 +80,24 @@ def cancel_job(session: Session, job_id: uuid.UUID, *, client_id: int | None) ->
             [Job.status == JobStatus.RUNNING, ~Job.cancel_requested],
             {"cancel_requested": True, "updated_at": now},
             event=EventKind.CANCEL_REQUESTED,
+            data=by,
         )
     job = get_job(session, job_id, client_id=client_id)
     session.refresh(job)
     return job
 
 
-def retry_job(session: Session, job_id: uuid.UUID, enqueue: Enqueue) -> Job:
+def retry_job(
+    session: Session, job_id: uuid.UUID, enqueue: Enqueue, *, by: dict[str, Any] | None = None
+) -> Job:
     """failed | canceled → queued (an admin's): the error cleared, the next claim a new
     attempt, its history kept with a ``retried`` event; then enqueued as a submit is.
 
     ConflictError ``job_not_retryable`` for any other status (or when the job changed
     while being retried), ``job_files_deleted`` when its input files are gone.
     NotFoundError when unknown. ``started_at`` and ``finished_at`` are cleared: they
-    describe the new run (the timeline keeps the old).
+    describe the new run (the timeline keeps the old). ``by``: the admin who asked
+    (name and client id), for the event's data.
     """
     job = get_job(session, job_id, client_id=None)
     status = job.status
@@ -122,7 +133,7 @@ def retry_job(session: Session, job_id: uuid.UUID, enqueue: Enqueue) -> Job:
         },
         transition=TRANSITIONS.retry,
         attempt=job.attempts,
-        data={k: v for k, v in previous.items() if v is not None},
+        data={**{k: v for k, v in previous.items() if v is not None}, **(by or {})},
     )
     if retried is None:  # someone else retried it first
         now_status = get_job(session, job_id, client_id=None).status

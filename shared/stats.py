@@ -26,7 +26,8 @@ from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from shared.models import Job, JobStatus, utcnow
-from shared.sql_time import POSTGRESQL, dialect_of, hour_number, seconds_between
+from shared.sql_time import POSTGRESQL, dialect_of, seconds_between
+from shared.stats_series import SeriesBucket, bucket_hours, by_day, hourly_series
 
 DEFAULT_STATS_HOURS = 24
 MAX_STATS_HOURS = 24 * 31
@@ -76,6 +77,10 @@ class JobStats:
     queue_seconds: Percentiles  # created → first start, jobs that started and finished in window
     run_seconds: Percentiles  # first start → finish, jobs that succeeded in the window
     workers: list[WorkerStats] = field(default_factory=list)  # by name
+    # The charts' bars: hours up to a 48 h window, days past that (shared.stats_series),
+    # each with its jobs created, finished by outcome, and the queue's depth at its end.
+    bucket_hours: int = 1
+    buckets: list[SeriesBucket] = field(default_factory=list)
 
 
 def job_stats(
@@ -91,17 +96,17 @@ def job_stats(
     jobs that succeeded in the window.
     """
     now = (now or utcnow()).astimezone(UTC)
-    current_hour = now.replace(minute=0, second=0, microsecond=0)
-    window_start = current_hour - timedelta(hours=hours - 1)
+    window_start = window_start_for(now, hours)
     counts = status_counts(session, now=now)
-    per_hour, finished = _window(session, window_start, now, hours)
+    series, finished = _window(session, window_start, now, hours)
+    width = bucket_hours(hours)
     return JobStats(
         now=now,
         hours=hours,
         window_start=window_start,
         counts=counts,
         total=sum(counts.values()),
-        per_hour=per_hour,
+        per_hour=[HourBucket(b.start, b.created, b.finished) for b in series],
         succeeded=finished.succeeded,
         failed=finished.failed,
         canceled=finished.canceled,
@@ -113,7 +118,24 @@ def job_stats(
         queue_seconds=finished.queue_seconds,
         run_seconds=finished.run_seconds,
         workers=finished.workers,
+        bucket_hours=width,
+        buckets=series if width == 1 else by_day(series),
     )
+
+
+def window_start_for(now: datetime, hours: int) -> datetime:
+    """The start of a window of ``hours``: the start of the hour ``hours - 1`` before now's."""
+    return now.astimezone(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(
+        hours=hours - 1
+    )
+
+
+def worker_stats(
+    session: Session, *, now: datetime | None = None, hours: int = DEFAULT_STATS_HOURS
+) -> list[WorkerStats]:
+    """``job_stats(...).workers`` alone, over the same window: what the workers page shows."""
+    now = (now or utcnow()).astimezone(UTC)
+    return _finished_in_window(session, window_start_for(now, hours), now).workers
 
 
 # All-time counts of the jobs that finished before the previous hour change only
@@ -159,42 +181,26 @@ def _count_by_status(session: Session, where: ColumnElement[bool]) -> dict[str, 
 # (bench/README.md): such windows are computed at most once a minute per process.
 LONG_WINDOW_HOURS = 24
 LONG_WINDOW_CACHE_SECONDS = 60.0
-_long_windows: dict[tuple[str, int], tuple[float, list[HourBucket], _Finished]] = {}
+_long_windows: dict[tuple[str, int], tuple[float, list[SeriesBucket], _Finished]] = {}
 
 
 def _window(
     session: Session, start: datetime, now: datetime, hours: int
-) -> tuple[list[HourBucket], _Finished]:
+) -> tuple[list[SeriesBucket], _Finished]:
     if hours <= LONG_WINDOW_HOURS:
-        return _per_hour(session, start, now, hours), _finished_in_window(session, start, now)
+        return hourly_series(session, start, now, hours), _finished_in_window(session, start, now)
     key = (str(session.get_bind().engine.url), hours)
     with _settled_lock:
         cached = _long_windows.get(key)
-    if cached is not None and cached[0] >= time.monotonic() and cached[1][0].hour_start == start:
+    if cached is not None and cached[0] >= time.monotonic() and cached[1][0].start == start:
         return cached[1], cached[2]
-    per_hour, finished = (
-        _per_hour(session, start, now, hours),
+    series, finished = (
+        hourly_series(session, start, now, hours),
         _finished_in_window(session, start, now),
     )
     with _settled_lock:
-        _long_windows[key] = (time.monotonic() + LONG_WINDOW_CACHE_SECONDS, per_hour, finished)
-    return per_hour, finished
-
-
-def _per_hour(session: Session, start: datetime, now: datetime, hours: int) -> list[HourBucket]:
-    dialect = dialect_of(session)
-    first = int(start.timestamp()) // 3600
-    created = dict.fromkeys(range(first, first + hours), 0)
-    finished = dict(created)
-    for column, target in ((Job.created_at, created), (Job.finished_at, finished)):
-        hour = hour_number(dialect, column).label("hour")
-        query = select(hour, func.count()).where(column >= start, column <= now).group_by(hour)
-        for number, count in session.execute(query):
-            if int(number) in target:
-                target[int(number)] += int(count)
-    return [
-        HourBucket(datetime.fromtimestamp(h * 3600, UTC), created[h], finished[h]) for h in created
-    ]
+        _long_windows[key] = (time.monotonic() + LONG_WINDOW_CACHE_SECONDS, series, finished)
+    return series, finished
 
 
 @dataclass(frozen=True)

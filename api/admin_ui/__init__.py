@@ -1,7 +1,8 @@
 """``/admin``: the operators' web page (server-rendered Jinja, one small JS file, one CSS file).
 
-Pages: the job table (filters, thumbnails, live progress), a job with its
-timeline and actions, statistics with SVG charts, the workers. Everything but
+Pages: the job table (filters with counts, a search by id, thumbnails, live
+progress and new jobs as they arrive, bulk actions), a job with its timeline,
+loss curve and actions, statistics with SVG charts, the workers. Everything but
 the login form and the static files needs an admin session (see ``auth``).
 """
 
@@ -9,9 +10,10 @@ from __future__ import annotations
 
 from flask import Flask
 
-from api.admin_ui import (
+from api.admin_ui import (  # noqa: F401  (job_pages' and images' routes join the blueprint)
     auth,
-    images,  # noqa: F401  (its routes join the blueprint when imported)
+    images,
+    job_pages,
 )
 from api.admin_ui.views import blueprint
 

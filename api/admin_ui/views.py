@@ -1,23 +1,22 @@
-"""The /admin pages and actions: the guard, the job table, a job, statistics, workers.
+"""The /admin blueprint: the login guard, error pages, the login, statistics, workers.
 
 Views parse with ``shared.admin_filters`` (the parser the admin JSON API uses),
-read and act through ``shared`` (``shared.admin``, ``shared.admin_reads``,
-``shared.stats``, ``shared.jobs`` for a retry), and render a template; they run no query of their own. The
-image routes are in ``api.admin_ui.images``.
+read and act through ``shared`` (``shared.admin``, ``shared.admin_actions``,
+``shared.admin_reads``, ``shared.admin_workers``, ``shared.stats``) and render a
+template; they run no query of their own. The job table, a job's page and the
+actions are in ``api.admin_ui.job_pages``, the image routes in
+``api.admin_ui.images``. A page that refreshes by itself asks for its body again
+with ``?fragment=1`` (admin.js), so the same template draws both.
 """
 
 from __future__ import annotations
 
-import uuid
-from dataclasses import replace
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlencode
 
 from flask import (
     Blueprint,
     Response,
-    flash,
     g,
     jsonify,
     redirect,
@@ -32,9 +31,10 @@ from werkzeug.wrappers import Response as BaseResponse
 from api.admin_ui import auth, charts
 from api.admin_ui.thumbnails import placeholder_svg
 from api.errors import HTTP_ERROR_CODES
-from api.job_json import job_dict
-from api.services import db_session, services
-from shared import admin, admin_filters, admin_reads, jobs
+from api.services import db_session
+from shared import admin_filters
+from shared.admin_actions import Operator
+from shared.admin_workers import FOLD_AFTER_SECONDS, workers_overview
 from shared.errors import (
     ClientError,
     NotFoundError,
@@ -42,10 +42,9 @@ from shared.errors import (
     StylequeueError,
     UnauthorizedError,
 )
-from shared.job_store import parse_job_id
-from shared.job_view import job_timings
-from shared.models import JobStatus, utcnow
+from shared.models import utcnow
 from shared.stats import job_stats
+from shared.stats_series import window_label
 
 blueprint = Blueprint(
     "admin_ui",
@@ -58,8 +57,7 @@ blueprint = Blueprint(
 
 PUBLIC_ENDPOINTS = {"admin_ui.login", "admin_ui.static"}
 JSON_ENDPOINTS = {"admin_ui.live"}
-LIVE_MAX_IDS = 100
-CLIENTS_IN_FILTER = 500
+IMAGE_ENDPOINTS = {"admin_ui.thumbnail", "admin_ui.image", "admin_ui.losses"}
 
 
 # ------------------------------------------------------------------ guard and errors
@@ -81,7 +79,12 @@ def _require_admin() -> BaseResponse | None:
 
 
 def _is_image() -> bool:
-    return request.endpoint in {"admin_ui.thumbnail", "admin_ui.image"}
+    return request.endpoint in IMAGE_ENDPOINTS
+
+
+def operator() -> Operator:
+    """The logged-in admin, as the actions record who did them."""
+    return Operator(g.admin.name, g.admin.client_id)
 
 
 @blueprint.errorhandler(StylequeueError)
@@ -134,6 +137,11 @@ def _duration(value: float | None) -> str:
     return charts.format_seconds(value)
 
 
+@blueprint.app_template_filter("gib")
+def _gib(value: int | None) -> str:
+    return "–" if value is None else f"{value / 1024**3:.1f} GiB"
+
+
 @blueprint.app_template_filter("when")
 def _when(value: datetime | str | None) -> str:
     if value is None:
@@ -168,199 +176,52 @@ def logout() -> BaseResponse:
     return redirect(url_for("admin_ui.login"), code=303)
 
 
-# ------------------------------------------------------------------ jobs table
-
-
-def _filter_query(filters: admin.JobFilters, **extra: str) -> str:
-    pairs = admin_filters.filter_pairs(filters, client_field=admin_filters.PAGE_CLIENT_FIELD)
-    pairs += [(k, v) for k, v in extra.items() if v]
-    return ("?" + urlencode(pairs)) if pairs else ""
-
-
-def _toggle(filters: admin.JobFilters, status: JobStatus) -> str:
-    chosen = set(filters.statuses) ^ {status}
-    toggled = replace(filters, statuses=tuple(s for s in JobStatus if s in chosen))
-    return url_for("admin_ui.jobs_page") + _filter_query(toggled)
-
-
-@blueprint.get("")
-def jobs_page() -> str:
-    query = admin_filters.parse_job_query(
-        request.args, client_field=admin_filters.PAGE_CLIENT_FIELD
-    )
-    filters = query.filters
-    session = db_session()
-    page = admin.list_jobs(session, filters, limit=query.limit, cursor=query.cursor)
-    clients = admin_reads.client_choices(session, limit=CLIENTS_IN_FILTER)
-    now = utcnow()
-    rows = [_row(job, now) for job in page.items]
-    older = None
-    if page.next_cursor:
-        older = url_for("admin_ui.jobs_page") + _filter_query(filters, cursor=page.next_cursor)
-    return render_template(
-        "admin/jobs.html",
-        rows=rows,
-        filters=filters,
-        statuses=list(JobStatus),
-        toggle_url={s.value: _toggle(filters, s) for s in JobStatus},
-        all_url=url_for("admin_ui.jobs_page") + _filter_query(replace(filters, statuses=())),
-        clients=clients,
-        older_url=older,
-        is_first_page=query.cursor is None,
-        newest_url=url_for("admin_ui.jobs_page") + _filter_query(filters),
-        here=request.full_path.rstrip("?"),
-    )
-
-
-def _row(job: admin.AdminJob, now: datetime) -> dict[str, Any]:
-    timings = job_timings(job.created_at, job.started_at, job.finished_at, now)
-    return {
-        "job": job,
-        "id": str(job.id),
-        "short_id": str(job.id)[:8],
-        "status": job.status.value,
-        "active": not job.status.is_finished,
-        "queue_seconds": timings.queue_seconds,
-        "run_seconds": timings.run_seconds,
-        "thumbs": _thumb_urls(job.id, job.status, n_styles=1),
-    }
-
-
-def _thumb_urls(job_id: uuid.UUID, status: JobStatus, *, n_styles: int, size: int = 96) -> dict:
-    def url(name: str) -> str:
-        return url_for("admin_ui.thumbnail", job_id=job_id, name=name, size=size)
-
-    return {
-        "content": url("content"),
-        "styles": [url(f"style-{i}") for i in range(n_styles)],
-        "result": url("result") if status is JobStatus.SUCCEEDED else None,
-        "preview": url("preview") if status is JobStatus.RUNNING else None,
-    }
-
-
-@blueprint.get("/live")
-def live() -> Response:
-    """The state of some jobs (``?id=...`` repeated), polled by admin.js every ~2 s."""
-    ids = admin_filters.parse_job_ids(request.args, field="id", at_most=LIVE_MAX_IDS)
-    out: dict[str, Any] = {}
-    for job in admin_reads.live_jobs(db_session(), services().storage, ids):
-        preview = None
-        if job.preview_version is not None:
-            preview = url_for(
-                "admin_ui.thumbnail", job_id=job.id, name="preview", size=96, v=job.preview_version
-            )
-        out[str(job.id)] = {
-            "status": job.status.value,
-            "iteration": job.iteration,
-            "iterations": job.iterations,
-            "percent": job.percent,
-            "eta": charts.format_seconds(job.eta_seconds) if job.eta_seconds else None,
-            "worker": job.worker,
-            "cancel_requested": job.cancel_requested,
-            "preview": preview,
-            "result": (
-                url_for("admin_ui.thumbnail", job_id=job.id, name="result", size=96)
-                if job.status is JobStatus.SUCCEEDED
-                else None
-            ),
-        }
-    response = jsonify({"jobs": out})
-    response.headers["Cache-Control"] = "no-store"
-    return response
-
-
-# ------------------------------------------------------------------ one job
-
-
-@blueprint.get("/jobs/<job_id>")
-def job_page(job_id: str) -> str:
-    detail = admin.job_detail(db_session(), parse_job_id(job_id))
-    job = detail.job
-    data = job_dict(job)
-    active = not job.status.is_finished
-    actions = admin_reads.job_actions(detail)
-    return render_template(
-        "admin/job.html",
-        d=detail,
-        job=job,
-        data=data,
-        status=job.status.value,
-        active=active,
-        thumbs=_thumb_urls(
-            job.id,
-            JobStatus.RUNNING if active else job.status,  # a preview slot
-            n_styles=detail.n_styles,
-            size=320,
-        ),
-        files={
-            "content": url_for("admin_ui.image", job_id=job.id, name="content"),
-            "styles": [
-                url_for("admin_ui.image", job_id=job.id, name=f"style-{i}")
-                for i in range(detail.n_styles)
-            ],
-            "result": url_for("admin_ui.image", job_id=job.id, name="result"),
-        },
-        can_cancel=actions.cancel,
-        can_retry=actions.retry,
-        can_delete=actions.delete_files,
-        here=request.path,
-    )
-
-
-def _after_action(job_id: uuid.UUID) -> BaseResponse:
-    target = auth.safe_next(request.form.get("next")) if request.form.get("next") else None
-    return redirect(target or url_for("admin_ui.job_page", job_id=job_id), code=303)
-
-
-@blueprint.post("/jobs/<job_id>/cancel")
-def cancel(job_id: str) -> BaseResponse:
-    job = admin.cancel_job(db_session(), parse_job_id(job_id))
-    if job.status is JobStatus.CANCELED:
-        flash(f"Job {str(job.id)[:8]} canceled.", "ok")
-    elif job.status is JobStatus.RUNNING:
-        flash(f"Job {str(job.id)[:8]}: cancel requested; it stops at its next heartbeat.", "ok")
-    else:
-        flash(f"Job {str(job.id)[:8]} had already {job.status.value}: nothing to cancel.", "info")
-    return _after_action(job.id)
-
-
-@blueprint.post("/jobs/<job_id>/retry")
-def retry(job_id: str) -> BaseResponse:
-    svc = services()
-    job = jobs.retry_job(db_session(), parse_job_id(job_id), svc.publisher.publish)
-    flash(f"Job {str(job.id)[:8]} queued again.", "ok")
-    return _after_action(job.id)
-
-
-@blueprint.post("/jobs/<job_id>/delete-files")
-def delete_files(job_id: str) -> BaseResponse:
-    job = admin.delete_job_files(db_session(), services().storage, parse_job_id(job_id))
-    flash(f"Files of job {str(job.id)[:8]} deleted.", "ok")
-    return _after_action(job.id)
-
-
 # ------------------------------------------------------------------ stats and workers
+
+STATS_REFRESH_MS = 15_000
+WORKERS_REFRESH_MS = 5_000
+
+
+def _fragment() -> bool:
+    """The page asks for its refreshing part alone (admin.js's ``data-refresh``)."""
+    return request.args.get("fragment") == "1"
 
 
 @blueprint.get("/stats")
 def stats_page() -> str:
     hours = admin_filters.parse_hours(request.args.get("hours"))
     stats = job_stats(db_session(), hours=hours)
+    context = {
+        "stats": stats,
+        "window": window_label(hours),
+        "bucket_word": "day" if stats.bucket_hours > 1 else "hour",
+        **charts.stats_charts(stats),
+    }
+    if _fragment():
+        return render_template("admin/_stats_body.html", **context)
     return render_template(
         "admin/stats.html",
-        stats=stats,
-        **charts.stats_charts(stats),
-        hour_choices=(6, 24, 24 * 7, 24 * 30),
+        **context,
+        hour_choices=[(h, window_label(h)) for h in (6, 24, 24 * 7, 24 * 30)],
+        refresh_url=url_for("admin_ui.stats_page", hours=hours, fragment=1),
+        refresh_ms=STATS_REFRESH_MS,
     )
 
 
 @blueprint.get("/workers")
 def workers_page() -> str:
-    workers = admin_reads.live_workers(db_session(), include_dead=True)
-    now = utcnow()
+    overview = workers_overview(db_session())
+    context = {
+        "o": overview,
+        "window": window_label(overview.hours),
+        "fold_minutes": round(FOLD_AFTER_SECONDS / 60),
+        "now_ms": int(utcnow().timestamp() * 1000),
+    }
+    if _fragment():
+        return render_template("admin/_workers_body.html", **context)
     return render_template(
         "admin/workers.html",
-        workers=workers,
-        alive=sum(1 for w in workers if w.alive),
-        ages={w.name: (now - w.last_heartbeat_at).total_seconds() for w in workers},
+        **context,
+        refresh_url=url_for("admin_ui.workers_page", fragment=1),
+        refresh_ms=WORKERS_REFRESH_MS,
     )

@@ -539,7 +539,10 @@ def test_cancel_any_clients_job_then_retry_it(
     assert again.status_code == 200 and len(again.json["events"]) == len(canceled.json["events"])
     retried = http.post(f"/v1/admin/jobs/{job_id}/retry", headers=admin_auth)
     assert retried.status_code == 200 and retried.json["status"] == "queued"
-    assert retried.json["events"][-1]["data"] == {"status": "canceled"}
+    # The event keeps what the job was and names the admin who retried it.
+    data = retried.json["events"][-1]["data"]
+    assert data["status"] == "canceled" and data["by"].startswith("admin-")
+    assert set(data) == {"status", "by", "admin_client_id"}
 
 
 def test_cancel_of_a_running_job_asks_its_worker_to_stop(
