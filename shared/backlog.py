@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 
 from shared.models import Job, JobStatus
 from shared.params import DEFAULT_SIZE_PX
+from shared.sql_time import dialect_of, seconds_between
 
 HISTORY_JOBS = 200
 HISTORY_HOURS = 24
@@ -90,8 +91,9 @@ def _size() -> ColumnElement[Any]:
 
 
 def run_time_model(session: Session, now: datetime) -> RunTimeModel:
+    run = seconds_between(dialect_of(session), Job.started_at, Job.finished_at)
     query = (
-        select(_size(), Job.iterations, Job.started_at, Job.finished_at)
+        select(_size(), run, Job.iterations)
         .where(
             Job.finished_at >= now - timedelta(hours=HISTORY_HOURS),
             Job.status == JobStatus.SUCCEEDED,
@@ -102,11 +104,11 @@ def run_time_model(session: Session, now: datetime) -> RunTimeModel:
     )
     by_size: dict[int, list[float]] = defaultdict(list)
     scaled: list[float] = []
-    for size, iterations, started_at, finished_at in session.execute(query):
-        if not iterations or started_at is None or finished_at is None:
+    for size, seconds, iterations in session.execute(query):
+        if not iterations or seconds is None:
             continue
         size = int(size or DEFAULT_SIZE_PX)
-        per_iteration = max(0.0, (finished_at - started_at).total_seconds()) / iterations
+        per_iteration = max(0.0, float(seconds)) / iterations
         by_size[size].append(per_iteration)
         scaled.append(per_iteration / (size / REFERENCE_SIZE_PX) ** 2)
     return RunTimeModel(
