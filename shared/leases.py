@@ -14,11 +14,12 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.job_store import guarded_update
 from shared.jobs import Claim, progress_percent
-from shared.models import EventKind, Job, JobEvent, JobStatus, utcnow
+from shared.models import EventKind, Job, JobStatus, utcnow
 
 
 def heartbeat(
@@ -81,17 +82,23 @@ def record_preview(session: Session, claim: Claim, *, name: str) -> None:
 
 
 def record_resumed(session: Session, claim: Claim, *, iteration: int) -> None:
-    """This attempt continues from a checkpoint taken after ``iteration`` (an event)."""
-    session.add(
-        JobEvent(
-            job_id=claim.job_id,
-            kind=EventKind.RESUMED,
-            attempt=claim.attempt,
-            worker=claim.worker,
-            data={"iteration": iteration},
-        )
+    """This attempt continues from a checkpoint taken after ``iteration``: a ``resumed``
+    event, and the row's progress at that iteration (not the last one a dead attempt
+    reported past it). LeaseLostError if the lease is gone (nothing changes)."""
+    iterations = session.scalar(select(Job.iterations).where(Job.id == claim.job_id)) or 0
+    guarded_update(
+        session,
+        claim.job_id,
+        [],
+        {
+            "iteration": iteration,
+            "percent": progress_percent(iteration, iterations),
+            "eta_seconds": None,
+        },
+        event=EventKind.RESUMED,
+        data={"iteration": iteration},
+        lease=claim,
     )
-    session.commit()
 
 
 def expire_lease_of_dead_worker(session: Session, job_id: uuid.UUID, *, worker: str) -> int | None:

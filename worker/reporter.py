@@ -26,6 +26,7 @@ from shared import leases
 from shared.errors import LeaseLostError, StorageError
 from shared.jobs import Claim
 from shared.logging import job_event
+from shared.loss_series import LossSeries, save_losses
 from shared.models import EventKind
 from shared.storage import checkpoint_file, preview_file
 from worker.db_retry import DB_RETRY_MAX_SECONDS, DatabaseWaitAbandoned, retry_while_unavailable
@@ -100,6 +101,8 @@ class JobReporter:
         # written under it (``check_lease``).
         self._lease_lost = False
         self._failed_heartbeats = 0
+        # This attempt's loss curve, downsampled; written with each preview and at the end.
+        self._losses = LossSeries()
         if claim.cancel_requested:
             self._stop(StopReason.CANCELED)
 
@@ -173,15 +176,41 @@ class JobReporter:
         now = self._clock()
         settings = self._ctx.settings
         self._progress = (progress.iteration, progress.iterations, progress.eta_seconds)
+        self._losses.add(
+            progress.iteration,
+            progress.loss,
+            progress.content_loss,
+            progress.style_loss,
+            progress.tv_loss,
+        )
         self._check_clock(now)
         if self.should_stop():
             return
         if now - self._last_preview >= settings.preview_seconds:
             self._last_preview = now
             self._best_effort("preview", self._save_preview, progress)
+            self._best_effort("losses", self._save_losses, progress)
         if now - self._last_checkpoint >= settings.checkpoint_seconds:
             self._last_checkpoint = now
             self._best_effort("checkpoint", self._save_checkpoint, progress)
+
+    def flush_losses(self) -> None:
+        """Write this attempt's loss curve as it ends (best effort: for operators only)."""
+        if len(self._losses):
+            try:
+                self._save_losses(None)
+            except SQLAlchemyError:
+                with contextlib.suppress(SQLAlchemyError):
+                    self._session.rollback()
+                log.warning(
+                    "job %s: could not save its loss curve",
+                    self._claim.job_id,
+                    exc_info=True,
+                    extra=self.event("losses_failed"),
+                )
+
+    def _save_losses(self, _: Progress | None) -> None:
+        save_losses(self._session, self._claim.job_id, self._claim.attempt, self._losses.points())
 
     def renew(self, session: Session) -> None:
         """Renew the lease (and write the last progress) on ``session``: the lease thread's."""

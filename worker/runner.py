@@ -127,6 +127,7 @@ def run_job(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
             )
         finally:
             keeper.stop()
+            reporter.flush_losses()
             ctx.registry().job_ended(
                 succeeded=outcome is Outcome.SUCCEEDED, failed=outcome is Outcome.FAILED
             )

@@ -395,3 +395,31 @@ def test_every_page_answers_json_errors_and_csp_without_inline_script(
         assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", html), path
         assert not re.search(r"<[^>]+\sstyle\s*=", html), path
         assert not re.search(r"<[^>]+\son[a-z]+\s*=", html), path
+
+
+def test_a_resumed_attempt_shows_its_own_iteration_not_the_dead_attempts(
+    http: FlaskClient, session: Session, submit: Submit, api_key: str, admin_key: str
+) -> None:
+    from datetime import timedelta as td
+
+    from sqlalchemy import update
+
+    from shared import leases
+    from shared.models import utcnow
+
+    job_id = submit(api_key, {"size": 32, "iterations": 30, "scales": 1})
+    job = uuid.UUID(job_id)
+    first = jobs.claim_job(session, job, worker="w-dead/1", lease_seconds=30)
+    assert first is not None
+    leases.heartbeat(session, first, iteration=29, iterations=30, eta_seconds=1.0, lease_seconds=30)
+    session.execute(
+        update(Job).where(Job.id == job).values(lease_expires_at=utcnow() - td(seconds=1))
+    )
+    session.commit()
+    second = jobs.claim_job(session, job, worker="w-next/2", lease_seconds=30)
+    assert second is not None
+    leases.record_resumed(session, second, iteration=22)
+    log_in(http, admin_key)
+    state = http.get(f"/admin/live?id={job_id}").json["jobs"][job_id]
+    assert (state["iteration"], state["attempts"]) == (22, 2)
+    assert "22/30" in http.get(f"/admin/jobs/{job_id}").text
