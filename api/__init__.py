@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from flask import Flask
 
-from api import admin, admin_ui, errors, health, jobs, metrics, openapi, security_headers
+from api import (
+    admin,
+    admin_ui,
+    docs_page,
+    errors,
+    health,
+    jobs,
+    metrics,
+    openapi,
+    security_headers,
+)
 from api.services import Services
 from shared.settings import Settings
 
@@ -24,6 +34,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(jobs.blueprint)
     app.register_blueprint(admin.blueprint)
     app.register_blueprint(openapi.blueprint)
+    app.register_blueprint(docs_page.blueprint)
     app.register_blueprint(metrics.blueprint)
     admin_ui.init_app(app)
     return app

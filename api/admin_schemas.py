@@ -48,7 +48,10 @@ class TimelineEventOut(BaseModel):
     )
     attempt: int = Field(description="The attempt it belongs to; 0 before the first claim.")
     worker: str | None
-    data: dict[str, Any] = Field(description="e.g. iteration for checkpoint, resumed, released.")
+    data: dict[str, Any] = Field(
+        description="e.g. iteration for checkpoint, resumed, released; by (the admin's name) "
+        "and admin_client_id for what an admin did (cancel, retry, files_deleted)."
+    )
 
 
 class AdminJobDetailOut(AdminJobOut):
@@ -75,6 +78,16 @@ class HourBucketOut(BaseModel):
     finished: int
 
 
+class SeriesBucketOut(BaseModel):
+    start: datetime = Field(description="The bucket's start, UTC (an hour, or a day).")
+    hours: int = Field(description="1 or 24.")
+    created: int
+    succeeded: int
+    failed: int
+    canceled: int
+    queued: int = Field(description="Jobs waiting for their first start at the bucket's end.")
+
+
 class WorkerStatsOut(BaseModel):
     worker: str
     succeeded: int
@@ -99,6 +112,10 @@ class StatsOut(BaseModel):
     queue_seconds: PercentilesOut = Field(description="Created to first start.")
     run_seconds: PercentilesOut = Field(description="First start to finish, succeeded jobs.")
     workers: list[WorkerStatsOut]
+    bucket_hours: int = Field(description="1 up to a 48 h window, 24 past that.")
+    buckets: list[SeriesBucketOut] = Field(
+        description="The window by hour (or by day): created, finished by outcome, queue depth."
+    )
 
 
 class WorkerOut(BaseModel):
@@ -114,6 +131,9 @@ class WorkerOut(BaseModel):
     jobs_done: int
     jobs_failed: int
     alive: bool
+    device_memory_used_bytes: int | None = Field(
+        description="What the process holds on its GPU as of its last beat; null on the CPU."
+    )
 
 
 class WorkerList(BaseModel):

@@ -1,16 +1,18 @@
-"""``/openapi.json``, generated from the pydantic models that validate and serialise, and ``/docs``."""
+"""``/openapi.json``, generated from the pydantic models that validate and serialise (``/docs``
+draws it: ``api.docs_page``)."""
 
 from __future__ import annotations
 
 from functools import cache
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, render_template
+from flask import Blueprint, Response, jsonify
 from pydantic.json_schema import models_json_schema
 
 from api.admin_schemas import ADMIN_MODELS, admin_paths
 from api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from api.schemas import ErrorResponse, Health, JobList, JobOut
+from api.spec_examples import with_examples
 from api.spec_parts import (
     JOB_ID,
     LIMIT,
@@ -34,12 +36,6 @@ PNG = {"image/png": {"schema": {"type": "string", "format": "binary"}}}
 @blueprint.get("/openapi.json")
 def openapijson_response() -> Response:
     return jsonify(openapi_spec())
-
-
-@blueprint.get("/docs")
-def docs() -> str:
-    """The spec as a self-contained HTML page (rendered here: nothing is fetched from a CDN)."""
-    return render_template("docs.html", spec=openapi_spec())
 
 
 @cache
@@ -76,7 +72,7 @@ def openapi_spec() -> dict[str, Any]:
             },
         },
         "security": [{"bearerAuth": []}],
-        "paths": _paths() | admin_paths(),
+        "paths": with_examples(_paths() | admin_paths()),
     }
 
 

@@ -7,9 +7,10 @@ image may be framed by another site (the /admin buttons cannot be clickjacked).
 
 ``Content-Security-Policy``: the /admin pages load scripts, styles, images and
 ``fetch`` only from this origin, with no inline script or style, and post forms
-only here. Everything else (JSON, images, ``/docs``, ``/metrics``) gets a policy
-that loads nothing but images and inline style (``/docs`` has one inline style
-sheet; nothing the API serves runs script).
+only here. ``/docs`` (the vendored Swagger UI) may likewise load scripts, styles
+and requests from this origin only, with no inline script or style. Everything
+else (JSON, images, ``/metrics``) gets a policy that loads nothing but images
+and inline style (nothing else the API serves runs script).
 """
 
 from __future__ import annotations
@@ -40,6 +41,22 @@ API_POLICY = "; ".join(
         "frame-ancestors 'none'",
     ]
 )
+# /docs runs the vendored Swagger UI: scripts, styles and requests from this origin
+# only (no inline script, no eval, no inline style); its icons are data: images.
+DOCS_PREFIX = "/docs"
+DOCS_POLICY = "; ".join(
+    [
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data:",
+        "connect-src 'self'",
+        "font-src 'self'",
+        "base-uri 'none'",
+        "form-action 'none'",
+        "frame-ancestors 'none'",
+    ]
+)
 HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -62,6 +79,12 @@ def add_security_headers(response: Response) -> Response:
     policy of its own (a stricter one, e.g. ``sandbox`` for a file) keeps it."""
     for name, value in HEADERS.items():
         response.headers[name] = value
-    is_admin = request.path == ADMIN_PREFIX or request.path.startswith(ADMIN_PREFIX + "/")
-    response.headers.setdefault("Content-Security-Policy", ADMIN_POLICY if is_admin else API_POLICY)
+    path = request.path
+    if path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/"):
+        policy = ADMIN_POLICY
+    elif path == DOCS_PREFIX or path.startswith(DOCS_PREFIX + "/"):
+        policy = DOCS_POLICY
+    else:
+        policy = API_POLICY
+    response.headers.setdefault("Content-Security-Policy", policy)
     return response

@@ -257,6 +257,7 @@ def test_every_response_carries_nosniff_deny_and_a_csp(api: Api) -> None:
         ("GET", "/healthz", {}),
         ("GET", "/openapi.json", {}),
         ("GET", "/docs", {}),
+        ("GET", "/docs/static/docs.js", {}),
         ("GET", "/metrics", {"Authorization": f"Bearer {METRICS_KEY}"}),
         ("GET", "/metrics", {}),  # 401
         ("GET", "/v1/jobs", client),
@@ -325,6 +326,12 @@ def _assert_protected(path: str, answer: Answer) -> None:
         assert directives["script-src"] == "'self'", path
         assert directives["style-src"] == "'self'", path
         assert directives["default-src"] == "'self'", path
+        assert "unsafe" not in policy, path
+    elif path.startswith("/docs"):  # the vendored API reference: this origin's files only
+        directives = dict(d.strip().split(" ", 1) for d in policy.split(";"))
+        assert directives["default-src"] == "'none'", path
+        assert directives["script-src"] == "'self'", path
+        assert directives["style-src"] == "'self'", path
         assert "unsafe" not in policy, path
     else:
         assert "default-src 'none'" in policy and "script" not in policy, path
