@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TypedDict, TypeVar, cast
 
@@ -62,6 +62,9 @@ class Settings:
     data_dir: Path = Path(DEFAULT_DATA_DIR)
     storage_url: str | None = None  # s3://BUCKET/PREFIX; None: job files under the data dir
     storage_redirect: bool = False  # results and previews: 303 to a presigned URL (S3 only)
+    # The standard AWS variables of the same environment (credentials, region, endpoint), for
+    # the S3 store; none set: boto3's own chain (~/.aws, an instance's role).
+    aws_env: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     admin_key: str | None = None
     secret_key: str | None = None  # signs /admin session cookies; None: a file in the data dir
     metrics_key: str | None = None  # None: /metrics is open (scraped on an internal network)
@@ -112,6 +115,7 @@ class Settings:
             data_dir=data_dir,
             storage_url=reader.get("STORAGE_URL", "", _storage_url) or None,
             storage_redirect=reader.get("STORAGE_REDIRECT", False, _bool),
+            aws_env=tuple((name, env[name]) for name in AWS_VARIABLES if env.get(name)),
             admin_key=reader.get("ADMIN_KEY", "", str) or None,
             secret_key=reader.get("SECRET_KEY", "", str) or None,
             metrics_key=reader.get("METRICS_KEY", "", str) or None,
@@ -156,6 +160,17 @@ class Settings:
         return self.max_upload_bytes * (MAX_STYLES + 1) + FORM_OVERHEAD_BYTES
 
 
+# What the S3 store reads of the environment (boto3's names).
+AWS_VARIABLES = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_PROFILE",
+)
 FORM_OVERHEAD_BYTES = 1024 * 1024  # multipart boundaries, headers and the params JSON
 
 

@@ -138,7 +138,7 @@ def open_storage(settings: Settings) -> Storage:
     if settings.storage_url:
         from shared.storage_s3 import S3Storage
 
-        return S3Storage(settings.storage_url)
+        return S3Storage(settings.storage_url, aws_env=dict(settings.aws_env))
     return LocalStorage(settings.data_dir)
 
 

@@ -62,8 +62,10 @@ def parse_s3_url(url: str) -> tuple[str, str]:
 class S3Storage:
     """Files of jobs as objects ``PREFIX/jobs/<job id>/<name>`` in one bucket."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, aws_env: Mapping[str, str] | None = None) -> None:
+        """``aws_env``: the AWS variables to use (``Settings.aws_env``); None: this process's."""
         self.url = url
+        self._aws = dict(os.environ if aws_env is None else aws_env)
         self.bucket, prefix = parse_s3_url(url)
         self.prefix = f"{prefix}/" if prefix else ""
         self._lock = threading.Lock()
@@ -170,8 +172,15 @@ class S3Storage:
         import boto3
         from botocore.config import Config
 
-        session = boto3.session.Session()
-        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        aws = self._aws
+        session = boto3.session.Session(
+            aws_access_key_id=aws.get("AWS_ACCESS_KEY_ID"),
+            aws_secret_access_key=aws.get("AWS_SECRET_ACCESS_KEY"),
+            aws_session_token=aws.get("AWS_SESSION_TOKEN"),
+            profile_name=aws.get("AWS_PROFILE"),
+        )
+        region = aws.get("AWS_REGION") or aws.get("AWS_DEFAULT_REGION")
+        endpoint = aws.get("AWS_ENDPOINT_URL_S3") or aws.get("AWS_ENDPOINT_URL")
         config = Config(
             connect_timeout=CONNECT_TIMEOUT_SECONDS,
             read_timeout=READ_TIMEOUT_SECONDS,
@@ -179,7 +188,9 @@ class S3Storage:
             max_pool_connections=UPLOAD_THREADS * 2,
             s3={"addressing_style": "path"},
         )
-        return session.client("s3", region_name=region or "us-east-1", config=config)
+        return session.client(
+            "s3", region_name=region or "us-east-1", endpoint_url=endpoint, config=config
+        )
 
     def _threads(self) -> ThreadPoolExecutor:
         pid = os.getpid()

@@ -1,5 +1,8 @@
 """docs/configuration.md lists every STYLEQUEUE_* variable the code reads, and no other.
 
+Besides its own variables, the settings read only the standard AWS ones that the S3
+store takes (``AWS_VARIABLES``); the page names each of them too.
+
 Two ways to find what the code reads: ``Settings.from_env`` run against an
 environment that records every lookup (its names are built from a prefix, so a
 text search would miss them), and a search of the source for literal
@@ -12,7 +15,7 @@ import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from shared.settings import Settings
+from shared.settings import AWS_VARIABLES, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = ROOT / "docs" / "configuration.md"
@@ -52,9 +55,18 @@ class RecordingEnvironment(Mapping[str, str]):
 
 
 def variables_read_by_settings() -> set[str]:
+    """The STYLEQUEUE_ variables ``Settings.from_env`` looks up (the AWS ones aside)."""
     environment = RecordingEnvironment()
     Settings.from_env(environment)
-    return environment.looked_up
+    return environment.looked_up - set(AWS_VARIABLES)
+
+
+def test_the_only_other_variables_read_are_the_aws_ones_and_they_are_documented() -> None:
+    environment = RecordingEnvironment()
+    Settings.from_env(environment)
+    assert environment.looked_up - variables_read_by_settings() == set(AWS_VARIABLES)
+    page = TABLE.read_text()
+    assert not [name for name in AWS_VARIABLES if f"`{name}`" not in page]
 
 
 def source_files() -> Iterator[Path]:

@@ -31,7 +31,7 @@ from shared.db import Database
 from shared.models import Job, JobEvent
 from shared.params import parse_params
 from shared.settings import Settings
-from shared.storage import LocalStorage
+from shared.storage import LocalStorage, open_storage
 
 LEASE_SECONDS = 2
 WAIT_SECONDS = 120.0
@@ -71,7 +71,7 @@ class LeaseCluster:
         self.log_dir = log_dir
         self.settings = Settings.from_env(env)
         self.db = Database(self.settings.database_url)
-        self.storage = LocalStorage(self.settings.data_dir)
+        self.storage = open_storage(self.settings)  # the data dir, or the S3 store the env names
         self.celery = create_celery(self.settings)
         self.workers: list[WorkerProcess] = []
         self.api: ApiProcess | None = None
@@ -149,14 +149,18 @@ class LeaseCluster:
         found = [e for e in self.events(job_id, "claimed") if e.attempt == attempt]
         return found[0] if found else None
 
-    def files(self, job_id: uuid.UUID) -> dict[str, tuple[int, bytes]]:
-        """The job's files now: name → (inode, bytes); temp files left out."""
-        directory = self.storage.job_dir(job_id)
-        found = {}
-        for path in sorted(directory.iterdir()):
-            if not path.name.startswith("."):
-                found[path.name] = (path.stat().st_ino, path.read_bytes())
-        return found
+    def files(self, job_id: uuid.UUID) -> dict[str, tuple[object, bytes]]:
+        """The job's files now: name → (what changes when it is written again, bytes); temp
+        files left out. On a filesystem that is the inode; in an S3 store the object's ETag
+        and modification time."""
+        if isinstance(self.storage, LocalStorage):
+            directory = self.storage.job_dir(job_id)
+            found: dict[str, tuple[object, bytes]] = {}
+            for path in sorted(directory.iterdir()):
+                if not path.name.startswith("."):
+                    found[path.name] = (path.stat().st_ino, path.read_bytes())
+            return found
+        return s3_objects(self.env, job_id)
 
     def close(self) -> None:
         for worker in self.workers:
@@ -166,6 +170,27 @@ class LeaseCluster:
         stop_process_group(self.scheduler)
         self.celery.close()
         self.db.dispose()
+
+
+def s3_objects(env: dict[str, str], job_id: uuid.UUID) -> dict[str, tuple[object, bytes]]:
+    """The objects of a job in the S3 store ``env`` names, listed by a client of the test's own."""
+    import boto3
+
+    bucket, _, prefix = env["STYLEQUEUE_STORAGE_URL"].removeprefix("s3://").partition("/")
+    job_prefix = f"{prefix}/jobs/{job_id}/" if prefix else f"jobs/{job_id}/"
+    client = boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name=env.get("AWS_REGION", "us-east-1"),
+    )
+    found: dict[str, tuple[object, bytes]] = {}
+    listing = client.list_objects_v2(Bucket=bucket, Prefix=job_prefix)
+    for item in sorted(listing.get("Contents", []), key=lambda i: i["Key"]):
+        body = client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+        found[item["Key"].removeprefix(job_prefix)] = ((item["ETag"], item["LastModified"]), body)
+    return found
 
 
 def pool_pid(claim: JobEvent) -> int:

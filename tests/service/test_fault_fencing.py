@@ -2,7 +2,8 @@
 only what the row names is served or resumed from.
 
 Two real ``celery worker`` processes, the real reconciler and the API (gunicorn),
-asked over HTTP. The first attempt's pool process stops itself with SIGSTOP just
+asked over HTTP; once with the job files in a directory, once in an S3 store (a real
+moto_server process over loopback). The first attempt's pool process stops itself with SIGSTOP just
 before one of its writes (the result, a checkpoint, a preview: ``worker.fault_hooks``),
 stays stopped past its lease while the other worker takes the job over and finishes
 it (or is canceled), then gets SIGCONT and makes that write, late.
@@ -24,6 +25,7 @@ from lease_cluster import LeaseCluster, cluster_env, pool_pid, process_state, wa
 from service_helpers import DATA
 
 from shared.models import JobStatus
+from tests.s3_server import S3Server
 from worker.fault_hooks import PAUSE_FILE_VARIABLE
 
 pytestmark = pytest.mark.slow
@@ -75,7 +77,7 @@ class Fencing:
     def download(self, job_id: uuid.UUID, what: str) -> httpx.Response:
         return self.cluster.http(f"/v1/jobs/{job_id}/{what}")
 
-    def files(self, job_id: uuid.UUID, prefix: str) -> dict[str, tuple[int, bytes]]:
+    def files(self, job_id: uuid.UUID, prefix: str) -> dict[str, tuple[object, bytes]]:
         return {
             name: found
             for name, found in self.cluster.files(job_id).items()
@@ -88,30 +90,39 @@ class Fencing:
         assert report.run_twice == 0, "the first attempt wrote an event after the second's claim"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["directory", "s3"])
 def fencing(
+    request: pytest.FixtureRequest,
     postgresql_url: str,
     redis_url: str,
     redis_prefix: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Fencing]:
-    tmp = tmp_path_factory.mktemp("fencing")
+    store = request.param
+    tmp = tmp_path_factory.mktemp(f"fencing-{store}")
     pause_file = tmp / "pause"
     pause_file.write_text("")
     env = cluster_env(
-        "fencing",
+        f"fencing-{store}",
         postgresql_url=postgresql_url,
         redis_url=redis_url,
         redis_prefix=redis_prefix,
         data_dir=tmp / "data",
     )
-    cluster = LeaseCluster({**env, PAUSE_FILE_VARIABLE: str(pause_file)}, tmp)
+    s3 = S3Server.start(tmp) if store == "s3" else None
+    if s3 is not None:
+        env.update(s3.env(prefix="fencing"))
     try:
-        cluster.start_workers("a", "b")
-        cluster.start_api()
-        yield Fencing(cluster, pause_file)
+        cluster = LeaseCluster({**env, PAUSE_FILE_VARIABLE: str(pause_file)}, tmp)
+        try:
+            cluster.start_workers("a", "b")
+            cluster.start_api()
+            yield Fencing(cluster, pause_file)
+        finally:
+            cluster.close()
     finally:
-        cluster.close()
+        if s3 is not None:
+            s3.stop()
 
 
 @pytest.fixture(autouse=True)
