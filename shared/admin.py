@@ -258,10 +258,10 @@ def status_counts(session: Session, filters: JobFilters, *, fresh: bool = False)
     Without a client, worker or time filter: the statistics' all-time counts
     (``shared.stats.status_counts``, their settled part cached). With one: a
     count through the filter's index, kept ``COUNTS_CACHE_SECONDS`` per process
-    (``fresh``: counted now, as a confirmation needs).
+    (``fresh``: counted now, as a page load and a confirmation want it).
     """
     general = replace(filters, statuses=())
-    if general == JobFilters() and not fresh:
+    if general == JobFilters():
         return all_status_counts(session)
     key = (str(session.get_bind().engine.url), general)
     with _counts_lock:

@@ -54,8 +54,8 @@ def _toggle(filters: JobFilters, status: JobStatus) -> str:
     return _page_url(replace(filters, statuses=tuple(s for s in JobStatus if s in chosen)))
 
 
-def _counts(session: Any, filters: JobFilters) -> dict[str, Any]:
-    counts = admin.status_counts(session, filters)
+def _counts(session: Any, filters: JobFilters, *, fresh: bool) -> dict[str, Any]:
+    counts = admin.status_counts(session, filters, fresh=fresh)
     shown = sum(counts[s.value] for s in filters.statuses) if filters.statuses else None
     return {"counts": counts, "total": sum(counts.values()), "shown": shown}
 
@@ -99,7 +99,7 @@ def jobs_page() -> Any:
         newest=Cursor(items[0].created_at, items[0].id).encode() if live_new and items else "",
         bulk_retry_url=url_for("admin_ui.bulk_page") + _filter_query(filters, action="retry"),
         bulk_cancel_url=url_for("admin_ui.bulk_page") + _filter_query(filters, action="cancel"),
-        **_counts(session, filters),
+        **_counts(session, filters, fresh=True),  # a page load counts; the polls may reuse
     )
 
 
@@ -227,7 +227,7 @@ def live() -> Response:
             Cursor(page.items[0].created_at, page.items[0].id).encode() if page.items else raw
         )
         body["more"] = page.next_cursor is not None
-        body |= _counts(session, filters)
+        body |= _counts(session, filters, fresh=False)
     response = jsonify(body)
     response.headers["Cache-Control"] = "no-store"
     return response

@@ -13,8 +13,8 @@ from shared.loss_series import AttemptLosses
 
 ATTEMPT_COLOURS = ("#2f6fdb", "#c98a1b", "#7b4fd6", "#1f9d55", "#d64545")
 PART_COLOURS = {"content": "#8fb3ef", "style": "#8fd3ab"}
-WIDTH, HEIGHT = 720, 260
-LEFT, RIGHT, TOP, BOTTOM = 56, 12, 28, 30
+WIDTH, HEIGHT = 720, 270
+LEFT, RIGHT, TOP, BOTTOM = 56, 16, 28, 44
 
 
 def loss_chart_svg(attempts: Sequence[AttemptLosses], iterations: int) -> str:
@@ -39,7 +39,8 @@ def loss_chart_svg(attempts: Sequence[AttemptLosses], iterations: int) -> str:
     high = math.ceil(math.log10(max(values)))
     if high == low:
         high += 1
-    x_max = max(iterations, max(int(p[0]) for a in attempts for p in a.points), 1)
+    # To the last iteration reported: a running job's curve is not squeezed to the left.
+    x_max = max(max(int(p[0]) for a in attempts for p in a.points), 1)
 
     def x(iteration: float) -> float:
         return LEFT + plot_w * iteration / x_max
@@ -59,7 +60,7 @@ def loss_chart_svg(attempts: Sequence[AttemptLosses], iterations: int) -> str:
     for fraction in (0, 0.25, 0.5, 0.75, 1):
         xx = LEFT + plot_w * fraction
         out.append(
-            f'<text x="{xx:.1f}" y="{HEIGHT - 10}" text-anchor="middle" font-size="10" '
+            f'<text x="{xx:.1f}" y="{TOP + plot_h + 16}" text-anchor="middle" font-size="10" '
             f'fill="{TEXT}">{round(x_max * fraction)}</text>'
         )
     out.append(
@@ -90,8 +91,8 @@ def loss_chart_svg(attempts: Sequence[AttemptLosses], iterations: int) -> str:
         )
         lx += 28 + 6 * len(label)
     out.append(
-        f'<text x="{WIDTH - RIGHT}" y="{HEIGHT - 10}" text-anchor="end" font-size="10" '
-        f'fill="{TEXT}">iteration</text></svg>'
+        f'<text x="{LEFT + plot_w / 2}" y="{HEIGHT - 6}" text-anchor="middle" font-size="10" '
+        f'fill="{TEXT}">iteration (of {iterations})</text></svg>'
     )
     return "".join(out)
 

@@ -2,9 +2,13 @@
 
 The real stack: ``stylequeue api`` (gunicorn, two processes, so the session key
 must be shared) on a free port, a real Celery worker (``worker_stack``) and the
-run's PostgreSQL database. The browser logs in, filters the table, sees a
-finished job's result thumbnail load, and cancels a running job with the
-page's button. Set ``ADMIN_SCREENSHOTS=/some/dir`` to keep a PNG of each page.
+run's PostgreSQL database. The browser logs in; sees a job submitted after the
+page loaded appear and its run time move, with no reload; filters the table,
+searches a job by id, sees a finished job's result, loss curve and download,
+the statistics and the workers refresh by themselves; cancels the queued jobs
+through the bulk action's confirmation and a running job with its button; and
+opens the API reference. No page may trip its Content-Security-Policy. Set
+``ADMIN_SCREENSHOTS=/some/dir`` to keep a JPEG of each page (docs/admin.md's).
 
 Under CI=true a missing Chromium or Playwright fails the test; elsewhere it skips.
 """
@@ -111,9 +115,22 @@ def _wait(what: str, check: Callable[[], Any], timeout: float) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _shot(page: Any, name: str) -> None:
+def _shot(page: Any, name: str, *, full_page: bool = True) -> None:
+    """With ADMIN_SCREENSHOTS set, a JPEG of the page (1440 px wide) named after it."""
     if SCREENSHOTS:
-        page.screenshot(path=str(Path(SCREENSHOTS) / f"admin-{name}.png"), full_page=True)
+        path = Path(SCREENSHOTS) / f"admin-{name}.jpg"
+        page.screenshot(path=str(path), full_page=full_page, type="jpeg", quality=80)
+
+
+def _changes(page: Any, locator: Any, what: str) -> str:
+    """Wait until the text of ``locator`` changes (a live update, no reload); the new text."""
+    before = locator.inner_text()
+    page.wait_for_function(
+        "([el, text]) => el.textContent !== text", arg=[locator.element_handle(), before]
+    )
+    after: str = locator.inner_text()
+    assert after != before, what
+    return after
 
 
 @pytest.mark.parametrize("worker_stack", ["postgresql"], indirect=True)
@@ -126,13 +143,15 @@ def test_admin_page_in_chromium(
     base, admin_key = api_server
     db = Database(worker_stack.settings.database_url)
     with db.session() as session:
-        _, client_key = create_client(session, f"browser-{secrets.token_hex(3)}")
+        client, client_key = create_client(session, f"browser-{secrets.token_hex(3)}")
+        client_id = client.id
     http = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {client_key}"})
 
-    def submit(params: dict[str, int]) -> str:
-        files = [
-            ("content", ("content.png", image_bytes("tubingen"), "image/png")),
-            ("style", ("style.png", image_bytes("starry_night"), "image/png")),
+    def submit(params: dict[str, int], styles: int = 1) -> str:
+        files = [("content", ("content.png", image_bytes("tubingen"), "image/png"))]
+        files += [
+            ("style", (f"style{i}.png", image_bytes("starry_night"), "image/png"))
+            for i in range(styles)
         ]
         response = http.post("/v1/jobs", files=files, data={"params": json.dumps(params)})
         assert response.status_code == 202, response.text
@@ -146,8 +165,10 @@ def test_admin_page_in_chromium(
     try:
         done = submit(QUICK)
         _wait("the quick job to succeed", lambda: status(done) == "succeeded", JOB_SECONDS)
-        running = submit(LONG)
-        _wait("the long job to run", lambda: status(running) == "running", JOB_SECONDS)
+        two_styles = submit(QUICK, styles=2)
+        _wait(
+            "the two-style job to succeed", lambda: status(two_styles) == "succeeded", JOB_SECONDS
+        )
 
         page = browser.new_page(viewport={"width": 1440, "height": 900})
         page.set_default_timeout(UI_MS)
@@ -158,6 +179,7 @@ def test_admin_page_in_chromium(
             "console",
             lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None,
         )
+        page.on("pageerror", lambda e: blocked.append(f"page error: {e}"))
 
         # Logging in: /admin sends the browser to the login form, which sends it back.
         page.goto(f"{base}/admin")
@@ -171,8 +193,22 @@ def test_admin_page_in_chromium(
         page.wait_for_selector("table#jobs")
         assert page.url.rstrip("/").endswith("/admin")
         assert page.locator(f'tr[data-job="{done}"]').count() == 1
-        assert page.locator(f'tr[data-job="{running}"]').count() == 1
-        _shot(page, "jobs")
+        succeeded_before = page.locator('a.pill[data-status="succeeded"] .count').inner_text()
+
+        # A job submitted after the page loaded appears without a reload, and its run time
+        # moves while it runs; the pills' counts follow.
+        running = submit(LONG)
+        row = page.locator(f'tr[data-job="{running}"]')
+        row.wait_for()
+        page.wait_for_selector(f'tr[data-job="{running}"][data-status="running"]')
+        _changes(page, row.locator('[data-role="run"]'), "the run time moves")
+        _changes(page, row.locator('[data-role="run"]'), "and keeps moving")
+        assert int(page.locator('a.pill[data-status="running"] .count').inner_text()) >= 1
+        assert page.locator('a.pill[data-status="succeeded"] .count').inner_text() == (
+            succeeded_before
+        )
+        # Both styles of the two-style job are shown.
+        assert page.locator(f'tr[data-job="{two_styles}"] img[alt^="style"]').count() == 2
 
         # The client menu filters as soon as it changes (admin.js: no inline handler).
         client_name = page.eval_on_selector(
@@ -205,32 +241,54 @@ def test_admin_page_in_chromium(
         )
         assert result.evaluate("img => img.naturalWidth") > 0
 
-        # The job page: parameters, timeline, images.
-        page.goto(f"{base}/admin/jobs/{done}")
-        assert "succeeded" in page.inner_text("#timeline")
-        _shot(page, "job")
-        for name in ("stats", "workers"):
-            page.goto(f"{base}/admin/{name}")
-            _shot(page, name)
+        # The search by id goes straight to the job's page.
+        page.fill("#search input[name=q]", done[:13])
+        page.click("#search button[type=submit]")
+        page.wait_for_url(f"**/admin/jobs/{done}")
 
-        # Cancel the running job from the table: the page and the database both say canceled.
+        # The job page: parameters, timeline, images, its loss curve, the download.
+        assert "succeeded" in page.inner_text("#timeline")
+        curve = page.locator('img[data-role="losses"]')
+        page.wait_for_function(
+            "img => img.complete && img.naturalWidth > 0", arg=curve.element_handle()
+        )
+        assert page.get_attribute('[data-role="download"]', "href") == (
+            f"/admin/jobs/{done}/files/result?download=1"
+        )
+        with page.expect_download() as downloaded:
+            page.click('[data-role="download"]')
+        assert downloaded.value.suggested_filename == f"{done}-result.png"
+        _shot(page, "job")
+
+        # Statistics and workers refresh by themselves; the worker's last beat counts up.
+        page.goto(f"{base}/admin/stats")
+        page.wait_for_selector("#chart-queue svg")
+        assert "(last 24 h)" in page.inner_text("#stats-body")
+        _shot(page, "stats")
+        page.goto(f"{base}/admin/stats?hours=720")
+        assert "Jobs per day" in page.inner_text("#stats-body")
+        page.goto(f"{base}/admin/workers")
+        worker_name = http.get(f"/v1/jobs/{running}").json()["worker"]
+        worker_row = page.locator(f'#workers tr[data-worker="{worker_name}"]')
+        worker_row.wait_for()
+        _changes(page, worker_row.locator("[data-beat-at]"), "the last beat counts")
+        assert worker_row.locator('[data-role="current-job"]').inner_text() == running[:8]
+        _shot(page, "workers")
+
+        # The running job's progress and live preview refresh without a reload.
         page.goto(f"{base}/admin?status=running&status=queued")
         row = page.locator(f'tr[data-job="{running}"]')
         row.wait_for()
-        # Its progress and live preview refresh without a reload (admin.js polls /admin/live).
-        before = row.locator('[data-role="progress-text"]').inner_text()
-        page.wait_for_function(
-            "([el, text]) => el.textContent !== text",
-            arg=[row.locator('[data-role="progress-text"]').element_handle(), before],
-        )
+        _changes(page, row.locator('[data-role="progress-text"]'), "the progress moves")
         preview = row.locator('img[data-role="preview"]')
         preview.wait_for()
         page.wait_for_function(
-            "img => img.complete && img.naturalWidth > 0", arg=preview.element_handle()
+            "img => img.complete && img.naturalWidth > 0 && img.src.includes('v=')",
+            arg=preview.element_handle(),
         )
-        _shot(page, "running")
         # The running job's own page: its live preview, refreshed at the page's 320 px size
-        # (the 64 px test image is not enlarged, so the src says which size was asked).
+        # (the 64 px test image is not enlarged, so the src says which size was asked),
+        # its run time and lease moving, its loss curve drawn.
         page.goto(f"{base}/admin/jobs/{running}")
         big = page.locator('img[data-role="preview"]')
         page.wait_for_function(
@@ -238,7 +296,28 @@ def test_admin_page_in_chromium(
             " && img.src.includes('size=320')",
             arg=big.element_handle(),
         )
+        _changes(page, page.locator('[data-role="run"]'), "the job page's run time moves")
+        _changes(page, page.locator('[data-role="lease"]'), "the lease is renewed")
+        page.wait_for_function(
+            "img => img.complete && img.naturalWidth > 0 && img.src.includes('v=')",
+            arg=page.locator('img[data-role="losses"]').element_handle(),
+        )
         _shot(page, "job-running")
+
+        # A bulk action asks first: the queued job of this client, canceled from the page.
+        queued = submit(QUICK)  # the worker is busy with the long job: it waits
+        page.goto(f"{base}/admin?client={client_id}")
+        page.locator(f'tr[data-job="{queued}"]').wait_for()
+        page.click('[data-role="bulk-cancel"]')
+        page.wait_for_url("**/admin/bulk?*action=cancel*")
+        assert "queued job" in page.inner_text("#bulk-summary")
+        _shot(page, "bulk")
+        page.click('[data-role="bulk-confirm"]')
+        page.wait_for_selector(".flash.ok")
+        assert "canceled" in page.inner_text(".flash.ok")
+        _wait("the queued job to be canceled", lambda: status(queued) == "canceled", 30)
+
+        # Cancel the running job from the table: the page and the database both say canceled.
         page.goto(f"{base}/admin?status=running&status=queued")
         row = page.locator(f'tr[data-job="{running}"]')
         row.wait_for()
@@ -248,9 +327,29 @@ def test_admin_page_in_chromium(
         with db.session() as session:
             job = session.get(Job, uuid.UUID(running))
             assert job is not None and job.status is JobStatus.CANCELED
+        # Its timeline names the admin who canceled it.
+        page.goto(f"{base}/admin/jobs/{running}")
+        assert "by " in page.inner_text("#timeline")
+        page.goto(f"{base}/admin?client={client_id}")
+        page.wait_for_selector(f'tr[data-job="{queued}"][data-status="canceled"]')
+        _shot(page, "jobs")
+
+        # The API reference: Swagger UI from this origin, every operation listed.
+        page.goto(f"{base}/docs")
+        page.wait_for_selector(".opblock")
+        operations = sum(
+            len(ops) for ops in httpx.get(f"{base}/openapi.json").json()["paths"].values()
+        )
+        assert page.locator(".opblock").count() == operations
+        page.locator(".opblock-summary").first.click()
+        page.wait_for_selector(
+            ".opblock-description-wrapper code, .opblock-description-wrapper pre"
+        )
+        _shot(page, "docs", full_page=False)
         assert blocked == [], blocked
 
         # Logging out ends the session: the page asks for the key again.
+        page.goto(f"{base}/admin")
         page.click(".who button[type=submit]")
         page.wait_for_url("**/admin/login")
         page.goto(f"{base}/admin")

@@ -24,12 +24,15 @@ from shared.pagination import Cursor
 EXAMPLES_PER_PAGE = 40
 EXAMPLES_PER_FIELD = 30  # more for a page that reads more parameters
 LIST_FIELDS = ("status", "client", "worker", "created_from", "created_to", "limit", "cursor")
+FILTER_FIELDS = ("status", "client", "worker", "created_from", "created_to")
 # Each page with the query parameters it reads (any other name is sent too, now and then).
 PAGES = {
-    "/admin": LIST_FIELDS,
-    "/admin/stats": ("hours",),
-    "/admin/workers": (),
-    "/admin/live": ("id",),
+    "/admin": (*LIST_FIELDS, "q"),
+    "/admin/stats": ("hours", "fragment"),
+    "/admin/workers": ("fragment",),
+    "/admin/live": ("id", "since", "here", *FILTER_FIELDS),
+    "/admin/bulk": ("action", *FILTER_FIELDS),
+    "/admin/jobs/{job}/losses.svg": ("v",),
     "/admin/login": ("next",),
     "/admin/jobs/{job}": (),
     "/admin/jobs/{job}/thumbs/{name}": ("size", "v"),
@@ -86,6 +89,7 @@ SEGMENTS = st.one_of(
     VALUES.map(lambda raw: raw.decode("utf-8", "replace") if raw else "x"),
 )
 ACTIONS = ("cancel", "retry", "delete-files")
+BULK_FIELDS = ("action", *FILTER_FIELDS)
 
 
 def _query(pairs: list[tuple[str, bytes]]) -> str:
@@ -109,6 +113,11 @@ GOOD = {
     "id": str(uuid.UUID(int=1)).encode(),
     "next": b"/admin/stats",
     "v": b"1",
+    "q": b"7062e67f",
+    "since": Cursor(datetime(2020, 1, 1, tzinfo=UTC), uuid.UUID(int=1)).encode().encode(),
+    "here": b"/admin",
+    "action": b"retry",
+    "fragment": b"1",
 }
 
 
@@ -190,4 +199,23 @@ def test_no_admin_page_answers_a_5xx(
         assert response.status_code < 500, (url, body, response.get_data(as_text=True)[:500])
 
     post_action()
+
+    @given(pairs=_pairs(BULK_FIELDS))
+    @settings(
+        max_examples=EXAMPLES_PER_PAGE,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    def post_bulk(pairs: list[tuple[str, bytes]]) -> None:
+        # A client id no client has: whatever else it reads, no job of the test's changes.
+        body = _query([(k, v) for k, v in pairs if k != "client"] + [("client", b"2147483647")])
+        response = admin.post(
+            "/admin/bulk",
+            data=body,
+            headers={"X-CSRF-Token": csrf, "Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert response.status_code < 500, (body, response.get_data(as_text=True)[:500])
+
+    post_bulk()
     assert admin.get("/admin").status_code == 200, "the session outlived the fuzzing"
