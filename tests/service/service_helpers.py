@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session
 
-from shared import jobs
+from shared import submissions
 from shared.params import parse_params
 from shared.settings import Settings
 from shared.storage import LocalStorage
@@ -61,7 +61,7 @@ def store_job(
 ) -> uuid.UUID:
     """A job of tubingen in the style of starry_night (64 px samples), stored as the API
     would store it, one scale; by default not sent to any broker."""
-    job, _ = jobs.create_job(
+    job, _ = submissions.create_job(
         session,
         storage,
         client_id=client_id,

@@ -31,7 +31,7 @@ from service_helpers import store_job, worker_context
 from sqlalchemy import select
 
 import migrations
-from shared import jobs
+from shared import jobs, submissions
 from shared.auth import create_client
 from shared.celery_app import create_celery, enqueue_job
 from shared.db import CommitOutcomeUnknownError, Database
@@ -266,7 +266,7 @@ def test_postgres_crash_and_restart(
         # message reaches the worker during the outage. The worker keeps the message
         # and claims the job once the database is back (no reconciler runs here).
         with db.session() as session:
-            held, _ = jobs.create_job(
+            held, _ = submissions.create_job(
                 session,
                 LocalStorage(settings.data_dir),
                 client_id=client.id,
@@ -414,7 +414,7 @@ def test_a_submit_whose_commit_is_cut_keeps_its_files_and_says_to_retry(
         with db.session() as session:
             client, _ = create_client(session, "commit-cut")
             try:
-                jobs.create_job(
+                submissions.create_job(
                     session,
                     storage,
                     client_id=client.id,
@@ -423,7 +423,7 @@ def test_a_submit_whose_commit_is_cut_keeps_its_files_and_says_to_retry(
                     styles=[image_bytes("starry_night")],
                     idempotency_key="cut",
                     enqueue=lambda _job_id: None,
-                    driver=db.thread_connections,
+                    db=db,
                 )
             except BaseException as exc:
                 raised.append(exc)
