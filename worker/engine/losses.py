@@ -62,11 +62,10 @@ class Objective:
     with m_s = mean(A_s^2), per layer. That sum equals c |G - A|^2 plus a constant,
     with c = sum_s w_s / m_s and A = sum_s (w_s / m_s) A_s / c: one Gram matrix
     difference per layer whatever the number of styles. Mixing the raw Gram
-    matrices with the weights instead (as jcjohnson/neural-style does) lets the
-    style whose activations are larger dominate: a blend of 3 parts of The Starry
-    Night to 7 of a flatter painting came out leaning to Van Gogh. A style of
-    weight 0 is never run through the network, so a blend of [1, 0] is exactly
-    the first style alone.
+    matrices with the weights instead (as jcjohnson/neural-style does) weighs
+    each style by the size of its activations as well as by its weight. A style
+    of weight 0 is never run through the network, so a blend of [1, 0] is
+    exactly the first style alone.
     """
 
     def __init__(
