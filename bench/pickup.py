@@ -146,13 +146,8 @@ def main() -> None:
 
 
 def _runs(stack: Stack, name: str, owner: str) -> bool:
-    """Whether worker process ``name`` (its process group) holds the lease ``owner``."""
-    pid = owner.rsplit("/", 1)[-1]
-    try:
-        group = os.getpgid(int(pid))
-    except (ValueError, ProcessLookupError):
-        return False
-    return group == stack.processes[name].pid
+    """Whether worker process ``name`` holds the lease ``owner``, its node name (``name@host``)."""
+    return owner.split("@", 1)[0] == name and stack.processes[name].poll() is None
 
 
 if __name__ == "__main__":

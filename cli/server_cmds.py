@@ -175,9 +175,13 @@ def worker_argv(
 ) -> list[str]:
     """The command line of one job worker (also used by the tests and benchmarks).
 
-    ``hostname`` names the Celery node; ``quiet`` drops gossip, mingle and
-    Celery's own heartbeats, which a throwaway worker on one machine can spare
-    (it starts faster). The job lease does not depend on them.
+    ``hostname`` names the Celery node (Celery's ``--hostname``: ``%h`` is this
+    host's name, and a name without ``@`` gets ``@<host>``): the worker's one
+    name, its lease owner and its row in the workers registry; every worker needs
+    its own (``stylequeue worker`` gives one by default). ``quiet`` drops gossip,
+    mingle and Celery's own heartbeats, which a throwaway worker on one machine
+    can spare (it starts faster). The job lease does not depend on them.
+    ``events``: Celery task events from the start (for Flower, ``celery events``).
     """
     # Prefork with one child: the model loads in the child (worker_process_init),
     # after the fork, and a crashing job takes only the child down.
@@ -206,10 +210,13 @@ def worker_argv(
     return argv
 
 
+SCHEDULER_NODE_NAME = "scheduler@%h"  # a node of its own in Flower, never a job worker's name
+
+
 def scheduler_argv(settings: Settings, loglevel: str = "INFO") -> list[str]:
     # Beat embedded in a small solo worker that consumes only the maintenance
     # queue: the reconciler never waits behind a long style-transfer job, and a
-    # solo pool never forks, so it never loads the model.
+    # solo pool never forks, so it never loads the model (nor registers as a worker).
     return [
         sys.executable,
         "-m",
@@ -217,6 +224,8 @@ def scheduler_argv(settings: Settings, loglevel: str = "INFO") -> list[str]:
         "-A",
         CELERY_APP,
         "worker",
+        "--hostname",
+        SCHEDULER_NODE_NAME,
         "--beat",
         "--schedule",
         str(settings.data_dir / "celerybeat-schedule"),
@@ -253,18 +262,41 @@ def api(host: str, port: int, workers: int, access_log: bool, dev: bool) -> None
 @click.command()
 @click.option("--loglevel", default="INFO", show_default=True)
 @click.option(
+    "--name",
+    metavar="NAME",
+    help="The worker's Celery node name, unique in the fleet (%h: this host's name; "
+    "NAME without @ gets @<host>). Default: gpu<i>@<host> when CUDA_VISIBLE_DEVICES "
+    "names one GPU, cpu-<pid>@<host> on the CPU, worker-<pid>@<host> otherwise.",
+)
+@click.option(
     "--events",
     is_flag=True,
     help="Send Celery task events from the start, for Flower or `celery events` "
     "(Flower also turns them on by itself; see docs/admin.md).",
 )
-def worker(loglevel: str, events: bool) -> None:
+def worker(loglevel: str, name: str | None, events: bool) -> None:
     """Run a Celery worker: one style-transfer job at a time (one per GPU)."""
     settings = _settings()
     _check_database(settings, service=True)
     if settings.device == "cuda":
         _check_cuda()
-    os.execv(sys.executable, worker_argv(loglevel, events=events))
+    os.execv(
+        sys.executable,
+        worker_argv(loglevel, hostname=name or _default_name(settings), events=events),
+    )
+
+
+def _default_name(settings: Settings) -> str:
+    """A worker's default node name (``default_worker_name``), with this process's pid:
+    the worker's main process (``execv`` keeps the pid), or ``up``, which starts one."""
+    from shared.workers import default_worker_name
+
+    return default_worker_name(
+        socket.gethostname(),
+        os.getpid(),
+        device=settings.device,
+        cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+    )
 
 
 # Asked in a child process: CUDA initialised in this process would be inherited by the
@@ -406,7 +438,7 @@ def up(host: str, port: int) -> None:
             children.append(redis_process)
         pieces = {
             "the API": _start(api_argv(host, port, DEFAULT_API_WORKERS)),
-            "the worker": _start(worker_argv()),
+            "the worker": _start(worker_argv(hostname=_default_name(settings))),
             "the scheduler": _start(scheduler_argv(settings)),
         }
         children.extend(pieces.values())

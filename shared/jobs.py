@@ -158,13 +158,18 @@ def claim_job(
     worker: str,
     lease_seconds: float,
     max_attempts: int | None = None,
+    pid: int | None = None,
+    hostname: str | None = None,
 ) -> Claim | None:
     """Take a queued job (or one whose lease expired) for ``worker``; None if it is not claimable.
 
     None covers a job that is running under a live lease, finished, or unknown:
     a redelivered message for it is a no-op. With ``max_attempts``, a job whose
     workers died that many times is not claimable either: ``fail_exhausted_job``
-    ends it.
+    ends it. ``worker`` (the worker's node name) is the lease owner; ``pid`` and
+    ``hostname``, the process that claims, go in the ``claimed`` event's data,
+    which is how ``shared.leases.expire_lease_of_dead_worker`` finds the attempt
+    of a pool process that died.
     """
     now = utcnow()
     conditions = [claimable(now)]
@@ -185,6 +190,9 @@ def claim_job(
         transition=TRANSITIONS.claim,
         attempt=None,
         worker=worker,
+        data={
+            key: value for key, value in (("pid", pid), ("hostname", hostname)) if value is not None
+        },
         returning=(
             Job.params,
             Job.n_styles,

@@ -1,7 +1,7 @@
 """What the holder of a job's lease writes while it runs the job, the status unchanged:
 the renewal with its progress (``heartbeat``), the files it commits
-(``record_checkpoint``, ``record_preview``), a resume; and the end of a dead
-worker's lease (``expire_lease_of_dead_worker``).
+(``record_checkpoint``, ``record_preview``), a resume; and the end of the lease
+of a dead pool process (``expire_lease_of_dead_worker``).
 
 Each write holds only while the claim (``shared.jobs.Claim``) still holds the
 lease, through the same guarded update as every transition; otherwise
@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from shared.job_store import guarded_update
 from shared.jobs import Claim, progress_percent
-from shared.models import EventKind, Job, JobStatus, utcnow
+from shared.models import EventKind, Job, JobEvent, JobStatus, utcnow
 
 
 def heartbeat(
@@ -101,24 +101,48 @@ def record_resumed(session: Session, claim: Claim, *, iteration: int) -> None:
     )
 
 
-def expire_lease_of_dead_worker(session: Session, job_id: uuid.UUID, *, worker: str) -> int | None:
-    """The lease of ``worker``, a process known to be dead, ends now; returns its attempt.
+def expire_lease_of_dead_worker(
+    session: Session, job_id: uuid.UUID, *, worker: str, pid: int, hostname: str
+) -> int | None:
+    """The lease of pool process ``pid`` on ``hostname`` of worker ``worker`` (its node
+    name), a process known to be dead, ends now; returns its attempt.
 
     For the worker's main process once it has reaped a pool process that died
     mid-job (SIGKILL, the OOM killer): the job need not wait for the lease to run
-    out, the next claim retries it at once. None if ``worker`` no longer holds
-    the job (another worker claimed it after the lease expired, or it finished).
-    A ``worker_lost`` event records it; the attempt counts as one that died.
+    out, the next claim retries it at once. Only that process's attempt: the one
+    its ``claimed`` event (worker, pid and hostname) records, and only while the
+    row still has that attempt under that owner. So neither a later attempt of
+    the same worker (its restarted pool process) nor one of another process
+    misconfigured under the same name is touched. None if the process no longer
+    holds the job (another attempt claimed it after the lease expired, or it
+    finished). A ``worker_lost`` event records it; the attempt counts as one that
+    died.
     """
+    claims = session.execute(
+        select(JobEvent.attempt, JobEvent.data).where(
+            JobEvent.job_id == job_id,
+            JobEvent.kind == EventKind.CLAIMED.value,
+            JobEvent.worker == worker,
+        )
+    ).all()
+    attempts = [
+        attempt
+        for attempt, data in claims
+        if (data or {}).get("pid") == pid and (data or {}).get("hostname") == hostname
+    ]
+    if not attempts:
+        session.rollback()
+        return None
     now = utcnow()
     ended = guarded_update(
         session,
         job_id,
-        [Job.status == JobStatus.RUNNING, Job.lease_owner == worker],
+        [Job.status == JobStatus.RUNNING, Job.lease_owner == worker, Job.attempts == max(attempts)],
         # updated_at at the expiry, like a lease that ran out: the reconciler re-sends it.
         {"lease_expires_at": now, "updated_at": now, "eta_seconds": None},
         event=EventKind.WORKER_LOST,
         attempt=None,
         worker=worker,
+        data={"pid": pid, "hostname": hostname},
     )
     return None if ended is None else int(ended[0])

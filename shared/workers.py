@@ -1,15 +1,21 @@
-"""The ``workers`` registry, written by each worker process.
+"""The ``workers`` registry, written by each worker's pool process, and a worker's name.
 
-A worker registers once its network is loaded (or on its first job), then beats
-every ``BEAT_SECONDS`` from a background thread; it records its current job on
-claim and counts its outcomes. Operators read it through ``shared.admin_reads``: a
-worker is alive while its last beat is under ``ALIVE_SECONDS`` old (three beats).
-Rows of dead workers are kept as history; a restarted process with the same
-hostname and pid takes its row over.
+A worker is one Celery node (``stylequeue worker --name``, by default
+``default_worker_name``): that node name is its lease owner, the ``worker`` of
+its jobs and their events, the key of its row here, and the name Flower and
+``celery inspect`` show. Its pool process registers once its network is loaded
+(or on its first job), then beats every ``BEAT_SECONDS`` from a background
+thread; it records its current job on claim and counts its outcomes. Operators
+read it through ``shared.admin_reads``: a worker is alive while its last beat is
+under ``ALIVE_SECONDS`` old (three beats). Rows of dead workers are kept as
+history; a pool process restarted under the same node name takes its row over
+(the row's ``pid`` is then the new process's), so a node has one row. The
+scheduler's node runs no job and registers nothing.
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,17 +27,27 @@ from shared.models import Worker, utcnow
 
 BEAT_SECONDS = 5.0
 ALIVE_SECONDS = 3 * BEAT_SECONDS
+_NOT_IN_A_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
-def worker_name(hostname: str, pid: int) -> str:
-    """The one name of a worker process: ``<hostname>/<pid>``.
+def default_worker_name(
+    hostname: str, pid: int, *, device: str, cuda_visible_devices: str | None
+) -> str:
+    """The node name of a worker not given ``--name``: unique per host and GPU.
 
-    The lease owner its claims record, the ``worker`` of a job and of its events,
-    the key of its row here. A pool process names itself with it; its worker's
-    main process, which knows only the pool process's pid, names it the same way
-    to end the lease of one that died.
+    ``gpu<i>@<host>`` when CUDA_VISIBLE_DEVICES names one GPU by its index (as
+    the image's ``stylequeue-gpu-worker`` sets it; ``gpu-<id>@<host>`` for one
+    named by UUID or MIG id) and the device is not the CPU; ``cpu-<pid>@<host>``
+    on the CPU (STYLEQUEUE_DEVICE=cpu); otherwise ``worker-<pid>@<host>``. The
+    pid is that of the worker's main process: two workers on a host differ, and
+    a whole worker started again is a new node.
     """
-    return f"{hostname}/{pid}"
+    devices = [d.strip() for d in (cuda_visible_devices or "").split(",") if d.strip()]
+    if device != "cpu" and len(devices) == 1 and not devices[0].startswith("-"):
+        gpu = devices[0]
+        name = f"gpu{gpu}" if gpu.isdigit() else f"gpu-{_NOT_IN_A_NAME.sub('-', gpu)}"
+        return f"{name}@{hostname}"
+    return f"{'cpu' if device == 'cpu' else 'worker'}-{pid}@{hostname}"
 
 
 @dataclass(frozen=True)
@@ -74,13 +90,43 @@ def register_worker(
     session.commit()
 
 
-def beat(session: Session, name: str, *, now: datetime | None = None) -> bool:
-    """Renew the worker's heartbeat; False if it is not registered."""
+def beat(
+    session: Session,
+    name: str,
+    *,
+    hostname: str | None = None,
+    pid: int | None = None,
+    now: datetime | None = None,
+) -> bool:
+    """Renew the worker's heartbeat; False if it is not registered (with ``hostname`` and
+    ``pid``: not by that process, e.g. another process registered under the same name)."""
+    conditions = [Worker.name == name]
+    if hostname is not None:
+        conditions.append(Worker.hostname == hostname)
+    if pid is not None:
+        conditions.append(Worker.pid == pid)
     result = session.execute(
-        update(Worker).where(Worker.name == name).values(last_heartbeat_at=now or utcnow())
+        update(Worker).where(*conditions).values(last_heartbeat_at=now or utcnow())
     )
     session.commit()
     return bool(getattr(result, "rowcount", 0))
+
+
+@dataclass(frozen=True)
+class Holder:
+    """The process a worker's row names now, and its last beat."""
+
+    hostname: str
+    pid: int
+    last_heartbeat_at: datetime
+
+
+def holder_of(session: Session, name: str) -> Holder | None:
+    """Who holds the row of worker ``name`` (None: no such row)."""
+    row = session.execute(
+        select(Worker.hostname, Worker.pid, Worker.last_heartbeat_at).where(Worker.name == name)
+    ).one_or_none()
+    return None if row is None else Holder(row[0], row[1], row[2])
 
 
 def job_started(session: Session, name: str, job_id: uuid.UUID) -> None:

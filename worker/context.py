@@ -14,7 +14,7 @@ import torch
 from shared.db import Database
 from shared.settings import Settings
 from shared.storage import Storage, open_storage
-from shared.workers import worker_name
+from shared.workers import default_worker_name
 from worker.engine import Network, default_device, get_network, load_network
 from worker.registry import WorkerRegistry
 
@@ -28,18 +28,16 @@ class WorkerContext:
     settings: Settings
     db: Database
     storage: Storage
+    # The worker's Celery node name: the lease owner, the ``worker`` a job and its
+    # events show, the key of its row in the workers registry, the logs' ``worker``.
+    name: str
     hostname: str
-    pid: int
+    pid: int  # this pool process's: recorded in each claim's event, and in the registry
     # Set when the worker is asked to shut down (SIGTERM): a running job
     # checkpoints and goes back to the queue instead of holding up the shutdown.
     shutting_down: threading.Event = field(default_factory=threading.Event)
-    # The lease owner and the ``worker`` a job shows: ``shared.workers.worker_name``.
-    name: str = field(init=False)
     _network: Network | None = field(default=None, repr=False)
     _registry: WorkerRegistry | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        self.name = worker_name(self.hostname, self.pid)
 
     def device(self) -> torch.device:
         device = self.settings.device
@@ -48,7 +46,9 @@ class WorkerContext:
     def registry(self) -> WorkerRegistry:
         """This process in the ``workers`` table, started once the network is loaded."""
         if self._registry is None:
-            self._registry = WorkerRegistry(self.db, self.hostname, self.pid, self.device)
+            self._registry = WorkerRegistry(
+                self.db, name=self.name, hostname=self.hostname, pid=self.pid, device=self.device
+            )
         return self._registry
 
     def close(self) -> None:
@@ -71,12 +71,25 @@ class WorkerContext:
         return self._network
 
 
-def make_context(settings: Settings) -> WorkerContext:
-    """This process's context: named by this host and this process's pid."""
+def make_context(settings: Settings, name: str | None = None) -> WorkerContext:
+    """This process's context, named ``name``: its worker's Celery node name.
+
+    Without one (a context made in-process, outside a Celery worker), the name a
+    worker started here now would get by default (``default_worker_name``).
+    """
+    hostname, pid = socket.gethostname(), os.getpid()
+    if name is None:
+        name = default_worker_name(
+            hostname,
+            pid,
+            device=settings.device,
+            cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+        )
     return WorkerContext(
         settings=settings,
         db=Database(settings.database_url),
         storage=open_storage(settings),
-        hostname=socket.gethostname(),
-        pid=os.getpid(),
+        name=name,
+        hostname=hostname,
+        pid=pid,
     )

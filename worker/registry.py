@@ -6,6 +6,7 @@ Best effort throughout: a database hiccup costs a beat or a counter, never a job
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import uuid
 from collections.abc import Callable
@@ -15,9 +16,20 @@ from sqlalchemy.orm import Session
 
 from shared import workers
 from shared.db import Database
+from shared.models import utcnow
 from shared.workers import DeviceInfo
 
 log = logging.getLogger(__name__)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def describe_device(device: torch.device) -> DeviceInfo:
@@ -32,28 +44,33 @@ def describe_device(device: torch.device) -> DeviceInfo:
 class WorkerRegistry:
     """Registers the worker on ``start`` (idempotent) and beats every ``beat_seconds``.
 
-    The row's key is ``shared.workers.worker_name(hostname, pid)``, the name the
-    worker's claims carry.
+    The row's key is ``name``, the worker's Celery node name, which its claims
+    carry too; ``hostname`` and ``pid`` are this pool process's. A pool process
+    restarted under the same name takes the row over. Two live processes under
+    one name (a misconfiguration: two workers given the same ``--name``) are
+    noticed at registration and on a beat, and logged as a warning once.
     """
 
     def __init__(
         self,
         db: Database,
+        *,
+        name: str,
         hostname: str,
         pid: int,
         device: Callable[[], torch.device],
-        *,
         beat_seconds: float = workers.BEAT_SECONDS,
     ) -> None:
         self._db = db
         self._hostname = hostname
         self._pid = pid
-        self.name = workers.worker_name(hostname, pid)
+        self.name = name
         self._device = device
         self._beat_seconds = beat_seconds
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._warned = False
 
     def start(self) -> None:
         """Register (once) and start the beating thread."""
@@ -85,6 +102,7 @@ class WorkerRegistry:
         )
 
     def _register(self, session: Session) -> None:
+        self._warn_if_held_by_another(workers.holder_of(session, self.name))
         workers.register_worker(
             session,
             name=self.name,
@@ -98,8 +116,45 @@ class WorkerRegistry:
             self._best_effort("beat", self._beat)
 
     def _beat(self, session: Session) -> None:
-        if not workers.beat(session, self.name):  # the row went away: register again
+        if workers.beat(session, self.name, hostname=self._hostname, pid=self._pid):
+            return
+        holder = workers.holder_of(session, self.name)
+        if holder is None:  # the row went away: register again
             self._register(session)
+        else:  # another process registered under this name since: leave it its row
+            self._warn_if_held_by_another(holder)
+
+    def _warn_if_held_by_another(self, holder: workers.Holder | None) -> None:
+        """A warning, once, when another live process holds this worker's row.
+
+        Not for this worker's own pool process that died and was replaced (its
+        pid is gone, or its row stopped beating).
+        """
+        if (
+            holder is None
+            or self._warned
+            or (holder.hostname, holder.pid)
+            == (
+                self._hostname,
+                self._pid,
+            )
+        ):
+            return
+        age = (utcnow() - holder.last_heartbeat_at).total_seconds()
+        if age >= workers.ALIVE_SECONDS:
+            return
+        if holder.hostname == self._hostname and not _process_exists(holder.pid):
+            return
+        self._warned = True
+        log.warning(
+            "another live process already runs as worker %s (pid %d on %s): give each "
+            "worker a --name of its own; jobs stay safe, but the workers page, the logs "
+            "and Flower mix the two up",
+            self.name,
+            holder.pid,
+            holder.hostname,
+            extra={"event": "duplicate_worker_name", "worker": self.name},
+        )
 
     def _best_effort(self, what: str, write: Callable[[Session], object]) -> bool:
         try:

@@ -82,6 +82,8 @@ def run_job(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
                     worker=ctx.name,
                     lease_seconds=ctx.settings.lease_seconds,
                     max_attempts=max_attempts,
+                    pid=ctx.pid,
+                    hostname=ctx.hostname,
                 ),
                 what=f"claim job {job_id}",
                 give_up=ctx.shutting_down.is_set,
@@ -107,9 +109,10 @@ def run_job(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
             return Outcome.SKIPPED
         reporter = JobReporter(ctx, session, claim)
         log.info(
-            "job %s claimed by %s, attempt %d",
+            "job %s claimed by %s (pool process %d), attempt %d",
             job_id,
             ctx.name,
+            ctx.pid,
             claim.attempt,
             extra=reporter.event(EventKind.CLAIMED),
         )

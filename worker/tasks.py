@@ -32,7 +32,6 @@ from shared.celery_app import (
 )
 from shared.logging import configure_logging, job_event
 from shared.models import EventKind
-from shared.workers import worker_name
 from worker.attempts import log_too_many_attempts
 
 if TYPE_CHECKING:
@@ -44,23 +43,32 @@ log = logging.getLogger(__name__)
 
 _context: WorkerContext | None = None  # this process's, built after the fork
 _running_job = False  # whether this pool child is inside run_job now
+# The worker's Celery node name (``--hostname``, %h expanded), as the main process
+# learns it before it forks the pool: a pool process inherits it.
+_node_name: str | None = None
 
 
-def _worker_context(settings_app: Celery) -> WorkerContext:
+def _worker_context(settings_app: Celery, node_name: str | None = None) -> WorkerContext:
     # torch is imported here, not at module import: the scheduler's worker and
     # the prefork parent never load it, and CUDA is only touched after the fork.
     from worker.context import make_context
 
     global _context
     if _context is None:
-        _context = make_context(settings_of(settings_app))
+        _context = make_context(settings_of(settings_app), node_name or _node_name)
     return _context
 
 
 @celeryd_init.connect
-def configure_logging_first(options: dict[str, Any] | None = None, **_: Any) -> None:
-    """Our log format before the worker's first line (its warning when run as root comes next)."""
+def configure_logging_first(
+    sender: str | None = None, options: dict[str, Any] | None = None, **_: Any
+) -> None:
+    """Our log format before the worker's first line (its warning when run as root comes
+    next); and the node name, for the pool processes this main process forks."""
+    global _node_name
     configure_logging(fallback_level=(options or {}).get("loglevel"))
+    if isinstance(sender, str) and sender:
+        _node_name = sender
 
 
 @setup_logging.connect
@@ -73,18 +81,20 @@ def use_stylequeue_logging(loglevel: int | str | None = None, **_: Any) -> None:
 
 
 @worker_process_init.connect
-def load_model_after_fork(**_: Any) -> None:
+def load_model_after_fork(sender: str | None = None, **_: Any) -> None:
     """Load the network once per worker process, in the child, before its first job.
 
-    Celery's solo pool sends this signal too, in the main process: that is the
-    scheduler's own worker (``stylequeue scheduler``), which runs no job and must
-    neither load the network nor register as a job worker.
+    ``sender`` is the worker's node name (Celery's prefork pool sends it; the
+    name recorded at ``celeryd_init`` otherwise): the process registers and
+    claims under it. Celery's solo pool sends this signal too, in the main
+    process: that is the scheduler's own worker (``stylequeue scheduler``), which
+    runs no job and must neither load the network nor register as a job worker.
     """
     from billiard.process import current_process
 
     if current_process().name == "MainProcess":
         return
-    _worker_context(current_app).network()
+    _worker_context(current_app, sender if isinstance(sender, str) and sender else None).network()
 
 
 _sigterm_before: Any = None  # the pool child's own SIGTERM handler (billiard's), once replaced
@@ -163,36 +173,49 @@ class JobRequest(Request):
         if isinstance(exc, ExceptionWithTraceback):
             exc = exc.exc
         if isinstance(exc, WorkerLostError) and self.worker_pid:
-            _end_lease_of_dead_process(self.task.app, self.args, self.worker_pid)
+            _end_lease_of_dead_process(self.task.app, self.args, self.hostname, self.worker_pid)
         super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
 
 
-def _end_lease_of_dead_process(app: Celery, args: Any, pid: int) -> None:
+def _end_lease_of_dead_process(app: Celery, args: Any, worker: str, pid: int) -> None:
+    """End the lease of pool process ``pid`` of this worker (node name ``worker``): the
+    attempt whose claim that process recorded, and no other."""
     from shared.db import Database
 
     try:
         job_id = uuid.UUID(str(args[0]))
     except (ValueError, TypeError, IndexError):
         return
-    worker = worker_name(socket.gethostname(), pid)  # as the pool process named itself
+    hostname = socket.gethostname()
     try:
         # A short-lived connection: the main process forks the next pool process
         # and must not hand it open database sockets.
         db = Database(settings_of(app).database_url)
         try:
             with db.session() as session:
-                attempt = leases.expire_lease_of_dead_worker(session, job_id, worker=worker)
+                attempt = leases.expire_lease_of_dead_worker(
+                    session, job_id, worker=worker, pid=pid, hostname=hostname
+                )
         finally:
             db.dispose()
     except Exception:  # the reconciler recovers the job once the lease runs out
-        log.warning("job %s: could not end the lease of dead %s", job_id, worker, exc_info=True)
+        log.warning(
+            "job %s: could not end the lease of %s's dead pool process %d",
+            job_id,
+            worker,
+            pid,
+            exc_info=True,
+        )
         return
     if attempt is not None:
         log.warning(
-            "job %s: pool process %d died mid-job; its lease ended for a retry",
+            "job %s: pool process %d of %s died mid-job; its lease ended for a retry",
             job_id,
             pid,
-            extra=job_event(EventKind.WORKER_LOST, job_id, worker=worker, attempt=attempt),
+            worker,
+            extra=job_event(
+                EventKind.WORKER_LOST, job_id, worker=worker, attempt=attempt, pool_pid=pid
+            ),
         )
 
 
@@ -210,9 +233,11 @@ def run_job(self: Task, job_id: str) -> str:
 
     global _running_job
     _handle_sigterm_in_child()
+    ctx = _worker_context(self.app, self.request.hostname)
+    _check_node_name(ctx, self.request.hostname)
     _running_job = True
     try:
-        outcome = run(_worker_context(self.app), parsed)
+        outcome = run(ctx, parsed)
     finally:
         _running_job = False
     if outcome is Outcome.RELEASED:
@@ -220,6 +245,24 @@ def run_job(self: Task, job_id: str) -> str:
         # Should the broker be gone too, the reconciler re-enqueues the queued job.
         enqueue_job(self.app, parsed)
     return str(outcome)
+
+
+_name_checked = False
+
+
+def _check_node_name(ctx: WorkerContext, delivered_to: str | None) -> None:
+    """Once: a warning if the node the message was delivered to is not the name this
+    process claims under (it learnt its name before the fork; they always agree)."""
+    global _name_checked
+    if _name_checked or not delivered_to:
+        return
+    _name_checked = True
+    if delivered_to != ctx.name:
+        log.warning(
+            "this pool process claims jobs as %s, but its Celery node is %s",
+            ctx.name,
+            delivered_to,
+        )
 
 
 @shared_task(bind=True, name=RECONCILE_TASK, ignore_result=True)

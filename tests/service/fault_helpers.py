@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import uuid
 from collections.abc import Callable, Iterable
@@ -58,6 +59,11 @@ class WorkerProcess:
             timeout=READY_SECONDS,
             interval=0.1,
         )
+
+    @property
+    def node_name(self) -> str:
+        """Its Celery node name, started here (``<name>@%h``): the ``worker`` of its jobs."""
+        return f"{self.name}@{socket.gethostname()}"
 
     def _ready(self) -> bool:
         if self.process.poll() is not None:

@@ -194,9 +194,9 @@ def s3_objects(env: dict[str, str], job_id: uuid.UUID) -> dict[str, tuple[object
 
 
 def pool_pid(claim: JobEvent) -> int:
-    """The pid of the pool process that made a claim (its worker name is host/pid)."""
-    assert claim.worker is not None
-    return int(claim.worker.rsplit("/", 1)[1])
+    """The pid of the pool process that made a claim (the ``claimed`` event records it)."""
+    assert claim.kind == "claimed" and claim.worker is not None
+    return int(claim.data["pid"])
 
 
 def process_state(pid: int) -> str:

@@ -117,7 +117,8 @@ class Stack:
     http: FlaskClient
     auth: dict[str, str]
     db: Database
-    worker_names: set[str]  # the pool processes' names, as the claims record them
+    # The pool processes: (their worker's node name, their pid), as the claims record them.
+    pool_processes: set[tuple[str, int]]
 
     def submit(self, n: int) -> list[uuid.UUID]:
         return [uuid.UUID(self.post().json["id"]) for _ in range(n)]
@@ -250,7 +251,7 @@ def stack(own_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             http=app.test_client(),
             auth={"Authorization": f"Bearer {key}"},
             db=db,
-            worker_names=set(),
+            pool_processes=set(),
         )
     finally:
         for worker in workers:
@@ -264,20 +265,28 @@ def stack(own_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         server.stop()
 
 
-def _running_on_both_workers(stack: Stack, ids: list[uuid.UUID]) -> set[str]:
+def _pool_process(claim: JobEvent) -> tuple[str, int]:
+    """The pool process that made a claim: its worker's node name and its pid."""
+    assert claim.worker is not None
+    return claim.worker, int(claim.data["pid"])
+
+
+def _running_on_both_workers(stack: Stack, ids: list[uuid.UUID]) -> set[tuple[str, int]]:
     """Wait until two jobs are running (so one on each worker, the rest queued)."""
 
-    def two_running() -> set[str] | None:
+    def two_running() -> set[tuple[str, int]] | None:
         with stack.db.session() as session:
-            query = select(Job.worker).where(Job.id.in_(ids), Job.status == JobStatus.RUNNING)
-            names = {name for name in session.scalars(query) if name}
-        return names if len(names) == 2 else None
+            query = select(Job.id).where(Job.id.in_(ids), Job.status == JobStatus.RUNNING)
+            running = list(session.scalars(query))
+        latest = {claim.job_id: claim for claim in stack.claims(running)}  # the last claim each
+        processes = {_pool_process(claim) for claim in latest.values()}
+        return processes if len(processes) == 2 else None
 
-    names: set[str] = wait_for("a job running on each worker", two_running)
-    if stack.worker_names:
-        assert names == stack.worker_names  # still the same two pool processes
-    stack.worker_names.update(names)
-    return names
+    processes: set[tuple[str, int]] = wait_for("a job running on each worker", two_running)
+    if stack.pool_processes:
+        assert processes == stack.pool_processes  # still the same two pool processes
+    stack.pool_processes.update(processes)
+    return processes
 
 
 def _outage_checks(stack: Stack) -> uuid.UUID:
@@ -321,16 +330,16 @@ def _check_and_report(
     claims = stack.claims(ids)
     # Each job claimed once (nothing re-run), and only by the two original pool processes.
     assert sorted(c.job_id for c in claims) == sorted(ids), [(c.job_id, c.attempt) for c in claims]
-    assert {c.worker for c in claims} <= stack.worker_names
+    assert {_pool_process(c) for c in claims} <= stack.pool_processes
     # Both workers took jobs after the fault: neither stopped consuming on reconnect.
-    after = {c.worker for c in claims if c.at > fault_at}
-    assert after == stack.worker_names, (after, stack.worker_names, stack.logs())
+    after = {_pool_process(c) for c in claims if c.at > fault_at}
+    assert after == stack.pool_processes, (after, stack.pool_processes, stack.logs())
 
     # Jobs submitted after the recovery: one on each original worker at once.
     later = stack.submit(2)
     stack.wait_all_succeeded(later)
     later_claims = stack.claims(later)
-    assert {c.worker for c in later_claims} == stack.worker_names, stack.logs()
+    assert {_pool_process(c) for c in later_claims} == stack.pool_processes, stack.logs()
     assert len(later_claims) == 2
 
     with stack.db.session() as session:

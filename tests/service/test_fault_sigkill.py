@@ -27,14 +27,13 @@ from typing import Any
 import pytest
 import service_helpers
 from fault_helpers import WorkerProcess, fault_report, job_log_events, log_lines
-from lease_cluster import LeaseCluster
+from lease_cluster import LeaseCluster, pool_pid
 from service_helpers import store_job
 from sqlalchemy import select
 
 from shared.celery_app import RECONCILE_TASK, enqueue_job
 from shared.images import decode_image
 from shared.models import JobEvent, JobStatus, Worker
-from shared.workers import worker_name
 
 pytestmark = pytest.mark.slow
 
@@ -43,11 +42,6 @@ ITERATIONS = 150  # at 32 px: a few seconds of work on a quiet machine
 LEASE_SECONDS = 4
 MAX_ATTEMPTS = 3  # the default, set here so that the test says what it counts
 WAIT_SECONDS = 90.0
-
-
-def pool_worker_name(pid: int) -> str:
-    """The name this host's pool process ``pid`` claims jobs and registers under."""
-    return worker_name(socket.gethostname(), pid)
 
 
 def wait_for(what: str, found: Callable[[], Any], timeout: float = WAIT_SECONDS) -> Any:
@@ -91,11 +85,11 @@ class Cluster(LeaseCluster):
 
     def worker_of(self, claim: JobEvent) -> tuple[WorkerProcess, int]:
         """The worker whose pool process made this claim, and that process's pid."""
-        assert claim.worker is not None
-        pid = int(claim.worker.rsplit("/", 1)[1])
-        assert claim.worker == pool_worker_name(pid)
+        pid = pool_pid(claim)
+        assert claim.data["hostname"] == socket.gethostname()
         parent = parent_pid(pid)
         [worker] = [w for w in self.workers if w.process.pid == parent]
+        assert claim.worker == worker.node_name, "the claim names the worker's Celery node"
         return worker, pid
 
     def scheduler_log(self) -> str:
@@ -112,16 +106,16 @@ class Cluster(LeaseCluster):
         )
 
     def registered_pool_processes(self, worker: WorkerProcess) -> set[int]:
-        """The worker's pool processes alive now that have loaded the network (they are
-        in the workers registry)."""
+        """The worker's pool processes alive now that have loaded the network (its one row
+        in the workers registry names the process)."""
         # Each thread's children: the pool process is forked by whichever thread
         # maintains the pool.
         threads = Path(f"/proc/{worker.process.pid}/task").glob("*/children")
         pids = {int(pid) for children in threads for pid in children.read_text().split()}
-        names = {pool_worker_name(pid): pid for pid in pids}
         with self.db.session() as session:
-            found = session.scalars(select(Worker.name).where(Worker.name.in_(names)))
-            return {names[name] for name in found}
+            rows = session.scalars(select(Worker).where(Worker.name == worker.node_name)).all()
+        assert len(rows) <= 1
+        return {row.pid for row in rows if row.hostname == socket.gethostname()} & pids
 
 
 def parent_pid(pid: int) -> int:
@@ -263,9 +257,10 @@ def test_sigkill_of_the_pool_process_the_restarted_one_resumes_the_job(cluster: 
     assert claims[1].id == second_claim.id
     again, new_pid = cluster.worker_of(claims[1])
     assert again is worker and new_pid != pid, "the same worker's restarted pool process"
+    assert claims[0].worker == claims[1].worker == worker.node_name, "under the same name"
     # The main process ended the dead pool process's lease (before requeueing the message).
     [lost] = cluster.events(job_id, "worker_lost")
-    assert (lost.attempt, lost.worker) == (1, pool_worker_name(pid))
+    assert (lost.attempt, lost.worker, lost.data["pid"]) == (1, worker.node_name, pid)
     assert lost.id < claims[1].id
     [resumed] = cluster.events(job_id, "resumed")
     assert resumed.attempt == 2 and resumed.data["iteration"] > 0
@@ -293,7 +288,7 @@ def test_a_job_whose_workers_keep_dying_fails_after_max_attempts(cluster: Cluste
     assert row.status is JobStatus.FAILED and row.error_code == "too_many_attempts"
     assert row.error_message is not None
     assert f"{MAX_ATTEMPTS} attempts" in row.error_message
-    assert pool_worker_name(pids[-1]) in row.error_message, "it names the last worker"
+    assert worker.node_name in row.error_message, "it names the last worker"
     assert row.attempts == MAX_ATTEMPTS
     assert not checkpoint_files(cluster, job_id) and row.checkpoint_file is None
     [failed] = cluster.events(job_id, "failed")

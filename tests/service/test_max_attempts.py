@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from shared import jobs, leases
+from shared import jobs, leases, reconciler, submissions
 from shared.auth import create_client
 from shared.models import Job, JobEvent, JobStatus, utcnow
 from shared.params import parse_params
@@ -34,7 +34,7 @@ def client_id(session: Session) -> int:
 
 
 def new_job(session: Session, storage: LocalStorage, client_id: int) -> Job:
-    job, _ = jobs.create_job(
+    job, _ = submissions.create_job(
         session,
         storage,
         client_id=client_id,
@@ -155,7 +155,7 @@ def test_the_reconciler_fails_exhausted_jobs_and_removes_their_checkpoint(
     worker_dies(session, retry.id)
 
     ours = {exhausted.id, alive.id, retry.id}  # the database is shared with other tests
-    failed = jobs.fail_exhausted_jobs(session, storage, max_attempts=2)
+    failed = reconciler.fail_exhausted_jobs(session, storage, max_attempts=2)
     assert [f.job_id for f in failed if f.job_id in ours] == [exhausted.id]
     assert reload(session, exhausted.id).error_code == "too_many_attempts"
     assert not storage.exists(exhausted.id, CHECKPOINT_FILE)
@@ -165,11 +165,11 @@ def test_the_reconciler_fails_exhausted_jobs_and_removes_their_checkpoint(
     assert storage.exists(alive.id, CHECKPOINT_FILE) and storage.exists(retry.id, CHECKPOINT_FILE)
 
     sent: list[uuid.UUID] = []
-    jobs.requeue_stale_jobs(session, older_than_seconds=300, enqueue=sent.append)
+    reconciler.requeue_stale_jobs(session, older_than_seconds=300, enqueue=sent.append)
     assert [job_id for job_id in sent if job_id in ours] == [retry.id], (
         "the failed job is not sent again; the live one is left alone"
     )
-    again = jobs.fail_exhausted_jobs(session, storage, max_attempts=2)
+    again = reconciler.fail_exhausted_jobs(session, storage, max_attempts=2)
     assert not {f.job_id for f in again} & ours
 
 
@@ -184,7 +184,7 @@ def test_a_dead_workers_job_is_re_sent_as_soon_as_its_lease_expires(session, sto
 
     def reconcile() -> list[uuid.UUID]:
         sent: list[uuid.UUID] = []
-        jobs.requeue_stale_jobs(session, older_than_seconds=300, enqueue=sent.append)
+        reconciler.requeue_stale_jobs(session, older_than_seconds=300, enqueue=sent.append)
         return [job_id for job_id in sent if job_id in ours]
 
     # Not requeue-after (300 s) later: at the first reconciler run after the expiry.
@@ -201,44 +201,118 @@ def test_a_dead_workers_job_is_re_sent_as_soon_as_its_lease_expires(session, sto
     assert kinds(session, dead.id).count("requeued") == 2
 
 
+def expire(
+    session: Session, job_id: uuid.UUID, worker: str, pid: int, host: str = "h"
+) -> int | None:
+    return leases.expire_lease_of_dead_worker(
+        session, job_id, worker=worker, pid=pid, hostname=host
+    )
+
+
+def claim_as(
+    session: Session, job_id: uuid.UUID, worker: str, pid: int, host: str = "h", *, cap: int
+) -> jobs.Claim | None:
+    """A claim as a pool process makes it: its worker's node name, its own pid and host."""
+    return jobs.claim_job(
+        session,
+        job_id,
+        worker=worker,
+        lease_seconds=LEASE,
+        max_attempts=cap,
+        pid=pid,
+        hostname=host,
+    )
+
+
 def test_a_dead_pool_process_lease_ends_at_once_and_counts_as_a_death(session, storage, client_id):
     job = new_job(session, storage, client_id)
-    held = claim(session, job.id, "h/1", cap=2)
+    held = claim_as(session, job.id, "a@h", 1, cap=2)
     assert held is not None
-    assert claim(session, job.id, "h/2", cap=2) is None, "a live lease"
-    # Only the process named can be declared dead: another name changes nothing.
-    assert jobs.expire_lease_of_dead_worker(session, job.id, worker="h/9") is None
-    assert claim(session, job.id, "h/2", cap=2) is None
+    assert claim_as(session, job.id, "b@h", 2, cap=2) is None, "a live lease"
+    # Only the process named can be declared dead: another worker, another pool process
+    # of the same worker, or the same pid on another host changes nothing.
+    assert expire(session, job.id, "b@h", 1) is None
+    assert expire(session, job.id, "a@h", 9) is None
+    assert expire(session, job.id, "a@h", 1, host="elsewhere") is None
+    assert claim_as(session, job.id, "b@h", 2, cap=2) is None
 
-    assert jobs.expire_lease_of_dead_worker(session, job.id, worker="h/1") == 1
-    retry = claim(session, job.id, "h/2", cap=2)
+    assert expire(session, job.id, "a@h", 1) == 1
+    retry = claim_as(session, job.id, "b@h", 2, cap=2)
     assert retry is not None and retry.attempt == 2, "claimable at once"
     assert kinds(session, job.id)[-2:] == ["worker_lost", "claimed"]
-    # The new holder's lease is not the dead one's: a late report of h/1 changes nothing.
-    assert jobs.expire_lease_of_dead_worker(session, job.id, worker="h/1") is None
-    assert reload(session, job.id).lease_owner == "h/2"
+    lost = session.scalars(
+        select(JobEvent).where(JobEvent.job_id == job.id, JobEvent.kind == "worker_lost")
+    ).one()
+    assert (lost.attempt, lost.worker, lost.data) == (1, "a@h", {"pid": 1, "hostname": "h"})
+    # The new holder's lease is not the dead one's: a late report of a@h changes nothing.
+    assert expire(session, job.id, "a@h", 1) is None
+    assert reload(session, job.id).lease_owner == "b@h"
 
-    assert jobs.expire_lease_of_dead_worker(session, job.id, worker="h/2") == 2
-    assert claim(session, job.id, "h/3", cap=2) is None, "two deaths: the cap"
+    assert expire(session, job.id, "b@h", 2) == 2
+    assert claim_as(session, job.id, "c@h", 3, cap=2) is None, "two deaths: the cap"
     exhausted = jobs.fail_exhausted_job(session, job.id, max_attempts=2)
-    assert exhausted is not None and exhausted.last_worker == "h/2"
+    assert exhausted is not None and exhausted.last_worker == "b@h"
 
 
-def test_the_main_process_names_a_pool_process_as_that_process_names_itself(
+def test_the_lease_of_a_dead_pool_process_is_ended_but_not_its_successors(
+    session, storage, client_id
+):
+    # One worker (one node name) whose pool process died, was restarted and claimed the
+    # job again: a late report of the first process's death spares the second's attempt.
+    job = new_job(session, storage, client_id)
+    assert claim_as(session, job.id, "w@h", 100, cap=3) is not None
+    worker_dies(session, job.id)
+    again = claim_as(session, job.id, "w@h", 101, cap=3)
+    assert again is not None and again.attempt == 2
+    assert expire(session, job.id, "w@h", 100) is None, "attempt 1's process, not attempt 2's"
+    row = reload(session, job.id)
+    assert row.lease_owner == "w@h" and row.lease_expires_at is not None
+    assert row.lease_expires_at > utcnow() + timedelta(seconds=LEASE / 2), "still live"
+    assert "worker_lost" not in kinds(session, job.id)
+
+    # Two hosts misconfigured with one name, their pool processes with the same pid: each
+    # main process ends its own process's attempt only.
+    worker_dies(session, job.id)
+    third = claim_as(session, job.id, "w@h", 101, "twin", cap=3)
+    assert third is not None and third.attempt == 3
+    assert expire(session, job.id, "w@h", 101) is None, "attempt 2's host, not attempt 3's"
+    assert expire(session, job.id, "w@h", 101, "twin") == 3
+
+
+def test_the_main_process_ends_the_lease_its_pool_process_claimed(
     session: Session, storage: LocalStorage, client_id: int, database_url: str, tmp_path: Path
 ) -> None:
-    from service_helpers import worker_context
+    from shared.celery_app import create_celery
+    from shared.settings import Settings
+    from worker.context import make_context
+    from worker.runner import Outcome, run_job
+    from worker.tasks import _end_lease_of_dead_process
 
-    from shared.workers import worker_name
-
-    # A pool process claims under its own context's name; its worker's main process,
-    # which knows only that process's pid, names it from this host and the pid.
+    settings = Settings(database_url=database_url, data_dir=tmp_path, device="cpu")
+    node = f"pool-test@{socket.gethostname()}"
+    ctx = make_context(settings, node)
+    try:
+        # The runner claims under the node name and records its process in the claim.
+        ran = new_job(session, storage, client_id)  # its inputs are no images: it fails
+        assert run_job(ctx, ran.id) is Outcome.FAILED
+        [claimed] = session.scalars(
+            select(JobEvent).where(JobEvent.job_id == ran.id, JobEvent.kind == "claimed")
+        ).all()
+        assert claimed.worker == node
+        assert claimed.data == {"pid": os.getpid(), "hostname": socket.gethostname()}
+    finally:
+        ctx.close()
+    # A claim as that pool process made it; its worker's main process, which knows the node
+    # name (the Celery request's) and the dead process's pid, ends exactly that lease.
     job = new_job(session, storage, client_id)
-    with worker_context(database_url, tmp_path) as ctx:
-        assert claim(session, job.id, ctx.name, cap=3) is not None
-    as_the_main_process_names_it = worker_name(socket.gethostname(), os.getpid())
-    assert ctx.name == as_the_main_process_names_it
-    assert (
-        leases.expire_lease_of_dead_worker(session, job.id, worker=as_the_main_process_names_it)
-        == 1
-    ), "the main process ends the lease its pool process holds"
+    assert claim_as(session, job.id, node, os.getpid(), socket.gethostname(), cap=3) is not None
+    app = create_celery(settings)
+    try:
+        _end_lease_of_dead_process(app, [str(job.id)], node, os.getpid() + 1)  # another pid
+        assert "worker_lost" not in kinds(session, job.id)
+        _end_lease_of_dead_process(app, [str(job.id)], node, os.getpid())
+    finally:
+        app.close()
+    assert kinds(session, job.id)[-1] == "worker_lost"
+    row = reload(session, job.id)
+    assert row.lease_expires_at is not None and row.lease_expires_at <= utcnow()

@@ -61,7 +61,9 @@ def a_job_whose_first_attempt_died_after_a_checkpoint(
     with ctx.db.session() as session:
         client, _ = create_client(session, f"checkpoints-{uuid.uuid4().hex[:8]}")
         job_id = store_job(session, ctx.storage, client.id, iterations=ITERATIONS)
-        claim = jobs.claim_job(session, job_id, worker="gone/1", lease_seconds=30.0)
+        claim = jobs.claim_job(
+            session, job_id, worker="gone@h", lease_seconds=30.0, pid=1, hostname="h"
+        )
         assert claim is not None
         name = checkpoint_file(claim.attempt, 1)
         ctx.storage.put(job_id, name, b"placeholder", durable=True)
@@ -70,7 +72,10 @@ def a_job_whose_first_attempt_died_after_a_checkpoint(
             ctx.storage.delete(job_id, name)
         else:
             ctx.storage.put(job_id, name, data, durable=True)
-        assert leases.expire_lease_of_dead_worker(session, job_id, worker="gone/1") == 1
+        ended = leases.expire_lease_of_dead_worker(
+            session, job_id, worker="gone@h", pid=1, hostname="h"
+        )
+        assert ended == 1
     return job_id
 
 

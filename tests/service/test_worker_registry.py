@@ -3,6 +3,7 @@ that goes away (best effort: never an exception into the job)."""
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 import uuid
@@ -11,11 +12,11 @@ from datetime import UTC, datetime
 import pytest
 import torch
 from service_helpers import wait_for
+from sqlalchemy import select
 
 from shared import admin_reads
 from shared.db import Database
 from shared.models import Worker
-from shared.workers import worker_name
 from worker.registry import WorkerRegistry, describe_device
 
 
@@ -28,11 +29,16 @@ def test_the_registry_registers_beats_and_stops(database_url: str) -> None:
     db = Database(database_url)
     # A pid no process has (Linux's pid_max is at most 2**22), and one of this run's own.
     pid = 2**30 + uuid.uuid4().int % 2**20
+    name = f"registry-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"  # a node name
     registry = WorkerRegistry(
-        db, socket.gethostname(), pid, lambda: torch.device("cpu"), beat_seconds=0.05
+        db,
+        name=name,
+        hostname=socket.gethostname(),
+        pid=pid,
+        device=lambda: torch.device("cpu"),
+        beat_seconds=0.05,
     )
-    name = registry.name
-    assert name == worker_name(socket.gethostname(), pid)
+    assert registry.name == name
     try:
         registry.start()
         registry.start()  # idempotent: one row, one thread
@@ -78,7 +84,14 @@ def test_the_registry_registers_beats_and_stops(database_url: str) -> None:
 @pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_registry_without_a_database_never_raises() -> None:
     db = Database("postgresql://nobody@127.0.0.1:1/none?connect_timeout=1")
-    registry = WorkerRegistry(db, "ghost", 1, lambda: torch.device("cpu"), beat_seconds=0.05)
+    registry = WorkerRegistry(
+        db,
+        name="ghost@nowhere",
+        hostname="nowhere",
+        pid=1,
+        device=lambda: torch.device("cpu"),
+        beat_seconds=0.05,
+    )
     try:
         registry.start()
         registry.job_started(uuid.uuid4())
@@ -86,4 +99,100 @@ def test_a_registry_without_a_database_never_raises() -> None:
         time.sleep(0.2)
     finally:
         registry.stop()
+        db.dispose()
+
+
+def _registry(db: Database, name: str, pid: int, hostname: str | None = None) -> WorkerRegistry:
+    return WorkerRegistry(
+        db,
+        name=name,
+        hostname=hostname or socket.gethostname(),
+        pid=pid,
+        device=lambda: torch.device("cpu"),
+        beat_seconds=0.05,
+    )
+
+
+def _row(db: Database, name: str) -> Worker | None:
+    with db.session() as session:
+        return session.get(Worker, name)
+
+
+def _unused_pid() -> int:
+    return 2**30 + uuid.uuid4().int % 2**20  # above Linux's pid_max: no such process
+
+
+def _duplicate_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if getattr(r, "event", None) == "duplicate_worker_name"
+    ]
+
+
+def test_a_restarted_pool_process_takes_its_workers_row_over(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = Database(database_url)
+    name = f"restarted-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
+    dead, restarted = _unused_pid(), _unused_pid()
+    first = _registry(db, name, dead)
+    try:
+        first.start()
+        first.job_started(uuid.uuid4())
+    finally:
+        first.stop()  # its process died: no beat from it any more
+    second = _registry(db, name, restarted)
+    try:
+        with caplog.at_level("WARNING", logger="worker.registry"):
+            second.start()
+            registered = _row(db, name)
+            assert registered is not None
+            assert (registered.hostname, registered.pid) == (socket.gethostname(), restarted)
+            assert registered.current_job_id is None, "the dead process's job is not its"
+            wait_for(
+                "a beat of the new process",
+                lambda: (
+                    (r := _row(db, name)) is not None
+                    and r.last_heartbeat_at > registered.last_heartbeat_at
+                ),
+                timeout=10,
+            )
+        with db.session() as session:
+            assert session.scalars(select(Worker.name).where(Worker.name == name)).all() == [name]
+    finally:
+        second.stop()
+        db.dispose()
+    assert not _duplicate_warnings(caplog), "its predecessor is gone: no duplicate"
+
+
+def test_two_live_processes_under_one_name_are_warned_about_once_each(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = Database(database_url)
+    name = f"twice-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
+    other_pid = _unused_pid()
+    alive = _registry(db, name, os.getpid())  # a process that exists: this one
+    other = _registry(db, name, other_pid, hostname="elsewhere")
+    try:
+        with caplog.at_level("WARNING", logger="worker.registry"):
+            alive.start()
+            assert not _duplicate_warnings(caplog)
+            other.start()  # registers over a live row of a process that exists
+            [at_start] = _duplicate_warnings(caplog)
+            assert f"pid {os.getpid()} on {socket.gethostname()}" in at_start
+            assert "--name" in at_start
+            # The first one's next beat finds the row taken: it warns too, and leaves the
+            # row to the other rather than take it back on every beat.
+            wait_for(
+                "the other's warning", lambda: len(_duplicate_warnings(caplog)) == 2, timeout=10
+            )
+            assert f"pid {other_pid} on elsewhere" in _duplicate_warnings(caplog)[1]
+            time.sleep(0.3)  # six beats of each: no more warnings, the row stays the other's
+        assert len(_duplicate_warnings(caplog)) == 2
+        row = _row(db, name)
+        assert row is not None and (row.hostname, row.pid) == ("elsewhere", other_pid)
+    finally:
+        alive.stop()
+        other.stop()
         db.dispose()
