@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -117,6 +118,9 @@ def test_the_work_is_spread_over_every_worker(run: ScalingRun) -> None:
     # Prefetch 1, one job at a time: each worker holds one message while the queue
     # has twelve, so none of the three can be left out.
     assert len(per_worker) == N_WORKERS, per_worker
+    # Each is its Celery node name, as the worker was started with (%h: this host).
+    nodes = {w.node.replace("%h", socket.gethostname()) for w in run.pool.workers}
+    assert set(per_worker) == nodes
     assert sum(per_worker.values()) == N_JOBS
     print("jobs per worker:", sorted(per_worker.values()))
 
@@ -130,6 +134,7 @@ def test_the_worker_logs_are_json_lines_with_each_event_and_job_id(run: ScalingR
             assert {"time", "level", "logger", "pid", "message"} <= set(line)
             if line.get("event") == "claimed":
                 assert line["job_id"] not in logged_claims, "claimed twice"
+                assert line["worker"] == node.replace("%h", socket.gethostname()), "its own name"
                 logged_claims[line["job_id"]] = line["worker"]
                 assert line["job_id"] in line["message"] and line["attempt"] == 1
             elif line.get("event") == "succeeded":
