@@ -266,13 +266,15 @@ def api(host: str, port: int, workers: int, access_log: bool, dev: bool) -> None
     metavar="NAME",
     help="The worker's Celery node name, unique in the fleet (%h: this host's name; "
     "NAME without @ gets @<host>). Default: gpu<i>@<host> when CUDA_VISIBLE_DEVICES "
-    "names one GPU, cpu-<pid>@<host> on the CPU, worker-<pid>@<host> otherwise.",
+    "names one GPU, cpu-<pid>@<host> with STYLEQUEUE_DEVICE=cpu, worker-<pid>@<host> "
+    "otherwise.",
 )
 @click.option(
-    "--events",
-    is_flag=True,
+    "--events/--no-events",
+    default=True,
+    show_default=True,
     help="Send Celery task events from the start, for Flower or `celery events` "
-    "(Flower also turns them on by itself; see docs/admin.md).",
+    "(three small Redis publishes a job; see docs/admin.md).",
 )
 def worker(loglevel: str, name: str | None, events: bool) -> None:
     """Run a Celery worker: one style-transfer job at a time (one per GPU)."""

@@ -57,6 +57,10 @@ def create_celery(settings: Settings) -> Celery:
         task_ignore_result=True,
         result_backend=None,
         task_acks_late=True,
+        # A job that failed is a task that raised (worker.tasks.JobFailedError, so that
+        # Flower shows FAILURE): its message is acknowledged like any other outcome's,
+        # never requeued. Celery's default, set here because the queue relies on it.
+        task_acks_on_failure_or_timeout=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         worker_concurrency=1,
@@ -79,6 +83,8 @@ def create_celery(settings: Settings) -> Celery:
         # no-op. Cancelling it (Celery 6's announced default) would throw work away.
         worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_hijack_root_logger=False,
+        # `stylequeue worker` turns task events on (--task-events) unless --no-events;
+        # Flower also turns them on remotely every few seconds.
         worker_send_task_events=False,
         beat_schedule={
             "reconcile": {"task": RECONCILE_TASK, "schedule": settings.reconcile_seconds},

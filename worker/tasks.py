@@ -219,9 +219,49 @@ def _end_lease_of_dead_process(app: Celery, args: Any, worker: str, pid: int) ->
         )
 
 
-@shared_task(bind=True, name=RUN_JOB_TASK, ignore_result=True, Request=JobRequest)
+class JobFailedError(Exception):
+    """What ``run_job`` raises once a job's failure is committed: Celery, and Flower, then
+    record the task as FAILURE, as the job is.
+
+    The message is acknowledged as for every other outcome (acks_late with
+    ``task_acks_on_failure_or_timeout``, in ``shared.celery_app``): never
+    requeued, never retried by Celery. The job's outcome is in the database; this
+    is only how the task reports it. Every other outcome returns its name
+    (SUCCESS): succeeded, canceled (nobody revoked the task), and the deliveries
+    that decided nothing about the job (skipped, lease_lost, released, deferred).
+    """
+
+
+def _failure(ctx: WorkerContext, job_id: uuid.UUID) -> JobFailedError:
+    """The exception for job ``job_id``'s failure, naming its error when it can be read."""
+    from sqlalchemy import select
+
+    from shared.models import Job
+
+    try:
+        with ctx.db.session() as session:
+            row = session.execute(
+                select(Job.error_code, Job.error_message).where(Job.id == job_id)
+            ).one_or_none()
+    except Exception:  # only the exception's text depends on it
+        row = None
+    if row is None or row[0] is None:
+        return JobFailedError(f"job {job_id} failed")
+    return JobFailedError(f"job {job_id} failed: {row[0]}: {row[1]}")
+
+
+@shared_task(
+    bind=True,
+    name=RUN_JOB_TASK,
+    ignore_result=True,
+    Request=JobRequest,
+    throws=(JobFailedError,),  # logged by Celery as expected, at INFO, without a traceback
+)
 def run_job(self: Task, job_id: str) -> str:
-    """Run the job with this id (claimed first: a duplicate message is a no-op)."""
+    """Run the job with this id (claimed first: a duplicate message is a no-op).
+
+    Returns the delivery's outcome; raises JobFailedError when the job failed.
+    """
     from worker.runner import run_job as run
 
     try:
@@ -244,6 +284,8 @@ def run_job(self: Task, job_id: str) -> str:
         # This worker consumes no more; another one (or this one restarted) takes it.
         # Should the broker be gone too, the reconciler re-enqueues the queued job.
         enqueue_job(self.app, parsed)
+    if outcome is Outcome.FAILED:
+        raise _failure(ctx, parsed)  # the failure is committed: FAILURE in Celery too
     return str(outcome)
 
 
