@@ -17,6 +17,7 @@ from sqlalchemy import select
 from shared import admin_reads
 from shared.db import Database
 from shared.models import Worker
+from shared.workers import default_worker_name
 from worker.registry import WorkerRegistry, describe_device
 
 
@@ -196,3 +197,23 @@ def test_two_live_processes_under_one_name_are_warned_about_once_each(
         alive.stop()
         other.stop()
         db.dispose()
+
+
+@pytest.mark.parametrize(
+    ("device", "visible", "name"),
+    [
+        ("cuda", "3", "gpu3@box"),  # as the image's stylequeue-gpu-worker sets it
+        ("auto", " 0 ", "gpu0@box"),
+        ("auto", "GPU-8e3c5a1f-aa", "gpu-GPU-8e3c5a1f-aa@box"),
+        ("auto", "MIG-1/2/0", "gpu-MIG-1-2-0@box"),
+        ("cpu", "3", "cpu-42@box"),  # the CPU, whatever the GPUs
+        ("auto", None, "worker-42@box"),  # no GPU named: which one is torch's choice
+        ("cuda", "0,1", "worker-42@box"),
+        ("auto", "-1", "worker-42@box"),  # every GPU hidden
+        ("cpu", "", "cpu-42@box"),
+    ],
+)
+def test_the_default_worker_name_is_unique_per_host_and_gpu(
+    device: str, visible: str | None, name: str
+) -> None:
+    assert default_worker_name("box", 42, device=device, cuda_visible_devices=visible) == name
