@@ -26,6 +26,28 @@ POOL_RECYCLE_SECONDS = 3600
 # thread and the worker's heartbeat. Past this a connection attempt is a 503 /
 # a failed heartbeat. A connect_timeout in the URL wins.
 CONNECT_TIMEOUT_SECONDS = 5
+# A client that vanishes in the middle of a transaction (a worker machine cut off
+# or powered off between a heartbeat's UPDATE and its COMMIT) leaves its session
+# holding the job's row: the next claim and the reconciler's sweep wait behind it.
+# The server learns that a client is gone only from TCP: by the kernel's defaults
+# after about 15 minutes of resending its last answer (which the client had not
+# acknowledged yet), or two hours and more on an idle connection. Each connection
+# sets the server's side for itself: data unacknowledged for 16 s, or an idle
+# client that misses its keepalive probes (10 s, then every 2 s), and the server
+# drops the connection, rolling its transaction back; under the 20 s lease.
+# Settings the server does not know (tcp_user_timeout before PostgreSQL 12) are
+# left out; PostgreSQL ignores them all on a unix socket.
+SERVER_TCP_SETTINGS = {
+    "tcp_user_timeout": "16000",  # milliseconds
+    "tcp_keepalives_idle": "10",
+    "tcp_keepalives_interval": "2",
+    "tcp_keepalives_count": "3",
+}
+SERVER_TCP_SQL = (
+    "SELECT set_config(s.name, v.setting, false) FROM pg_settings s JOIN (VALUES "
+    + ", ".join(f"('{name}', '{value}')" for name, value in SERVER_TCP_SETTINGS.items())
+    + ") AS v(name, setting) ON s.name = v.name"
+)
 
 
 def normalize_database_url(url: str) -> str:
@@ -43,13 +65,28 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False})
         event.listen(engine, "connect", _configure_sqlite)
         return engine
-    return create_engine(url, pool_recycle=POOL_RECYCLE_SECONDS, connect_args=_connect_timeout(url))
+    engine = create_engine(
+        url, pool_recycle=POOL_RECYCLE_SECONDS, connect_args=_connect_timeout(url)
+    )
+    if engine.dialect.name == "postgresql":
+        event.listen(engine, "connect", _configure_postgresql)
+    return engine
 
 
 def _connect_timeout(url: str) -> dict[str, Any]:
     if not url.startswith("postgresql") or "connect_timeout=" in url:
         return {}
     return {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
+
+
+def _configure_postgresql(dbapi_connection: Any, _record: Any) -> None:
+    # Outside a transaction, so that the settings last for the session.
+    autocommit = dbapi_connection.autocommit
+    dbapi_connection.autocommit = True
+    try:
+        dbapi_connection.execute(SERVER_TCP_SQL)
+    finally:
+        dbapi_connection.autocommit = autocommit
 
 
 def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
@@ -160,6 +197,13 @@ class ThreadConnections:
                 "the database cannot be reached", details={"database": exc.__class__.__name__}
             ) from None
         connection.autocommit = True
+        try:
+            connection.execute(SERVER_TCP_SQL)
+        except self._engine.dialect.loaded_dbapi.OperationalError as exc:
+            connection.close()
+            raise ServiceUnavailableError(
+                "the database cannot be reached", details={"database": exc.__class__.__name__}
+            ) from None
         self._local.held = (os.getpid(), connection)
         return connection
 
