@@ -47,7 +47,8 @@ def _read_image(path: Path, field: str) -> Any:
     from worker.engine import pil_to_tensor
 
     try:
-        image = decode_image(path.read_bytes(), field=field)
+        # A content's transparency is kept, as in a job; a style's is not.
+        image = decode_image(path.read_bytes(), field=field, keep_alpha=field == "content")
     except OSError as exc:
         raise click.ClickException(
             describe_image_problem(field, path, f"cannot read it: {exc.strerror or exc}")
@@ -55,6 +56,20 @@ def _read_image(path: Path, field: str) -> Any:
     except InvalidInputError as exc:
         raise click.ClickException(describe_image_problem(field, path, exc.message)) from None
     return pil_to_tensor(image)
+
+
+ALPHA_SUFFIXES = (".png", ".webp", ".tif", ".tiff")  # formats that keep transparency
+
+
+def _save(image: Any, output: Path) -> None:
+    """Save the result; a transparent one is flattened onto white for a format without alpha."""
+    if image.mode == "RGBA" and output.suffix.lower() not in ALPHA_SUFFIXES:
+        from PIL import Image
+
+        flat = Image.new("RGB", image.size, "white")
+        flat.paste(image, mask=image.getchannel("A"))
+        image = flat
+    image.save(output, quality=92)
 
 
 @click.command("stylize")
@@ -124,7 +139,7 @@ def stylize(
         )
         try:
             output.parent.mkdir(parents=True, exist_ok=True)
-            tensor_to_pil(result).save(output, quality=92)
+            _save(tensor_to_pil(result), output)
         except OSError as exc:
             raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from None
     except StylequeueError as exc:

@@ -96,18 +96,21 @@ def beat(
     *,
     hostname: str | None = None,
     pid: int | None = None,
+    memory_used_bytes: int | None = None,
     now: datetime | None = None,
 ) -> bool:
     """Renew the worker's heartbeat; False if it is not registered (with ``hostname`` and
-    ``pid``: not by that process, e.g. another process registered under the same name)."""
+    ``pid``: not by that process, e.g. another process registered under the same name).
+    ``memory_used_bytes``: the GPU memory the process holds now, when it has a GPU."""
     conditions = [Worker.name == name]
     if hostname is not None:
         conditions.append(Worker.hostname == hostname)
     if pid is not None:
         conditions.append(Worker.pid == pid)
-    result = session.execute(
-        update(Worker).where(*conditions).values(last_heartbeat_at=now or utcnow())
-    )
+    values: dict[str, object] = {"last_heartbeat_at": now or utcnow()}
+    if memory_used_bytes is not None:
+        values["device_memory_used_bytes"] = memory_used_bytes
+    result = session.execute(update(Worker).where(*conditions).values(**values))
     session.commit()
     return bool(getattr(result, "rowcount", 0))
 

@@ -32,6 +32,13 @@ def _process_exists(pid: int) -> bool:
     return True
 
 
+def memory_used(device: torch.device) -> int | None:
+    """The GPU memory this process holds (PyTorch's reserved pool), or None off a GPU."""
+    if device.type != "cuda":
+        return None
+    return int(torch.cuda.memory_reserved(device))
+
+
 def describe_device(device: torch.device) -> DeviceInfo:
     """``cpu``, or ``cuda:N`` with the GPU's name and total memory."""
     if device.type != "cuda":
@@ -116,7 +123,10 @@ class WorkerRegistry:
             self._best_effort("beat", self._beat)
 
     def _beat(self, session: Session) -> None:
-        if workers.beat(session, self.name, hostname=self._hostname, pid=self._pid):
+        used = memory_used(self._device())
+        if workers.beat(
+            session, self.name, hostname=self._hostname, pid=self._pid, memory_used_bytes=used
+        ):
             return
         holder = workers.holder_of(session, self.name)
         if holder is None:  # the row went away: register again

@@ -358,7 +358,10 @@ def _load_inputs(ctx: WorkerContext, claim: Claim) -> tuple[torch.Tensor, list[t
 
     def load(name: str, field_name: str) -> torch.Tensor:
         data = ctx.storage.get(claim.job_id, name)
-        return pil_to_tensor(decode_image(data, field=field_name, max_pixels=max_pixels))
+        # A content's transparency is kept (the result has the same alpha); a style's is not.
+        keep_alpha = field_name == "content"
+        decoded = decode_image(data, field=field_name, max_pixels=max_pixels, keep_alpha=keep_alpha)
+        return pil_to_tensor(decoded)
 
     content = load(CONTENT_FILE, "content")
     styles = [load(style_file(i), f"style[{i}]") for i in range(claim.n_styles)]

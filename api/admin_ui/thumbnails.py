@@ -19,6 +19,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from shared.errors import NotFoundError, StorageError
+from shared.images import upright
 from shared.storage import Storage
 
 THUMB_SIZES = (96, 320)  # the table's thumbnails; the job page's images
@@ -72,7 +73,7 @@ def make_thumbnail(path: Path | io.BytesIO, size: int) -> bytes | None:
         with Image.open(path) as image:
             image.draft("RGB", (size, size))  # JPEG inputs decode at a fraction of their size
             image.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=2.0)
-            rgb = image.convert("RGB")
+            rgb = upright(image).convert("RGB")  # a phone photo as it was taken
     except FileNotFoundError:
         return None
     except (UnidentifiedImageError, OSError, ValueError):

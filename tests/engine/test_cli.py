@@ -146,3 +146,26 @@ def test_param_values_parse_as_json_else_strings() -> None:
         "style_blend": [1, 2],
         "preserve_colors": True,
     }
+
+
+def test_a_transparent_content_keeps_its_alpha_and_a_jpeg_output_is_flattened(
+    tmp_path: Path,
+) -> None:
+    photo = Image.open(DATA / "tubingen.png").convert("RGBA").resize((32, 24))
+    alpha = Image.new("L", photo.size, 255)
+    alpha.paste(0, (0, 0, 16, 24))  # the left half transparent
+    photo.putalpha(alpha)
+    content = tmp_path / "cutout.png"
+    photo.save(content)
+    args = [str(content), str(DATA / "starry_night.png"), "--param", "size=32"]
+    args += ["--param", "iterations=2", "--device", "cpu", "--quiet"]
+    code, output = _stylize(*args, "-o", str(tmp_path / "out.png"))
+    assert code == 0, output
+    with Image.open(tmp_path / "out.png") as out:
+        assert out.mode == "RGBA" and out.size == (32, 24)
+        assert out.getpixel((4, 12))[3] == 0 and out.getpixel((28, 12))[3] == 255
+    code, output = _stylize(*args, "-o", str(tmp_path / "out.jpg"))
+    assert code == 0, output
+    with Image.open(tmp_path / "out.jpg") as out:
+        assert out.mode == "RGB"
+        assert min(out.getpixel((4, 12))) > 240  # white where it was transparent (JPEG rounds)

@@ -1,5 +1,6 @@
 """The worker's glue, in-process with the real engine: a lost lease stops a run, and the next
-attempt resumes from the last checkpoint instead of starting over (DESIGN rules 3 and 6)."""
+attempt resumes from the last checkpoint instead of starting over: no attempt outlives its lease,
+and work already done is not thrown away."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import service_helpers
 from service_helpers import store_job, worker_context
 from sqlalchemy import select, update
 
-from shared import jobs
+from shared import jobs, submissions
 from shared.auth import create_client
 from shared.models import Job, JobEvent, JobStatus, utcnow
 from shared.params import parse_params
@@ -132,7 +133,7 @@ def test_a_worker_cut_off_from_the_database_stops_when_its_lease_runs_out(
 
     with ctx.db.session() as session:
         client, _ = create_client(session, "cut-off")
-        job, _ = jobs.create_job(
+        job, _ = submissions.create_job(
             session,
             ctx.storage,
             client_id=client.id,

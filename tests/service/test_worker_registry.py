@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import pytest
 import torch
 from service_helpers import wait_for
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from shared import admin_reads
 from shared.db import Database
@@ -217,3 +217,25 @@ def test_the_default_worker_name_is_unique_per_host_and_gpu(
     device: str, visible: str | None, name: str
 ) -> None:
     assert default_worker_name("box", 42, device=device, cuda_visible_devices=visible) == name
+
+
+def test_a_beat_records_the_gpu_memory_in_use_where_there_is_a_gpu(database_url: str) -> None:
+    from shared import workers
+    from shared.workers import DeviceInfo
+
+    db = Database(database_url)
+    name = f"memory-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
+    try:
+        with db.session() as session:
+            workers.register_worker(
+                session, name=name, hostname="h", pid=1, device=DeviceInfo("cuda:0", "GPU", 8 << 30)
+            )
+            assert workers.beat(session, name, hostname="h", pid=1, memory_used_bytes=3 << 30)
+            assert workers.beat(session, name, hostname="h", pid=1)  # a CPU beat: left as it was
+        row = _row(db, name)
+        assert row is not None and row.device_memory_used_bytes == 3 << 30
+    finally:
+        with db.session() as session:
+            session.execute(delete(Worker).where(Worker.name == name))
+            session.commit()
+        db.dispose()
