@@ -103,15 +103,17 @@ def main() -> None:
             submitted.raise_for_status()
             job_id = submitted.json()["id"]
 
-            def job() -> dict:  # type: ignore[type-arg]
+            def job(job_id: str = job_id) -> dict:  # type: ignore[type-arg]
                 body: dict = client.get(f"/v1/jobs/{job_id}").json()  # type: ignore[type-arg]
                 return body
 
             first = wait_for(
                 "a worker to run the job",
-                lambda: (j := job())["status"] == "running"
-                and (j.get("progress") or {}).get("iteration", 0) > 0
-                and j,
+                lambda: (
+                    (j := job())["status"] == "running"
+                    and (j.get("progress") or {}).get("iteration", 0) > 0
+                    and j
+                ),
             )
             owner = first["worker"]
             # Let a checkpoint be written (the resume point), then kill that machine.
@@ -122,13 +124,17 @@ def main() -> None:
             killed_at = time.monotonic()
             again = wait_for(
                 "the job to run on the other worker",
-                lambda: (j := job())["status"] == "running" and j["worker"] != owner and j,
+                lambda owner=owner: (
+                    (j := job())["status"] == "running" and j["worker"] != owner and j
+                ),
             )
             pickups.append(time.monotonic() - killed_at)
             wait_for(
                 "the job to make progress again",
-                lambda: (job().get("progress") or {}).get("iteration", 0)
-                > (again.get("progress") or {}).get("iteration", 0),
+                lambda again=again: (
+                    (job().get("progress") or {}).get("iteration", 0)
+                    > (again.get("progress") or {}).get("iteration", 0)
+                ),
             )
             resumes.append(time.monotonic() - killed_at)
             print(

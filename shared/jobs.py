@@ -12,6 +12,9 @@ owner, same attempt number); a write that finds the lease gone raises
 changing the status (renewals, progress, committed files) is ``shared.leases``;
 the reconciler's sweeps are ``shared.reconciler``; a submit is
 ``shared.submissions``.
+
+A little over 400 lines, on purpose: every transition of the table is here, side by
+side, so that a change of the life cycle is read and made in one file.
 """
 
 from __future__ import annotations

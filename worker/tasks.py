@@ -345,7 +345,7 @@ def reconcile(self: Task) -> int:
         db.dispose()
     if keys_lost:
         log.warning(
-            "Redis lost its keys (a restart without persistence, a flush) or is new: "
+            "Redis lost its keys (a restart without persistence, a flush), is new, or failed over: "
             "every queued job re-sent (%d)",
             len(requeued),
         )
