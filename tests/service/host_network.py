@@ -42,11 +42,15 @@ PREFIX_LENGTH = 24
 BRIDGE = "br0"
 CLONE_NEWNET = 0x40000000  # <sched.h>
 IP_SECONDS = 30.0
+IP = shutil.which("ip") or next(
+    (path for path in ("/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip") if os.path.exists(path)), None
+)
 STALE = re.compile(rf"{PREFIX}-(\d+)-[0-9a-f]+-[a-z0-9]+")
 
 
 def _ip(*args: str) -> str:
-    done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=IP_SECONDS)
+    assert IP is not None, "no ip (iproute2)"
+    done = subprocess.run([IP, *args], capture_output=True, text=True, timeout=IP_SECONDS)
     if done.returncode != 0:
         raise RuntimeError(f"ip {' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
     return done.stdout
@@ -56,9 +60,10 @@ def unavailable() -> str | None:
     """Why this machine cannot make network namespaces for a test, or None when it can."""
     if os.geteuid() != 0:
         return "network namespaces need root"
-    for tool in ("ip", "unshare"):
-        if shutil.which(tool) is None:
-            return f"no `{tool}` on this machine (iproute2, util-linux)"
+    if IP is None:
+        return "no `ip` on this machine (Debian's iproute2)"
+    if shutil.which("unshare") is None:
+        return "no `unshare` on this machine (util-linux)"
     probe = f"{PREFIX}-{os.getpid()}-0-probe"
     try:
         _ip("netns", "add", probe)
@@ -114,7 +119,8 @@ class Host:
     def argv(self, command: Sequence[str], *, own_hostname: bool = False) -> list[str]:
         """``command`` run on this host. ``ip netns exec`` and ``unshare`` exec in place,
         so the process started is the command's own (its pid, its process group)."""
-        base = ["ip", "netns", "exec", self.namespace]
+        assert IP is not None
+        base = [IP, "netns", "exec", self.namespace]
         if not own_hostname:
             return [*base, *command]
         set_name = 'hostname "$0" && exec "$@"'
