@@ -53,12 +53,17 @@ class WorkerProcess:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own group: the pool child is signalled too
             )
-        service_helpers.wait_for(
-            f"worker {name} to be ready",
-            self._ready,
-            timeout=READY_SECONDS,
-            interval=0.1,
-        )
+        try:
+            service_helpers.wait_for(
+                f"worker {name} to be ready",
+                self._ready,
+                timeout=READY_SECONDS,
+                interval=0.1,
+            )
+        except BaseException:
+            # Never ready (or it exited): nobody holds this object to stop it later.
+            stop_process_group(self.process)
+            raise
 
     @property
     def node_name(self) -> str:

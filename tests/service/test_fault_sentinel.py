@@ -185,9 +185,15 @@ def cluster(
                 WorkerProcess, env, tmp_path / "production.log", "production", quiet=False
             )
             api = pool.submit(started.start_api)
-            for future in (quiet, production):
-                started.workers.append(future.result())
+            failures = []
+            for future in (quiet, production):  # each started one is stopped by close()
+                try:
+                    started.workers.append(future.result())
+                except BaseException as exc:  # noqa: BLE001 - raised below, after the others
+                    failures.append(exc)
             api.result()
+            if failures:
+                raise failures[0]
         yield started
     finally:
         started.close()
