@@ -270,9 +270,14 @@ def test_statistics_by_day_past_two_days_with_outcomes_and_the_queue_depth(
     client = ApiClient(name="stats", key_hash=uuid.uuid4().hex * 2)
     session.add(client)
     session.commit()
-    # A window far in the past that only this test's jobs fall in.
+    # A window far in the past that this test's jobs fall in. Other tests' jobs may be
+    # there too (one still queued from earlier counts in every later hour's depth), so
+    # what is asserted is what this test's jobs add to the figures.
     now = datetime(2001, 3, 10, 12, 30, tzinfo=UTC) + timedelta(days=uuid.uuid4().int % 3000)
     base = now.replace(minute=0) - timedelta(hours=30)
+    forget_cached_counts()
+    daily_before = job_stats(session, now=now, hours=24 * 7)
+    hourly_before = job_stats(session, now=now, hours=48)
     specs = [  # (created after base, started after, finished after, status)
         (0, 10, 20, JobStatus.SUCCEEDED),
         (0, None, 40, JobStatus.CANCELED),  # canceled while queued
@@ -297,16 +302,22 @@ def test_statistics_by_day_past_two_days_with_outcomes_and_the_queue_depth(
     forget_cached_counts()
     daily = job_stats(session, now=now, hours=24 * 7)
     assert daily.bucket_hours == 24 and len(daily.buckets) == 8  # 7 days of hours: 8 dates
-    assert sum(b.created for b in daily.buckets) == 4
-    assert (sum(b.succeeded for b in daily.buckets), sum(b.failed for b in daily.buckets)) == (1, 1)
-    assert sum(b.canceled for b in daily.buckets) == 1
+
+    def added(figure: str) -> int:
+        return sum(getattr(b, figure) for b in daily.buckets) - sum(
+            getattr(b, figure) for b in daily_before.buckets
+        )
+
+    assert added("created") == 4
+    assert (added("succeeded"), added("failed"), added("canceled")) == (1, 1, 1)
     hourly = job_stats(session, now=now, hours=48)
     assert hourly.bucket_hours == 1 and len(hourly.buckets) == 48
-    depth = {b.start: b.queued for b in hourly.buckets}
+    before = {b.start: b.queued for b in hourly_before.buckets}
+    depth = {b.start: b.queued - before[b.start] for b in hourly.buckets}
     hour = base.replace(minute=0)
     assert depth[hour] == 2  # the failed one (waiting three hours) and the queued one
     assert depth[hour + timedelta(hours=3)] == 1  # the failed one has started
-    assert hourly.buckets[-1].queued == 1
+    assert depth[hourly.buckets[-1].start] == 1
     log_in(http, admin_key)
     page = http.get("/admin/stats?hours=720").text
     assert "Jobs per day" in page and "(720 h)" not in page and "last 30 days" in page
