@@ -62,7 +62,7 @@ def detail_dict(detail: admin.AdminJobDetail, now: datetime) -> dict[str, Any]:
     body = admin_job_dict(detail.job, now)
     body.update(
         {
-            "n_styles": detail.n_styles,
+            "n_styles": detail.job.n_styles,
             "cancel_requested": detail.cancel_requested,
             "lease_owner": detail.lease_owner,
             "lease_expires_at": _timestamp(detail.lease_expires_at),

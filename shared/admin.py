@@ -62,8 +62,6 @@ class AdminJob(JobView):
     and its client's name."""
 
     client_name: str
-    n_styles: int = 1
-    has_preview: bool = False  # its row names a preview (the last one of a finished job)
 
 
 @dataclass(frozen=True)
@@ -89,7 +87,6 @@ class AdminJobDetail:
     """A job, its client, its whole history and its durations."""
 
     job: AdminJob
-    n_styles: int
     cancel_requested: bool
     lease_owner: str | None
     lease_expires_at: datetime | None
@@ -147,10 +144,6 @@ def list_jobs(
     return AdminJobPage(items[:limit], Cursor(last.created_at, last.id).encode())
 
 
-# A table row needs the styles' count and whether a preview exists, besides the view.
-_JOB_COLUMNS: tuple[Any, ...] = (*JOB_VIEW_COLUMNS, Job.n_styles, Job.preview_file)
-
-
 @functools.lru_cache(maxsize=512)
 def _list_statement(
     n_statuses: int,
@@ -192,11 +185,11 @@ def _list_statement(
 
     if n_statuses <= 1:
         where = [*conditions, status_is(0)] if n_statuses else conditions
-        page = _ordered(select(*_JOB_COLUMNS).where(*where), wanted).subquery()
+        page = _ordered(select(*JOB_VIEW_COLUMNS).where(*where), wanted).subquery()
     else:
         # Several statuses: one ordered index walk each, merged.
         parts = [
-            _ordered(select(*_JOB_COLUMNS).where(*conditions, status_is(i)), wanted).subquery()
+            _ordered(select(*JOB_VIEW_COLUMNS).where(*conditions, status_is(i)), wanted).subquery()
             for i in range(n_statuses)
         ]
         merged = union_all(*(select(part) for part in parts)).subquery()
@@ -237,12 +230,7 @@ def _admin_job(row: Any) -> AdminJob:
     # The status and params as the client's JSON expects them, whatever the query's shape.
     values = {name: row[name] for name in JOB_VIEW_FIELDS}
     values["status"], values["params"] = JobStatus(values["status"]), dict(values["params"])
-    return AdminJob(
-        **values,
-        client_name=row["client_name"],
-        n_styles=row["n_styles"],
-        has_preview=row["preview_file"] is not None,
-    )
+    return AdminJob(**values, client_name=row["client_name"])
 
 
 # Counts under filters are a GROUP BY over the filter's index; a page polling them
@@ -296,7 +284,7 @@ def find_jobs(session: Session, id_prefix: str, *, limit: int) -> list[AdminJob]
     low = uuid.UUID(id_prefix.ljust(32, "0"))
     high = uuid.UUID(id_prefix.ljust(32, "f"))
     page = (
-        select(*_JOB_COLUMNS)
+        select(*JOB_VIEW_COLUMNS)
         .where(Job.id >= low, Job.id <= high)
         .order_by(Job.id)
         .limit(limit)
@@ -325,12 +313,12 @@ def job_detail(
             select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.at, JobEvent.id)
         )
     ]
-    names = (*JOB_VIEW_FIELDS, "n_styles", "preview_file")
-    row = {name: getattr(job, name) for name in names} | {"client_name": client_name or ""}
+    row = {name: getattr(job, name) for name in JOB_VIEW_FIELDS} | {
+        "client_name": client_name or ""
+    }
     timings = job_timings(job.created_at, job.started_at, job.finished_at, now)
     return AdminJobDetail(
         job=_admin_job(row),
-        n_styles=job.n_styles,
         cancel_requested=job.cancel_requested,
         lease_owner=job.lease_owner,
         lease_expires_at=job.lease_expires_at,

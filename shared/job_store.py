@@ -174,9 +174,8 @@ _NOTHING_YET: dict[str, Any] = {
     "cancel_requested": False,
     "result_file": None,
     "checkpoint_file": None,
-    "preview_file": None,
 }
-_GIVEN = ("n_styles", "idempotency_key", "request_digest", "updated_at")
+_GIVEN = ("idempotency_key", "request_digest", "updated_at")
 # Every column, so that the row is known without reading it back.
 _JOB_COLUMNS = tuple(column.name for column in _JOBS.columns)
 _EVENT_COLUMNS = tuple(column.name for column in _EVENTS.columns if not column.primary_key)
@@ -199,7 +198,6 @@ def insert_job(
     session: Session,
     job: JobView,
     *,
-    n_styles: int,
     idempotency_key: str | None,
     request_digest: str | None,
     db: Database | None = None,
@@ -213,7 +211,6 @@ def insert_job(
     """
     row = {name: getattr(job, name) for name in JOB_VIEW_FIELDS} | _NOTHING_YET
     row |= {
-        "n_styles": n_styles,
         "idempotency_key": idempotency_key,
         "request_digest": request_digest,
         "updated_at": job.created_at,

@@ -39,6 +39,8 @@ class JobView:
     created_at: datetime
     started_at: datetime | None  # the first claim of its current run
     finished_at: datetime | None
+    n_styles: int  # how many style images it was given
+    preview_file: str | None  # the committed preview's name; None: no preview yet
 
     @classmethod
     def of(cls, row: Any) -> JobView:

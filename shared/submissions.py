@@ -71,6 +71,8 @@ def create_job(
         created_at=now,
         started_at=None,
         finished_at=None,
+        n_styles=len(styles),
+        preview_file=None,
     )
     files = {CONTENT_FILE: content} | {style_file(i): data for i, data in enumerate(styles)}
     try:
@@ -78,7 +80,6 @@ def create_job(
         insert_job(
             session,
             job,
-            n_styles=len(styles),
             idempotency_key=idempotency_key,
             request_digest=request_digest,
             db=db,

@@ -133,7 +133,7 @@ def _thumb_urls(job: AdminJob, *, size: int) -> dict[str, Any]:
         last = (url("result"), "result", "result")
     elif status is JobStatus.RUNNING:
         last = (url("preview"), "live preview", "preview")
-    elif status.is_finished and job.has_preview:
+    elif status.is_finished and job.preview_file is not None:
         last = (url("preview"), f"last preview ({job.iteration}/{job.iterations})", "preview")
     empty = {
         JobStatus.QUEUED: "queued",
@@ -258,7 +258,7 @@ def job_page(job_id: str) -> str:
             "content": url_for("admin_ui.image", job_id=job.id, name="content"),
             "styles": [
                 url_for("admin_ui.image", job_id=job.id, name=f"style-{i}")
-                for i in range(detail.n_styles)
+                for i in range(detail.job.n_styles)
             ],
             "result": url_for("admin_ui.image", job_id=job.id, name="result"),
         },

@@ -36,6 +36,8 @@ QUEUED = JobView(
     created_at=NOW - timedelta(seconds=7.25),
     started_at=None,
     finished_at=None,
+    n_styles=1,
+    preview_file=None,
 )
 RUNNING = replace(
     QUEUED,
