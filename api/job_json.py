@@ -60,6 +60,7 @@ def job_dict(job: JobView, now: datetime | None = None) -> dict[str, Any]:
             "preview": f"{base}/preview",
             "cancel": f"{base}/cancel",
         },
+        "warnings": [{"code": w["code"], "message": w["message"]} for w in job.warnings],
     }
 
 

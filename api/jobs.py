@@ -59,6 +59,7 @@ def submit_job() -> Response:
         styles=submission.styles,
         idempotency_key=key,
         request_digest=digest,
+        warnings=submission.warnings,
         enqueue=svc.publisher.publish,
         db=svc.db,
     )

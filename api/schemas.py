@@ -8,6 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.spec_examples import WARNINGS_EXAMPLE
+from shared.input_warnings import MAX_UPSCALE, SHORT_SIDE_PX
 from shared.job_view import JobView, job_timings
 from shared.models import JobStatus, utcnow
 from shared.params import StyleParams
@@ -23,6 +25,20 @@ class Progress(BaseModel):
 class JobErrorInfo(BaseModel):
     code: str = Field(description="Machine-readable, e.g. out_of_memory, invalid_image.")
     message: str
+
+
+class JobWarning(BaseModel):
+    """Something the job's inputs may do badly, found when it was submitted."""
+
+    code: str = Field(
+        description="Stable, for programs: content_short_side (the output's shorter side "
+        f"is under {SHORT_SIDE_PX} px: the content's structure is lost), content_upscaled "
+        f"and style_upscaled (an image enlarged more than {MAX_UPSCALE:g} times to the size "
+        "it is used at: a blurry result or texture), content_alpha (transparent areas are "
+        "stylized as if white and stay transparent in the output), style_alpha (a style's "
+        "transparent areas count as white paint)."
+    )
+    message: str = Field(description="For people: what will happen, and what would help.")
 
 
 class JobUrls(BaseModel):
@@ -50,6 +66,11 @@ class JobOut(BaseModel):
     queue_seconds: float = Field(description="Seconds from submit to start (so far, if queued).")
     run_seconds: float | None = Field(description="Seconds running (so far, if running).")
     urls: JobUrls
+    warnings: list[JobWarning] = Field(
+        description="What the inputs may do badly (an elongated or small content, a small "
+        "style, transparency), found at submit; empty when all is well.",
+        examples=[WARNINGS_EXAMPLE],
+    )
 
     @classmethod
     def from_job(cls, job: JobView, now: datetime | None = None) -> JobOut:
@@ -85,6 +106,7 @@ class JobOut(BaseModel):
                     "cancel": f"{base}/cancel",
                 }
             ),
+            warnings=[JobWarning.model_validate(w) for w in job.warnings],
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """An example request for every operation of ``/openapi.json``: a curl command (in the
-operation's description, which /docs shows, and as ``x-codeSamples``), and an example
-value for each parameter and for the submit's form fields.
+operation's description, which /docs shows, and as ``x-codeSamples``), an example
+value for each parameter and for the submit's form fields, and a job's ``warnings``.
 
 ``with_examples`` adds them to the spec's paths; an operation without an example
 written here gets a plain one (its method and path, the key of its kind).
@@ -11,6 +11,10 @@ from __future__ import annotations
 import copy
 import json
 from typing import Any
+
+from shared.images import ImageInfo
+from shared.input_warnings import input_warnings
+from shared.params import parse_params
 
 BASE = "http://localhost:8000"
 JOB = "7062e67f-e075-415f-a230-69252ad5fd51"
@@ -60,6 +64,17 @@ PARAMETER_EXAMPLES: dict[str, Any] = {
     "hours": 168,
     "all": True,
 }
+
+# A job's warnings, as the submit of a 1000x150 transparent PNG with a 64 px style at
+# the default size finds them (made by the function itself, so the wording is current).
+WARNINGS_EXAMPLE: list[dict[str, str]] = [
+    warning.to_dict()
+    for warning in input_warnings(
+        ImageInfo("PNG", 1000, 150, has_alpha=True),
+        [ImageInfo("JPEG", 64, 64)],
+        parse_params({}),
+    )
+]
 
 
 def with_examples(paths: dict[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,8 @@ from shared.errors import (
     InvalidInputError,
     PayloadTooLargeError,
 )
-from shared.images import input_mimetype, inspect_image
+from shared.images import ImageInfo, input_mimetype, inspect_image
+from shared.input_warnings import input_warnings
 from shared.models import Job
 from shared.params import MAX_STYLES, StyleParams, check_style_blend, parse_params
 from shared.sizes import check_output_size
@@ -30,11 +31,13 @@ PARAMS_FILE_MAX_BYTES = 64 * 1024  # a params part sent as a file (a few hundred
 
 @dataclass(frozen=True)
 class Submission:
-    """A validated job submission: inputs that decode, parameters in range."""
+    """A validated job submission: inputs that decode, parameters in range, and what the
+    inputs may do badly (``shared.input_warnings``, as dicts; not part of the digest)."""
 
     params: StyleParams
     content: bytes
     styles: list[bytes]
+    warnings: list[dict[str, str]]
 
     @property
     def digest(self) -> str:
@@ -120,11 +123,14 @@ def read_submission(form: Form, *, max_upload_bytes: int, max_image_pixels: int)
         )
     params = parse_params(_params_object(_params_texts(form)))
     check_style_blend(params, len(styles))
-    content_size = _check_image(contents[0], "content", max_upload_bytes, max_image_pixels)
-    check_output_size(*content_size, params.size)
-    for i, style in enumerate(styles):
+    content_info = _check_image(contents[0], "content", max_upload_bytes, max_image_pixels)
+    check_output_size(content_info.width, content_info.height, params.size)
+    style_infos = [
         _check_image(style, f"style[{i}]", max_upload_bytes, max_image_pixels)
-    return Submission(params=params, content=contents[0], styles=styles)
+        for i, style in enumerate(styles)
+    ]
+    warnings = [w.to_dict() for w in input_warnings(content_info, style_infos, params)]
+    return Submission(params=params, content=contents[0], styles=styles, warnings=warnings)
 
 
 def _params_texts(form: Form) -> list[str]:
@@ -189,8 +195,9 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _check_image(data: bytes, field: str, max_bytes: int, max_pixels: int) -> tuple[int, int]:
-    """The image's (width, height), once it has been checked; the first problem as a 4xx."""
+def _check_image(data: bytes, field: str, max_bytes: int, max_pixels: int) -> ImageInfo:
+    """What the image's header says (size, alpha), once it has been checked; the first
+    problem as a 4xx."""
     if len(data) > max_bytes:
         raise PayloadTooLargeError(
             f"{field}: the file is over the limit of {max_bytes} bytes",
@@ -199,8 +206,7 @@ def _check_image(data: bytes, field: str, max_bytes: int, max_pixels: int) -> tu
         )
     # A check whose cost follows the file's bytes, not its pixels: the worker decodes
     # every pixel, the API only makes sure that there is an image of an accepted format.
-    info = inspect_image(data, field=field, max_pixels=max_pixels)
-    return info.width, info.height
+    return inspect_image(data, field=field, max_pixels=max_pixels)
 
 
 def read_idempotency_key(raw: str | None) -> str | None:

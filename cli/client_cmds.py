@@ -38,6 +38,7 @@ from client.text import (
     describe_job,
     format_progress,
     job_table,
+    warning_line,
 )
 
 ENV_URL = "STYLEQUEUE_URL"
@@ -209,13 +210,20 @@ def submit_cmd(
     idempotency_key: str | None,
     as_json: bool,
 ) -> None:
-    """Submit CONTENT styled after STYLE...; print the job id, or with --wait the saved file."""
+    """Submit CONTENT styled after STYLE...; print the job id, or with --wait the saved file.
+
+    What the server finds the inputs may do badly (an elongated or small
+    content, a small style, transparency) is printed on stderr, one
+    `warning: ...` line each; the job runs all the same.
+    """
     if not wait_ and (output is not None or timeout is not None):
         raise click.UsageError("-o/--output and --timeout need --wait")
     params = parse_params(param_items)
     try:
         with _make_client(ctx) as client:
             job = client.submit(content, styles, params or None, idempotency_key=idempotency_key)
+            for warning in job.warnings:
+                click.echo(warning_line(warning.message), err=True)
             if not wait_:
                 _echo_json(job.to_json()) if as_json else click.echo(job.id)
                 return

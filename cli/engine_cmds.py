@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from cli.params import parse_params as parse_param_strings
-from client.text import describe_image_problem
+from client.text import describe_image_problem, warning_line
 from shared.errors import ParameterError, StylequeueError
 
 
@@ -40,22 +40,25 @@ class _ProgressLine:
             click.echo(line, err=True)
 
 
-def _read_image(path: Path, field: str) -> Any:
-    """The image at ``path`` as a tensor; a problem is one sentence naming the file."""
+def _read_image(path: Path, field: str) -> tuple[Any, Any]:
+    """The image at ``path`` as a tensor, and its header (``ImageInfo``: size, alpha, as
+    the API reads an upload's); a problem is one sentence naming the file."""
     from shared.errors import InvalidInputError
-    from shared.images import decode_image
+    from shared.images import decode_image, inspect_image
     from worker.engine import pil_to_tensor
 
     try:
+        data = path.read_bytes()
         # A content's transparency is kept, as in a job; a style's is not.
-        image = decode_image(path.read_bytes(), field=field, keep_alpha=field == "content")
+        image = decode_image(data, field=field, keep_alpha=field == "content")
+        info = inspect_image(data, field=field)
     except OSError as exc:
         raise click.ClickException(
             describe_image_problem(field, path, f"cannot read it: {exc.strerror or exc}")
         ) from None
     except InvalidInputError as exc:
         raise click.ClickException(describe_image_problem(field, path, exc.message)) from None
-    return pil_to_tensor(image)
+    return pil_to_tensor(image), info
 
 
 ALPHA_SUFFIXES = (".png", ".webp", ".tif", ".tiff")  # formats that keep transparency
@@ -110,6 +113,7 @@ def stylize(
     Parameters are those of a job (`stylequeue params` lists them), e.g.
     --param size=512 --param iterations=300 --param style_blend=[2,1].
     """
+    from shared.input_warnings import input_warnings
     from shared.params import parse_params
 
     try:
@@ -118,9 +122,13 @@ def stylize(
             raise ParameterError(
                 "--output", f"unknown image type {output.suffix!r}; use .png or .jpg"
             )
-        content_t = _read_image(content, "content")
-        style_ts = [_read_image(path, "style") for path in styles]
+        content_t, content_info = _read_image(content, "content")
+        read = [_read_image(path, "style") for path in styles]
+        style_ts, style_infos = [t for t, _ in read], [info for _, info in read]
         style_params.blend_weights(len(style_ts))  # the blend error before the model loads
+        # The warnings a job of these inputs would carry, before the long part starts.
+        for warning in input_warnings(content_info, style_infos, style_params):
+            click.echo(warning_line(warning.message), err=True)
 
         import torch
 

@@ -26,7 +26,7 @@ from client.errors import (
     UnauthorizedError,
     WaitTimeoutError,
 )
-from client.models import Job, JobError, JobPage, JobProgress, JobStatus, JobUrls
+from client.models import Job, JobError, JobPage, JobProgress, JobStatus, JobUrls, JobWarning
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
@@ -42,6 +42,7 @@ __all__ = [
     "JobProgress",
     "JobStatus",
     "JobUrls",
+    "JobWarning",
     "NotFoundError",
     "PayloadTooLargeError",
     "ProgressCallback",

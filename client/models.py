@@ -54,6 +54,16 @@ class JobError:
 
 
 @dataclass(frozen=True)
+class JobWarning:
+    """Something the job's inputs may do badly, found when it was submitted: a stable
+    ``code`` (``content_short_side``, ``content_upscaled``, ``style_upscaled``,
+    ``content_alpha``, ``style_alpha``) and a ``message`` for people."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
 class JobUrls:
     """The job's links, as the server gave them (paths or absolute URLs)."""
 
@@ -80,6 +90,7 @@ class Job:
     queue_seconds: float | None
     run_seconds: float | None
     urls: JobUrls
+    warnings: tuple[JobWarning, ...] = ()  # empty: none (or a server from before warnings)
 
     @classmethod
     def from_json(cls, data: Any) -> Job:
@@ -122,6 +133,7 @@ class Job:
                 preview=urls.get("preview", str),
                 cancel=urls.get("cancel", str),
             ),
+            warnings=_warnings(obj.get("warnings", list, optional=True) or []),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -152,6 +164,7 @@ class Job:
                 "preview": self.urls.preview,
                 "cancel": self.urls.cancel,
             },
+            "warnings": [{"code": w.code, "message": w.message} for w in self.warnings],
         }
 
 
@@ -210,6 +223,14 @@ class _Fields:
             raise InvalidResponseError(
                 f"{self._where}.{name}: not an ISO 8601 time: {text!r}"
             ) from None
+
+
+def _warnings(items: list[Any]) -> tuple[JobWarning, ...]:
+    found = []
+    for index, item in enumerate(items):
+        warning = _Fields(item, f"job.warnings[{index}]")
+        found.append(JobWarning(warning.get("code", str), warning.get("message", str)))
+    return tuple(found)
 
 
 def _float_or_none(value: int | float | None) -> float | None:

@@ -1,5 +1,5 @@
 """Jobs as plain text, as pure functions: the progress line, a description, a table,
-what a cancel did, an image problem naming the file.
+what a cancel did, an image problem naming the file, an input warning.
 
 The command line prints these; a program using the client may too.
 """
@@ -71,6 +71,7 @@ def describe_job(job: Job) -> str:
     ]
     if job.error is not None:
         lines.append(f"error     {job.error.code}: {job.error.message}")
+    lines += [f"warning   {w.code}: {w.message}" for w in job.warnings]
     return "\n".join(lines)
 
 
@@ -116,3 +117,8 @@ def describe_image_problem(field: str, path: str | os.PathLike[str], message: st
     """
     role = "content image" if field == "content" else "style image"
     return f"{role} {os.fspath(path)}: {message.removeprefix(f'{field}: ')}"
+
+
+def warning_line(message: str) -> str:
+    """``warning: <message>``: how the commands print what the inputs may do badly."""
+    return f"warning: {message}"

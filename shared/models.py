@@ -244,6 +244,11 @@ class Job(Base):
     preview_file: Mapped[str | None] = mapped_column(String(FILE_NAME_LENGTH))
     # sha256 of the submit's inputs and parameters: an Idempotency-Key replay must match it.
     request_digest: Mapped[str | None] = mapped_column(String(DIGEST_LENGTH))
+    # What the inputs may do badly, found at submit (shared.input_warnings): a list of
+    # {"code", "message"}; empty for a job without any (and for rows from before).
+    warnings: Mapped[list[dict[str, str]]] = mapped_column(
+        JSONType, default=list, server_default="[]"
+    )
 
 
 class JobEvent(Base):

@@ -39,6 +39,7 @@ def create_job(
     enqueue: Enqueue,
     db: Database | None = None,
     request_digest: str | None = None,
+    warnings: Sequence[dict[str, str]] = (),
 ) -> tuple[JobView, bool]:
     """Store a validated job durably, then enqueue its id. Returns (job, created).
 
@@ -48,7 +49,8 @@ def create_job(
     this client, the original job is returned and nothing is created. With
     ``db`` (the API's ``Database``) the row goes in on its fastest path
     (``shared.job_store.insert_job``); else through ``session``.
-    ``request_digest`` is kept on the row, for a replay with the key to match.
+    ``request_digest`` is kept on the row, for a replay with the key to match;
+    ``warnings`` too (``shared.input_warnings``, as dicts), for every reader of the job.
     """
     if idempotency_key is not None:
         existing = find_by_idempotency_key(session, client_id, idempotency_key)
@@ -73,6 +75,7 @@ def create_job(
         finished_at=None,
         n_styles=len(styles),
         preview_file=None,
+        warnings=list(warnings),
     )
     files = {CONTENT_FILE: content} | {style_file(i): data for i, data in enumerate(styles)}
     try:

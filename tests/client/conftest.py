@@ -57,6 +57,7 @@ def make_job_json(**overrides: Any) -> dict[str, Any]:
             "preview": f"/v1/jobs/{job_id}/preview",
             "cancel": f"/v1/jobs/{job_id}/cancel",
         },
+        "warnings": [],
     }
     data.update(overrides)
     return data

@@ -73,6 +73,8 @@ def test_a_missing_field_is_named(job_json: JobJsonFactory, field: str) -> None:
         ({"progress": {"iteration": "5"}}, "job.progress.iteration"),
         ({"urls": {"self": "/x"}}, "job.urls.result"),
         ({"error": {"code": "x"}}, "job.error.message"),
+        ({"warnings": {"code": "x"}}, "job.warnings"),
+        ({"warnings": [{"code": "x", "message": 3}]}, r"job.warnings\[0\].message"),
     ],
 )
 def test_a_malformed_field_is_named(
@@ -80,6 +82,24 @@ def test_a_malformed_field_is_named(
 ) -> None:
     with pytest.raises(InvalidResponseError, match=named):
         Job.from_json(job_json(**overrides))
+
+
+def test_warnings_parse_and_go_back_as_they_came(job_json: JobJsonFactory) -> None:
+    warnings = [
+        {"code": "content_short_side", "message": "the content is 1000x150: ..."},
+        {"code": "style_alpha", "message": "style[0] has transparent areas: ..."},
+    ]
+    job = Job.from_json(job_json(warnings=warnings))
+    assert [(w.code, w.message) for w in job.warnings] == [
+        (w["code"], w["message"]) for w in warnings
+    ]
+    assert job.to_json()["warnings"] == warnings
+
+
+def test_a_server_without_warnings_gives_none(job_json: JobJsonFactory) -> None:
+    data = job_json()
+    del data["warnings"]
+    assert Job.from_json(data).warnings == ()
 
 
 def test_not_an_object_is_an_invalid_response() -> None:

@@ -169,3 +169,26 @@ def test_a_transparent_content_keeps_its_alpha_and_a_jpeg_output_is_flattened(
     with Image.open(tmp_path / "out.jpg") as out:
         assert out.mode == "RGB"
         assert min(out.getpixel((4, 12))) > 240  # white where it was transparent (JPEG rounds)
+
+
+def test_stylize_prints_the_warnings_a_job_of_its_inputs_would_carry(tmp_path: Path) -> None:
+    content, style = tmp_path / "cutout.png", tmp_path / "tiny-style.png"
+    Image.new("RGBA", (64, 64), (90, 140, 200, 128)).save(content)
+    Image.new("RGB", (32, 32), (200, 60, 20)).save(style)
+    done = _program(
+        "stylize", str(content), str(style), "-o", str(tmp_path / "out.png"),
+        "--param", "size=128", "--param", "iterations=1", "--param", "scales=1",
+        "--device", "cpu", "--quiet",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 2, done.stderr
+    assert warnings[0].startswith("warning: the content has transparent areas")
+    assert warnings[1].startswith("warning: style[0] is 32x32 and is enlarged 4.0x to 128 px")
+    ordinary = _program(
+        "stylize", str(DATA / "astronaut.png"), str(DATA / "astronaut.png"),
+        "-o", str(tmp_path / "plain.png"), "--param", "size=128", "--param", "iterations=1",
+        "--param", "scales=1", "--device", "cpu", "--quiet",
+    )  # fmt: skip
+    assert ordinary.returncode == 0, ordinary.stderr
+    assert "warning" not in ordinary.stderr

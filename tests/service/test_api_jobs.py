@@ -29,6 +29,7 @@ JOB_KEYS = {
     "queue_seconds",
     "run_seconds",
     "urls",
+    "warnings",
 }
 
 

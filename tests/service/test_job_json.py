@@ -38,6 +38,7 @@ QUEUED = JobView(
     finished_at=None,
     n_styles=1,
     preview_file=None,
+    warnings=[],
 )
 RUNNING = replace(
     QUEUED,
@@ -78,6 +79,14 @@ BLENDED = replace(
         }
     ).model_dump(mode="json"),
 )
+# A job whose inputs were warned about at submit (a message with quotes and a non-ASCII sign).
+WARNED = replace(
+    QUEUED,
+    warnings=[
+        {"code": "content_short_side", "message": "the content is 1000x150: at size 512 ..."},
+        {"code": "style_alpha", "message": 'style[0] has "transparent" areas \u00d7'},
+    ],
+)
 # PostgreSQL's JSONB hands keys back in its own order, and an older row may lack a parameter.
 REORDERED_AND_OLD = replace(
     QUEUED,
@@ -96,8 +105,19 @@ REORDERED_AND_OLD = replace(
         FAILED_WITHOUT_MESSAGE,
         BLENDED,
         REORDERED_AND_OLD,
+        WARNED,
     ],
-    ids=["queued", "running", "succeeded", "failed", "canceled", "no-message", "blend", "old"],
+    ids=[
+        "queued",
+        "running",
+        "succeeded",
+        "failed",
+        "canceled",
+        "no-message",
+        "blend",
+        "old",
+        "warned",
+    ],
 )
 def test_job_json_equals_the_pydantic_schema_text(record: JobView) -> None:
     by_pydantic = JobOut.from_job(record, NOW).model_dump_json(by_alias=True)
