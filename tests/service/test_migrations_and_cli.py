@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from click.testing import CliRunner
-from sqlalchemy import inspect
+from sqlalchemy import func, inspect, select
 
 import migrations
 from cli.main import cli
 from shared.auth import authenticate
 from shared.db import Database
-from shared.models import Base
+from shared.models import ApiClient, Base, Job, JobEvent, JobStatus, utcnow
 
 
 def test_the_migrated_schema_matches_the_models(database_url: str) -> None:
@@ -40,6 +41,56 @@ def test_downgrade_to_empty_and_up_again(tmp_path: Path) -> None:
         assert {"api_clients", "jobs", "job_events"} <= set(
             inspect(database.engine).get_table_names()
         )
+    finally:
+        database.dispose()
+
+
+def test_every_row_survives_the_migrations_after_the_first_release(tmp_path: Path) -> None:
+    """Down to 0005 and up again with a client, a job and its event in the tables: on
+    SQLite a migration that rebuilds a table (a copy, then a drop of the old one) would
+    cascade the drop into every job of the client, or every event of the job."""
+    url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    migrations.upgrade(url)
+    database = Database(url)
+    try:
+        with database.session() as session:
+            client = ApiClient(name="kept", key_hash=uuid.uuid4().hex * 2)
+            session.add(client)
+            session.flush()
+            job = Job(
+                client_id=client.id,
+                status=JobStatus.SUCCEEDED,
+                params={},
+                n_styles=1,
+                iterations=2,
+                created_at=utcnow(),
+            )
+            session.add(job)
+            session.flush()
+            session.add(JobEvent(job_id=job.id, kind="created", attempt=0, worker=None, data={}))
+            session.commit()
+        database.dispose()
+
+        def counts() -> tuple[int, int, int]:
+            with database.session() as session:
+                return (
+                    session.scalar(select(func.count()).select_from(ApiClient)) or 0,
+                    session.scalar(select(func.count()).select_from(Job)) or 0,
+                    session.scalar(select(func.count()).select_from(JobEvent)) or 0,
+                )
+
+        assert counts() == (1, 1, 1)
+        migrations.command.downgrade(migrations.alembic_config(url), "0005_job_losses")
+        database.dispose()
+        with database.engine.connect() as connection:
+            rows = [
+                connection.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar()
+                for table in ("api_clients", "jobs", "job_events")
+            ]
+        assert rows == [1, 1, 1]
+        database.dispose()
+        migrations.upgrade(url)
+        assert counts() == (1, 1, 1)
     finally:
         database.dispose()
 
