@@ -9,7 +9,14 @@ from flask import Flask, Response, jsonify
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
-from shared.errors import ClientError, ServiceUnavailableError, StorageError, StylequeueError
+from api.limits import quota_headers
+from shared.errors import (
+    ClientError,
+    ServiceUnavailableError,
+    StorageError,
+    StylequeueError,
+    TooManyRequestsError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +61,9 @@ def _from_stylequeue_error(exc: StylequeueError) -> Response:
     response.status_code = exc.http_status
     if isinstance(exc, ServiceUnavailableError):
         response.headers["Retry-After"] = str(exc.retry_after)
+    if isinstance(exc, TooManyRequestsError):
+        response.headers["Retry-After"] = str(exc.retry_after)
+        response.headers.update(quota_headers(exc.quota))
     return response
 
 

@@ -52,6 +52,7 @@ def job_dict(job: JobView, now: datetime | None = None) -> dict[str, Any]:
         "created_at": _timestamp(created_at),
         "started_at": _timestamp(started_at),
         "finished_at": _timestamp(finished_at),
+        "deadline_at": _timestamp(job.deadline_at),
         "queue_seconds": timings.queue_seconds,
         "run_seconds": timings.run_seconds,
         "urls": {

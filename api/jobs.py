@@ -12,6 +12,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from api.auth import current_principal
 from api.job_json import job_dict, job_json
+from api.limits import check_submit_limits, quota_headers, read_cancel_after
 from api.multipart import read_form
 from api.services import db_session, read_session, services
 from api.uploads import check_same_request, read_idempotency_key, read_submission, replay_digest
@@ -39,11 +40,14 @@ def submit_job() -> Response:
     svc = services()
     session = db_session()
     key = read_idempotency_key(request.headers.get("Idempotency-Key"))
+    deadline_at = read_cancel_after(request.headers.get("Cancel-After"))
     form = read_form(request)
     if key is not None:
         replayed = _replay(principal.client_id, key, replay_digest(form))
         if replayed is not None:
             return replayed
+    # Before the uploads are decoded or stored: a 429 costs neither.
+    quota = check_submit_limits(principal.client_id)
     submission = read_submission(
         form,
         max_upload_bytes=svc.settings.max_upload_bytes,
@@ -62,6 +66,7 @@ def submit_job() -> Response:
         warnings=submission.warnings,
         enqueue=svc.publisher.publish,
         db=svc.db,
+        deadline_at=deadline_at,
     )
     if not created:
         # Another request with this key committed first: answered as a replay of it.
@@ -70,6 +75,7 @@ def submit_job() -> Response:
     log_job_created(job.id, client_id=principal.client_id, n_styles=len(submission.styles))
     response = _job_response(job, 202)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
+    response.headers.update(quota_headers(quota))
     return response
 
 

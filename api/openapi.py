@@ -10,6 +10,7 @@ from flask import Blueprint, Response, jsonify
 from pydantic.json_schema import models_json_schema
 
 from api.admin_schemas import ADMIN_MODELS, admin_paths
+from api.limits import MAX_CANCEL_AFTER_SECONDS
 from api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from api.schemas import ErrorResponse, Health, JobList, JobOut
 from api.spec_examples import with_examples
@@ -31,6 +32,34 @@ blueprint = Blueprint("openapi", __name__)
 API_TITLE = "stylequeue"
 API_VERSION = "1.0.0"
 PNG = {"image/png": {"schema": {"type": "string", "format": "binary"}}}
+CANCEL_AFTER = {
+    "name": "Cancel-After",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_CANCEL_AFTER_SECONDS},
+    "description": "Seconds: a job not finished this long after the submit is canceled, "
+    "its error deadline_exceeded (queued or running); the job shows it as deadline_at. "
+    "Anything but a positive number is a 400 (invalid_cancel_after).",
+}
+# draft-ietf-httpapi-ratelimit-headers, structured fields; docs/limits.md has an example.
+RATE_HEADERS = {
+    "Retry-After": {
+        "description": "Seconds to wait before submitting again.",
+        "schema": {"type": "integer", "minimum": 1},
+    },
+    "RateLimit-Policy": {
+        "description": 'This key\'s quotas: "burst";q=BURST;w=SECONDS (submits at once, '
+        'refilled at the rate in w seconds) and "queued";q=MAX_QUEUED, each when set.',
+        "schema": {"type": "string"},
+        "example": '"burst";q=20;w=10, "queued";q=100',
+    },
+    "RateLimit": {
+        "description": 'Where this key stands: "burst";r=LEFT;t=SECONDS (submits left now, '
+        'seconds until the bucket is full) and "queued";r=LEFT (jobs it may still queue).',
+        "schema": {"type": "string"},
+        "example": '"burst";r=19;t=1, "queued";r=99',
+    },
+}
 
 
 @blueprint.get("/openapi.json")
@@ -91,14 +120,19 @@ def _paths() -> dict[str, Any]:
                         "schema": {"type": "string", "maxLength": IDEMPOTENCY_KEY_MAX_LENGTH},
                         "description": "The same key with the same request again returns"
                         " the original job (200); with another request it is a 422.",
-                    }
+                    },
+                    CANCEL_AFTER,
                 ],
                 "requestBody": {
                     "required": True,
                     "content": {"multipart/form-data": _submission()},
                 },
                 "responses": {
-                    "202": {**job, "description": "Accepted: stored durably and queued."},
+                    "202": {
+                        **job,
+                        "description": "Accepted: stored durably and queued.",
+                        "headers": {k: RATE_HEADERS[k] for k in ("RateLimit-Policy", "RateLimit")},
+                    },
                     "200": {**job, "description": "The job created earlier with this key."},
                     **error_responses(
                         400,
@@ -106,11 +140,13 @@ def _paths() -> dict[str, Any]:
                         413,
                         415,
                         422,
+                        429,
                         503,
                         s503="The database or Redis is unavailable, or the storage is full or"
                         " unavailable (storage_full, storage_unavailable); nothing was stored."
                         " Retry after the Retry-After seconds.",
                     ),
+                    "429": {**error_responses(429)["429"], "headers": RATE_HEADERS},
                 },
             },
             "get": {

@@ -63,6 +63,10 @@ class JobOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    deadline_at: datetime | None = Field(
+        description="When the job is canceled (error deadline_exceeded) if it has not "
+        "finished: the submit's Cancel-After; null: never."
+    )
     queue_seconds: float = Field(description="Seconds from submit to start (so far, if queued).")
     run_seconds: float | None = Field(description="Seconds running (so far, if running).")
     urls: JobUrls
@@ -96,6 +100,7 @@ class JobOut(BaseModel):
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
+            deadline_at=job.deadline_at,
             queue_seconds=timings.queue_seconds,
             run_seconds=timings.run_seconds,
             urls=JobUrls.model_validate(

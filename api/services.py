@@ -8,17 +8,23 @@ from dataclasses import dataclass
 import redis
 from celery import Celery
 from flask import Flask, current_app, g
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from sqlalchemy.orm import Session
 
 from shared.celery_app import create_celery
 from shared.celery_wire import JobPublisher
 from shared.db import Database
+from shared.rate_limit import RateBucket
 from shared.redis_conn import redis_client
 from shared.settings import Settings
 from shared.storage import Storage, open_storage
 
 EXTENSION_KEY = "stylequeue"
 REDIS_TIMEOUT_SECONDS = 1.0  # readiness must answer fast, up or down
+# The submit's rate check: one try, soon given up, so that a Redis outage costs a submit
+# at most this (it is let through: shared.client_limits).
+RATE_LIMIT_TIMEOUT_SECONDS = 0.5
 
 
 @dataclass
@@ -29,9 +35,13 @@ class Services:
     celery: Celery
     publisher: JobPublisher  # submits enqueue through this: one LPUSH each
     redis: redis.Redis
+    rate_bucket: RateBucket  # every client's submit rate, in that Redis
 
     @classmethod
     def init_app(cls, app: Flask, settings: Settings) -> Services:
+        rate_redis = redis_client(
+            settings, timeout=RATE_LIMIT_TIMEOUT_SECONDS, retry=Retry(NoBackoff(), 0)
+        )
         services = cls(
             settings=settings,
             db=Database(settings.database_url),
@@ -39,6 +49,7 @@ class Services:
             celery=create_celery(settings),
             publisher=JobPublisher(settings),
             redis=redis_client(settings, timeout=REDIS_TIMEOUT_SECONDS),
+            rate_bucket=RateBucket(rate_redis, settings.redis_prefix),
         )
         app.extensions[EXTENSION_KEY] = services
         app.teardown_appcontext(_close_session)

@@ -54,6 +54,7 @@ CURL: dict[str, str] = {
 PARAMETER_EXAMPLES: dict[str, Any] = {
     "job_id": JOB,
     "Idempotency-Key": "4f1c2b9e-upload-1",
+    "Cancel-After": 3600,
     "status": "running",
     "limit": 20,
     "cursor": "eyJ0IjoiMjAyNi0xMS0yOFQxMjowMDowMFoiLCJpZCI6IjcwNjJlNjdmIn0",

@@ -36,6 +36,8 @@ ERROR_DESCRIPTIONS = {
     413: "An upload or the request is over its size limit.",
     415: "An image in a format other than JPEG, PNG or WebP (unsupported_image_format).",
     422: "The Idempotency-Key was used before with another request (idempotency_key_reused).",
+    429: "Over this key's limit: its submit rate (rate_limited) or its queued jobs "
+    "(too_many_queued); nothing was stored. Retry after the Retry-After seconds.",
     503: "The database or Redis is unavailable.",
 }
 

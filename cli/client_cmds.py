@@ -28,6 +28,7 @@ from client import (
     APIError,
     Job,
     JobStatus,
+    RateLimitedError,
     StylequeueClient,
     StylequeueClientError,
     TransportError,
@@ -197,6 +198,12 @@ class _ProgressLine:
     help="With --wait: give up waiting after this long (the job goes on).",
 )
 @click.option("--idempotency-key", help="Submitting again with the same key returns the first job.")
+@click.option(
+    "--cancel-after",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Cancel the job (deadline_exceeded) if it has not finished this long after the submit.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
 @click.pass_context
 def submit_cmd(
@@ -208,6 +215,7 @@ def submit_cmd(
     output: Path | None,
     timeout: float | None,
     idempotency_key: str | None,
+    cancel_after: float | None,
     as_json: bool,
 ) -> None:
     """Submit CONTENT styled after STYLE...; print the job id, or with --wait the saved file.
@@ -221,7 +229,14 @@ def submit_cmd(
     params = parse_params(param_items)
     try:
         with _make_client(ctx) as client:
-            job = client.submit(content, styles, params or None, idempotency_key=idempotency_key)
+            job = client.submit(
+                content,
+                styles,
+                params or None,
+                idempotency_key=idempotency_key,
+                cancel_after=cancel_after,
+                on_retry=_say_retry,
+            )
             for warning in job.warnings:
                 click.echo(warning_line(warning.message), err=True)
             if not wait_:
@@ -238,6 +253,10 @@ def submit_cmd(
     except (StylequeueClientError, OSError) as exc:
         raise _upload_fail(exc, content, styles) from exc
     _echo_json({**job.to_json(), "output": str(saved)}) if as_json else click.echo(saved)
+
+
+def _say_retry(error: RateLimitedError, seconds: float) -> None:
+    click.echo(f"{error.message} ({error.code}); retrying in {seconds:g} s", err=True)
 
 
 def _wait_with_progress(client: StylequeueClient, job_id: str, timeout: float | None) -> Job:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli import client_cmds, engine_cmds, params, server_cmds
+from cli import client_cmds, engine_cmds, keys_cmds, params, server_cmds
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -13,7 +13,7 @@ def cli() -> None:
     """stylequeue: neural style transfer as asynchronous jobs."""
 
 
-for _module in (engine_cmds, server_cmds, client_cmds, params):
+for _module in (engine_cmds, server_cmds, keys_cmds, client_cmds, params):
     _module.register(cli)
 
 

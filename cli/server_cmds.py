@@ -1,4 +1,4 @@
-"""Operator commands: api, worker, scheduler, db upgrade, keys create, up."""
+"""Operator commands: api, worker, scheduler, db upgrade, up (the keys: ``cli.keys_cmds``)."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ LEFTOVER_STOP_SECONDS = 10.0  # a child's own children (a worker's pool process)
 
 def register(group: click.Group) -> None:
     """Add this module's commands to the ``stylequeue`` group."""
-    for command in (api, worker, scheduler, db, keys, up):
+    for command in (api, worker, scheduler, db, up):
         group.add_command(command)
 
 
@@ -376,39 +376,6 @@ def db_upgrade(revision: str) -> None:
     with _database_errors(settings):
         migrations.upgrade(settings.database_url, revision)
     click.echo(f"database at revision {revision}")
-
-
-@click.group()
-def keys() -> None:
-    """API key commands."""
-
-
-@keys.command("create", cls=_ShowsWhere, epilog=WHERE_IT_GOES)
-@click.argument("name")
-@click.option("--admin", is_flag=True, help="The key may use the admin endpoints.")
-def keys_create(name: str, admin: bool) -> None:
-    """Create an API client NAME and print its new key (alone, on the last line).
-
-    Run it with the settings of the stack (from the directory of `stylequeue up`, or
-    with the same STYLEQUEUE_DATA_DIR / STYLEQUEUE_DATABASE_URL): the client is made in
-    that database.
-    """
-    from shared.auth import create_client
-    from shared.db import Database
-
-    settings = _settings()
-    _check_database(settings)
-    database = Database(settings.database_url)
-    try:
-        with _database_errors(settings), database.session() as session:
-            client, key = create_client(session, name, is_admin=admin)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        database.dispose()
-    kind = "admin client" if admin else "client"
-    click.echo(f"created {kind} {client.name!r} (id {client.id}); its key, shown only now:")
-    click.echo(key)
 
 
 @click.command(cls=_ShowsWhere, epilog=WHERE_IT_GOES)

@@ -29,6 +29,7 @@ from client.polling import (
     next_poll_delay,
     remaining_s,
 )
+from client.retry import DEFAULT_SUBMIT_RETRIES, RetryNotice, retry_after_429
 
 DEFAULT_TIMEOUT_S = 30.0  # per request; uploads of a few MB over a slow link fit in it
 MAX_POLL_FAILURES = 3  # wait() rides out this many failed polls in a row (restarts, blips)
@@ -83,11 +84,19 @@ class StylequeueClient:
         styles: Sequence[ImageSource],
         params: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
+        *,
+        cancel_after: float | None = None,
+        retries: int = DEFAULT_SUBMIT_RETRIES,
+        on_retry: RetryNotice | None = None,
     ) -> Job:
         """Upload a content image and one or more style images; return the queued job.
 
         With ``idempotency_key``, submitting the same key again returns the
         first job instead of creating a second one (safe to retry).
+        ``cancel_after`` (seconds): the job is canceled (``deadline_exceeded``) if not
+        finished by then. A 429 (over the key's submit rate or queued jobs) is waited
+        out, ``Retry-After`` seconds each time, up to ``retries`` times (0: never);
+        ``on_retry(error, seconds)`` is called before each wait. Then RateLimitedError.
         """
         if isinstance(styles, str | bytes | os.PathLike):
             raise TypeError("styles must be a sequence of images, not one image")
@@ -96,8 +105,14 @@ class StylequeueClient:
             _upload_part("style", style, f"style-{n}") for n, style in enumerate(styles, start=1)
         ]
         data = {"params": json.dumps(dict(params))} if params else None
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
-        response = self._request("POST", "/v1/jobs", files=files, data=data, headers=headers)
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        if cancel_after is not None:
+            headers["Cancel-After"] = f"{cancel_after:g}"
+        response = retry_after_429(
+            lambda: self._request("POST", "/v1/jobs", files=files, data=data, headers=headers),
+            retries=retries,
+            on_retry=on_retry,
+        )
         return Job.from_json(_json(response))
 
     def get(self, job_id: str) -> Job:
@@ -236,7 +251,18 @@ def _raise_for_error(response: httpx.Response) -> None:
         body = response.json()
     except ValueError:
         body = None
-    raise api_error_from_response(response.status_code, body)
+    error = api_error_from_response(response.status_code, body)
+    if isinstance(error, RateLimitedError):
+        error.retry_after = _seconds(response.headers.get("Retry-After"))
+    raise error
+
+
+def _seconds(raw: str | None) -> float | None:
+    # Retry-After as delta-seconds (the form this API sends); an HTTP date is not read.
+    try:
+        return max(0.0, float(raw)) if raw is not None else None
+    except ValueError:
+        return None
 
 
 def _json(response: httpx.Response) -> Any:

@@ -82,7 +82,13 @@ class PayloadTooLargeError(APIError):
 
 
 class RateLimitedError(APIError):
-    """Raised on a 429: the server asks the client to slow down."""
+    """Raised on a 429: the server asks the client to slow down.
+
+    ``retry_after`` is the server's ``Retry-After`` in seconds (None when it sent none);
+    ``code`` names the limit (``rate_limited``, ``too_many_queued``).
+    """
+
+    retry_after: float | None = None
 
 
 class ServerError(APIError):

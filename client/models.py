@@ -90,6 +90,7 @@ class Job:
     queue_seconds: float | None
     run_seconds: float | None
     urls: JobUrls
+    deadline_at: datetime | None = None  # canceled (deadline_exceeded) if not finished by then
     warnings: tuple[JobWarning, ...] = ()  # empty: none (or a server from before warnings)
 
     @classmethod
@@ -133,6 +134,7 @@ class Job:
                 preview=urls.get("preview", str),
                 cancel=urls.get("cancel", str),
             ),
+            deadline_at=obj.timestamp("deadline_at", optional=True),
             warnings=_warnings(obj.get("warnings", list, optional=True) or []),
         )
 
@@ -156,6 +158,7 @@ class Job:
             "created_at": self.created_at.isoformat(),
             "started_at": _iso_or_none(self.started_at),
             "finished_at": _iso_or_none(self.finished_at),
+            "deadline_at": _iso_or_none(self.deadline_at),
             "queue_seconds": self.queue_seconds,
             "run_seconds": self.run_seconds,
             "urls": {

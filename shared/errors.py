@@ -11,7 +11,8 @@
     │   ├── NotFoundError           404: no such resource for this caller
     │   ├── ConflictError           409: the resource is not in a state that allows this
     │   ├── PayloadTooLargeError    413: an upload or the request is over a size limit
-    │   └── IdempotencyKeyReusedError  422: an Idempotency-Key sent again with another request
+    │   ├── IdempotencyKeyReusedError  422: an Idempotency-Key sent again with another request
+    │   └── TooManyRequestsError    429: over a client's limit (submit rate, queued jobs)
     ├── ServiceUnavailableError     503: the database or Redis cannot be reached right now
     │   └── StorageError            503: the data dir cannot store or read job files right now
     │       ├── StorageFullError          storage_full: no space left, or a quota used up
@@ -26,7 +27,10 @@ bug. A worker that meets a StorageError leaves its job to be retried, not failed
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from shared.client_limits import SubmitQuota
 
 
 class StylequeueError(Exception):
@@ -144,6 +148,33 @@ class IdempotencyKeyReusedError(ClientError):
 
     code = "idempotency_key_reused"
     http_status = 422
+
+
+class TooManyRequestsError(ClientError):
+    """Raised when a submit is over its client's limit; nothing is stored.
+
+    ``code`` names the limit (``rate_limited``, ``too_many_queued``);
+    ``retry_after`` is the seconds to wait (the ``Retry-After`` header);
+    ``quota`` is where the client stands, for the rate-limit headers.
+    """
+
+    code = "too_many_requests"
+    http_status = 429
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str,
+        retry_after: int,
+        quota: SubmitQuota,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(
+            message, code=code, details={**(details or {}), "retry_after": retry_after}
+        )
+        self.retry_after = retry_after
+        self.quota = quota
 
 
 class ServiceUnavailableError(StylequeueError):

@@ -27,6 +27,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
+from shared.client_limits import running_slot_condition
+from shared.deadlines import cancel_past_deadline, deadline_error
 from shared.errors import ConflictError
 from shared.job_store import files_deleted, get_job, guarded_update
 from shared.models import TRANSITIONS, EventKind, Job, JobEvent, JobStatus, Transition, utcnow
@@ -49,6 +51,8 @@ class Claim:
     preview_file: str | None = None
     # Asked before this attempt began (while an earlier one's worker was dying): stop at once.
     cancel_requested: bool = False
+    # Canceled (deadline_exceeded) if not finished by then; None: no deadline.
+    deadline_at: datetime | None = None
 
 
 # ---------------------------------------------------------------- client and admin side
@@ -132,6 +136,7 @@ def retry_job(
             "eta_seconds": None,
             "started_at": None,
             "finished_at": None,
+            "deadline_at": None,  # an admin's retry runs it whatever its client's deadline was
             "updated_at": now,
         },
         transition=TRANSITIONS.retry,
@@ -163,6 +168,7 @@ def claim_job(
     max_attempts: int | None = None,
     pid: int | None = None,
     hostname: str | None = None,
+    max_running: int = 0,
 ) -> Claim | None:
     """Take a queued job (or one whose lease expired) for ``worker``; None if it is not claimable.
 
@@ -173,11 +179,19 @@ def claim_job(
     ``hostname``, the process that claims, go in the ``claimed`` event's data,
     which is how ``shared.leases.expire_lease_of_dead_worker`` finds the attempt
     of a pool process that died.
+
+    Nor is a job of a client that has its maximum of jobs running
+    (``shared.client_limits``; ``max_running``: the default for a client without
+    its own; 0: none): it stays queued. A job past its deadline is canceled
+    (``deadline_exceeded``) instead of claimed.
     """
     now = utcnow()
-    conditions = [claimable(now)]
+    conditions = [claimable(now), or_(Job.deadline_at.is_(None), Job.deadline_at > now)]
     if max_attempts is not None:
         conditions.append(died_attempts() < max_attempts)
+    conditions.append(
+        running_slot_condition(session, job_id, default_max_running=max_running, now=now)
+    )
     claimed = guarded_update(
         session,
         job_id,
@@ -202,12 +216,16 @@ def claim_job(
             Job.checkpoint_file,
             Job.preview_file,
             Job.cancel_requested,
+            Job.deadline_at,
         ),
     )
     if claimed is None:
+        cancel_past_deadline(session, job_id)
         return None
-    attempt, params, n_styles, checkpoint, preview, cancel = claimed
-    return Claim(job_id, worker, attempt, dict(params), n_styles, checkpoint, preview, bool(cancel))
+    attempt, params, n_styles, checkpoint, preview, cancel, deadline = claimed
+    return Claim(
+        job_id, worker, attempt, dict(params), n_styles, checkpoint, preview, bool(cancel), deadline
+    )
 
 
 def claimable(now: datetime) -> ColumnElement[bool]:
@@ -286,9 +304,15 @@ def fail_job(
     _end(session, claim, TRANSITIONS.fail, values)
 
 
-def cancel_running_job(session: Session, claim: Claim, *, iteration: int) -> None:
-    """running → canceled, once the worker has stopped the engine for a cancel request."""
-    _end(session, claim, TRANSITIONS.cancel_running, {"iteration": iteration})
+def cancel_running_job(
+    session: Session, claim: Claim, *, iteration: int, deadline_passed: bool = False
+) -> None:
+    """running → canceled, once the worker has stopped the engine for a cancel request
+    (``deadline_passed``: for its deadline, with the ``deadline_exceeded`` error)."""
+    values: dict[str, Any] = {"iteration": iteration}
+    if deadline_passed:
+        values |= deadline_error(claim.deadline_at)
+    _end(session, claim, TRANSITIONS.cancel_running, values)
 
 
 def _end(session: Session, claim: Claim, transition: Transition, values: dict[str, Any]) -> None:

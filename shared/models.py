@@ -188,6 +188,13 @@ class ApiClient(Base):
     key_hash: Mapped[str] = mapped_column(String(KEY_HASH_LENGTH), unique=True)
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Its limits (shared.client_limits): None is the service's default, 0 no limit.
+    rate_limit: Mapped[float | None] = mapped_column(Float)  # submits per second, sustained
+    rate_burst: Mapped[int | None] = mapped_column(Integer)  # submits at once
+    max_queued: Mapped[int | None] = mapped_column(Integer)
+    max_running: Mapped[int | None] = mapped_column(Integer)
+    # Its share of the workers when they are scarce (stored for a fair-share dispatch).
+    weight: Mapped[float] = mapped_column(Float, default=1.0, server_default="1")
 
 
 class Job(Base):
@@ -205,6 +212,8 @@ class Job(Base):
         Index("ix_jobs_worker_created", "worker", "created_at", "id"),
         # The admin statistics: jobs finished in a window.
         Index("ix_jobs_finished", "finished_at"),
+        # A client's queued and running jobs, counted against its limits.
+        Index("ix_jobs_client_status", "client_id", "status"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -244,6 +253,8 @@ class Job(Base):
     preview_file: Mapped[str | None] = mapped_column(String(FILE_NAME_LENGTH))
     # sha256 of the submit's inputs and parameters: an Idempotency-Key replay must match it.
     request_digest: Mapped[str | None] = mapped_column(String(DIGEST_LENGTH))
+    # Canceled (deadline_exceeded) if not finished by then: the submit's Cancel-After.
+    deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # What the inputs may do badly, found at submit (shared.input_warnings): a list of
     # {"code", "message"}; empty for a job without any (and for rows from before).
     warnings: Mapped[list[dict[str, str]]] = mapped_column(

@@ -1,7 +1,8 @@
 """The reconciler's sweeps, run periodically by ``stylequeue scheduler``
 (``worker.tasks.reconcile``): re-send jobs whose message may be lost or whose
 worker stopped renewing its lease, give up on jobs whose workers died too often,
-and delete the files of jobs finished longer ago than the retention period.
+cancel jobs past their deadline that no worker holds, and delete the files of
+jobs finished longer ago than the retention period.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from datetime import timedelta
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
+from shared.deadlines import cancel_past_deadline, past_deadline_unheld
 from shared.job_store import guarded_update
 from shared.jobs import Exhausted, claimable, died_attempts, fail_exhausted_job
 from shared.models import FINISHED_STATUSES, EventKind, Job, JobEvent, JobStatus, utcnow
@@ -85,6 +87,29 @@ def fail_exhausted_jobs(
             storage.delete_checkpoints(job_id)
             failed.append(exhausted)
     return failed
+
+
+def cancel_jobs_past_deadline(
+    session: Session, storage: Storage, *, limit: int = 1000
+) -> list[uuid.UUID]:
+    """Cancel (``deadline_exceeded``) every job past its deadline that no worker holds: a
+    queued one, or a running one whose lease ran out; a canceled job is never resumed, so
+    its checkpoints go. A running job under a live lease is its worker's to stop."""
+    found = list(
+        session.scalars(
+            select(Job.id)
+            .where(past_deadline_unheld(utcnow()))
+            .order_by(Job.deadline_at)
+            .limit(limit)
+        )
+    )
+    session.rollback()
+    canceled = []
+    for job_id in found:
+        if cancel_past_deadline(session, job_id):
+            storage.delete_checkpoints(job_id)
+            canceled.append(job_id)
+    return canceled
 
 
 def delete_expired_files(

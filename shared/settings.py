@@ -40,6 +40,15 @@ DEFAULT_RETENTION_SECONDS = (
     7 * 24 * 3600.0
 )  # a finished job's files are removed after this; 0: kept
 DEFAULT_LOG_LEVEL = "INFO"
+# Each client's limits unless its own are set (`stylequeue keys update`); 0: no limit. A job
+# takes seconds to minutes of a GPU, so a person or a script submitting more than a few a
+# second is a runaway loop, not a workload: 20 at once, then 2 a second. 100 waiting jobs is
+# more than a small service's workers finish in a while; running jobs are not limited unless
+# set, so that one client alone uses every idle worker.
+DEFAULT_RATE_LIMIT = 2.0  # submits per second, sustained
+DEFAULT_RATE_BURST = 20  # submits at once
+DEFAULT_MAX_QUEUED = 100  # a client's jobs waiting for a worker
+DEFAULT_MAX_RUNNING = 0  # a client's jobs running at once
 
 Device = Literal["auto", "cpu", "cuda"]
 Weights = Literal["caffe", "torchvision"]
@@ -87,6 +96,11 @@ class Settings:
     retention_seconds: float = DEFAULT_RETENTION_SECONDS
     log_level: str | None = None  # None: DEFAULT_LOG_LEVEL, or a Celery worker's --loglevel
     log_format: LogFormat = DEFAULT_LOG_FORMAT
+    # Every client's limits unless its own are set (shared.client_limits); 0: no limit.
+    rate_limit: float = DEFAULT_RATE_LIMIT
+    rate_burst: int = DEFAULT_RATE_BURST
+    max_queued: int = DEFAULT_MAX_QUEUED
+    max_running: int = DEFAULT_MAX_RUNNING
 
     def __post_init__(self) -> None:
         # Settings built in code get the same absolute data dir as those from the environment.
@@ -149,6 +163,10 @@ class Settings:
             retention_seconds=reader.get(
                 "RETENTION_SECONDS", DEFAULT_RETENTION_SECONDS, _non_negative_float
             ),
+            rate_limit=reader.get("RATE_LIMIT", DEFAULT_RATE_LIMIT, _limit_float),
+            rate_burst=reader.get("RATE_BURST", DEFAULT_RATE_BURST, _limit_int),
+            max_queued=reader.get("MAX_QUEUED", DEFAULT_MAX_QUEUED, _limit_int),
+            max_running=reader.get("MAX_RUNNING", DEFAULT_MAX_RUNNING, _limit_int),
             **log_options_from_env(env),
         )
 
@@ -285,6 +303,20 @@ def _non_negative_float(raw: str) -> float:
     value = float(raw)
     if not value >= 0:
         raise ValueError("must be a number, 0 or more")
+    return value
+
+
+def _limit_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("must be a whole number, 0 or more (0: no limit)")
+    return value
+
+
+def _limit_float(raw: str) -> float:
+    value = float(raw)
+    if not (value >= 0 and value != float("inf")):
+        raise ValueError("must be a number, 0 or more (0: no limit)")
     return value
 
 

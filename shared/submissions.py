@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Sequence
+from datetime import datetime
 
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -39,6 +40,7 @@ def create_job(
     enqueue: Enqueue,
     db: Database | None = None,
     request_digest: str | None = None,
+    deadline_at: datetime | None = None,
     warnings: Sequence[dict[str, str]] = (),
 ) -> tuple[JobView, bool]:
     """Store a validated job durably, then enqueue its id. Returns (job, created).
@@ -49,6 +51,7 @@ def create_job(
     this client, the original job is returned and nothing is created. With
     ``db`` (the API's ``Database``) the row goes in on its fastest path
     (``shared.job_store.insert_job``); else through ``session``.
+    ``deadline_at``: when the job is canceled if not finished (``Cancel-After``).
     ``request_digest`` is kept on the row, for a replay with the key to match;
     ``warnings`` too (``shared.input_warnings``, as dicts), for every reader of the job.
     """
@@ -75,6 +78,7 @@ def create_job(
         finished_at=None,
         n_styles=len(styles),
         preview_file=None,
+        deadline_at=deadline_at,
         warnings=list(warnings),
     )
     files = {CONTENT_FILE: content} | {style_file(i): data for i, data in enumerate(styles)}

@@ -127,6 +127,10 @@ def service_env(
         "STYLEQUEUE_PREVIEW_SECONDS": "0.5",
         "STYLEQUEUE_CHECKPOINT_SECONDS": "2",
         "STYLEQUEUE_LEASE_SECONDS": "30",
+        # No per-client limits unless a test sets them: most submit many jobs with one key.
+        "STYLEQUEUE_RATE_LIMIT": "0",
+        "STYLEQUEUE_MAX_QUEUED": "0",
+        "STYLEQUEUE_MAX_RUNNING": "0",
     }
 
 

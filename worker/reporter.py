@@ -27,7 +27,7 @@ from shared.errors import LeaseLostError, StorageError
 from shared.jobs import Claim
 from shared.logging import job_event
 from shared.loss_series import LossSeries, save_losses
-from shared.models import EventKind
+from shared.models import EventKind, utcnow
 from shared.storage import checkpoint_file, preview_file
 from worker.db_retry import DB_RETRY_MAX_SECONDS, DatabaseWaitAbandoned, retry_while_unavailable
 from worker.engine import Progress, encode_png
@@ -45,6 +45,7 @@ class StopReason(StrEnum):
     """Why the engine is to stop before its last iteration. The first to arise wins."""
 
     CANCELED = "canceled"  # the client asked; the claim or a renewal read the request
+    DEADLINE = "deadline"  # the job's deadline (the submit's Cancel-After) has passed
     TIMED_OUT = "timed_out"  # this attempt ran past STYLEQUEUE_MAX_RUN_SECONDS
     LEASE_LOST = "lease_lost"  # a guarded write matched no row: another worker holds the job
     # No renewal got through before the lease this worker last renewed ran out (cut
@@ -91,6 +92,12 @@ class JobReporter:
         # time the job spent queued, or waiting for a dead worker's lease to expire,
         # is not its own run time and must not make a resumed attempt fail at once.
         self._deadline = started + ctx.settings.max_run_seconds
+        # The job's own deadline, on this clock from now on (None: it has none).
+        self._cancel_at = (
+            None
+            if claim.deadline_at is None
+            else started + (claim.deadline_at - utcnow()).total_seconds()
+        )
         # The committed files: what the row names (only the lease holder changes that).
         self._checkpoint = claim.checkpoint_file
         self._preview = claim.preview_file
@@ -272,6 +279,13 @@ class JobReporter:
                 "job %s: past the maximum run time; stopping",
                 self._claim.job_id,
                 extra=self.event("timeout"),
+            )
+        late = self._cancel_at is not None and now >= self._cancel_at
+        if late and self._stop(StopReason.DEADLINE):
+            log.info(
+                "job %s: past its deadline; stopping",
+                self._claim.job_id,
+                extra=self.event("deadline_exceeded"),
             )
 
     def _save_preview(self, progress: Progress) -> None:

@@ -84,6 +84,7 @@ def run_job(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
                     max_attempts=max_attempts,
                     pid=ctx.pid,
                     hostname=ctx.hostname,
+                    max_running=ctx.settings.max_running,
                 ),
                 what=f"claim job {job_id}",
                 give_up=ctx.shutting_down.is_set,
@@ -199,8 +200,8 @@ def _stopped(
                 f"STYLEQUEUE_MAX_RUN_SECONDS) and was stopped at iteration {state.iteration}"
             )
             return _fail(ctx, session, claim, reporter, TIMEOUT_ERROR_CODE, message)
-        case StopReason.CANCELED:
-            return _cancel(ctx, session, claim, reporter, state)
+        case StopReason.CANCELED | StopReason.DEADLINE:
+            return _cancel(ctx, session, claim, reporter, state, reason)
         case StopReason.SHUTDOWN:
             return _release(ctx, session, claim, reporter, state)
         case _:
@@ -208,12 +209,18 @@ def _stopped(
 
 
 def _cancel(
-    ctx: WorkerContext, session: Session, claim: Claim, reporter: JobReporter, state: EngineState
+    ctx: WorkerContext,
+    session: Session,
+    claim: Claim,
+    reporter: JobReporter,
+    state: EngineState,
+    reason: StopReason,
 ) -> Outcome:
     stopped_at = state.iteration
+    late = reason is StopReason.DEADLINE
     reporter.write(
         "record the cancel",
-        lambda: jobs.cancel_running_job(session, claim, iteration=stopped_at),
+        lambda: jobs.cancel_running_job(session, claim, iteration=stopped_at, deadline_passed=late),
     )
     ctx.storage.delete_checkpoints(claim.job_id)
     log.info(

@@ -21,7 +21,7 @@ from celery.signals import (
 )
 from celery.worker.request import Request
 
-from shared import leases, reconciler
+from shared import client_limits, leases, reconciler
 from shared.celery_app import (
     RECONCILE_TASK,
     RUN_JOB_TASK,
@@ -30,8 +30,9 @@ from shared.celery_app import (
     forget_broker_marker,
     settings_of,
 )
+from shared.deadlines import DEADLINE_EXCEEDED
 from shared.logging import configure_logging, job_event
-from shared.models import EventKind
+from shared.models import EventKind, utcnow
 from worker.attempts import log_too_many_attempts
 
 if TYPE_CHECKING:
@@ -280,6 +281,9 @@ def run_job(self: Task, job_id: str) -> str:
         outcome = run(ctx, parsed)
     finally:
         _running_job = False
+    if outcome is not Outcome.SKIPPED:
+        # One of its client's jobs ended or was handed back: a slot may be free.
+        _offer_waiting_jobs(self.app, ctx, parsed)
     if outcome is Outcome.RELEASED:
         # This worker consumes no more; another one (or this one restarted) takes it.
         # Should the broker be gone too, the reconciler re-enqueues the queued job.
@@ -287,6 +291,20 @@ def run_job(self: Task, job_id: str) -> str:
     if outcome is Outcome.FAILED:
         raise _failure(ctx, parsed)  # the failure is committed: FAILURE in Celery too
     return str(outcome)
+
+
+def _offer_waiting_jobs(app: Celery, ctx: WorkerContext, job_id: uuid.UUID) -> None:
+    """Send again the queued jobs of this job's client that a claim may have left for want
+    of a running slot (best effort: the reconciler re-sends them later anyway)."""
+    try:
+        with ctx.db.session() as session:
+            offered = client_limits.jobs_to_offer(
+                session, job_id, default_max_running=ctx.settings.max_running, now=utcnow()
+            )
+        for waiting in offered:
+            enqueue_job(app, waiting)
+    except Exception:
+        log.warning("could not offer the waiting jobs of job %s's client", job_id, exc_info=True)
 
 
 _name_checked = False
@@ -326,6 +344,7 @@ def reconcile(self: Task) -> int:
             exhausted = reconciler.fail_exhausted_jobs(
                 session, storage, max_attempts=settings.max_attempts
             )
+            past_deadline = reconciler.cancel_jobs_past_deadline(session, storage)
             requeued = reconciler.requeue_stale_jobs(
                 session,
                 older_than_seconds=0 if keys_lost else settings.requeue_after_seconds,
@@ -356,6 +375,12 @@ def reconcile(self: Task) -> int:
             "job %s: files removed after the retention period",
             job_id,
             extra=job_event(EventKind.FILES_DELETED, job_id),
+        )
+    for job_id in past_deadline:
+        log.info(
+            "job %s canceled: past its deadline",
+            job_id,
+            extra=job_event(EventKind.CANCELED, job_id, error_code=DEADLINE_EXCEEDED),
         )
     for job_id in requeued:
         log.info(

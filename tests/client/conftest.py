@@ -49,6 +49,7 @@ def make_job_json(**overrides: Any) -> dict[str, Any]:
         "created_at": "2026-11-27T22:00:00+00:00",
         "started_at": "2026-11-27T22:00:01.250000+00:00",
         "finished_at": None,
+        "deadline_at": None,
         "queue_seconds": 1.25,
         "run_seconds": None,
         "urls": {

@@ -26,6 +26,7 @@ JOB_KEYS = {
     "created_at",
     "started_at",
     "finished_at",
+    "deadline_at",
     "queue_seconds",
     "run_seconds",
     "urls",

@@ -38,6 +38,7 @@ QUEUED = JobView(
     finished_at=None,
     n_styles=1,
     preview_file=None,
+    deadline_at=None,
     warnings=[],
 )
 RUNNING = replace(
