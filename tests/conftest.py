@@ -42,6 +42,12 @@ DATA = Path(__file__).parent / "data"
 
 MakeApiKey = Callable[..., str]
 
+# The API and worker processes the tests start (with this environment under their own
+# variables) have no per-client limits unless a test sets them: most submit many jobs,
+# fast, with one key, and a 429 there would test nothing they are about.
+for _limit in ("STYLEQUEUE_RATE_LIMIT", "STYLEQUEUE_MAX_QUEUED", "STYLEQUEUE_MAX_RUNNING"):
+    os.environ.setdefault(_limit, "0")
+
 
 def service_unavailable(what: str, exc: BaseException) -> None:
     required(f"{what} is not reachable ({exc.__class__.__name__}: {exc})")
