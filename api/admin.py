@@ -68,6 +68,7 @@ def detail_dict(detail: admin.AdminJobDetail, now: datetime) -> dict[str, Any]:
             "lease_expires_at": _timestamp(detail.lease_expires_at),
             "updated_at": _timestamp(detail.updated_at),
             "files_deleted": detail.files_deleted,
+            "cached_from": None if detail.cached_from is None else str(detail.cached_from),
             "events": [
                 {
                     "at": _timestamp(e.at),

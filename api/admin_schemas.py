@@ -63,6 +63,9 @@ class AdminJobDetailOut(AdminJobOut):
     lease_expires_at: datetime | None
     updated_at: datetime
     files_deleted: bool
+    cached_from: uuid.UUID | None = Field(
+        description="The job whose result this one's is a copy of (cached); null otherwise."
+    )
     events: list[TimelineEventOut]
 
 

@@ -43,6 +43,7 @@ def job_dict(job: JobView, now: datetime | None = None) -> dict[str, Any]:
             "eta_seconds": job.eta_seconds,
         },
         "attempts": job.attempts,
+        "cached": job.cached,
         "worker": job.worker,
         "error": (
             None

@@ -15,7 +15,13 @@ from api.job_json import job_dict, job_json
 from api.limits import check_submit_limits, quota_headers, read_cancel_after
 from api.multipart import read_form
 from api.services import db_session, read_session, services
-from api.uploads import check_same_request, read_idempotency_key, read_submission, replay_digest
+from api.uploads import (
+    check_same_request,
+    read_cache_field,
+    read_idempotency_key,
+    read_submission,
+    replay_digest,
+)
 from shared import job_list, job_store, jobs, submissions
 from shared.admin_reads import files_gone_reason
 from shared.errors import ConflictError, InvalidInputError, NotFoundError
@@ -24,6 +30,7 @@ from shared.job_view import JobView
 from shared.logging import log_cancel_requested, log_job_created
 from shared.models import JobStatus, utcnow
 from shared.pagination import Cursor, parse_limit
+from shared.result_cache import CacheRequest
 from shared.storage import committed_preview, committed_result
 
 log = logging.getLogger(__name__)
@@ -42,6 +49,7 @@ def submit_job() -> Response:
     key = read_idempotency_key(request.headers.get("Idempotency-Key"))
     deadline_at = read_cancel_after(request.headers.get("Cancel-After"))
     form = read_form(request)
+    serve_from_cache = read_cache_field(form)
     if key is not None:
         replayed = _replay(principal.client_id, key, replay_digest(form))
         if replayed is not None:
@@ -67,6 +75,7 @@ def submit_job() -> Response:
         enqueue=svc.publisher.publish,
         db=svc.db,
         deadline_at=deadline_at,
+        cache=CacheRequest.of(svc.settings, serve=serve_from_cache),
     )
     if not created:
         # Another request with this key committed first: answered as a replay of it.

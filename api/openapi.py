@@ -130,7 +130,8 @@ def _paths() -> dict[str, Any]:
                 "responses": {
                     "202": {
                         **job,
-                        "description": "Accepted: stored durably and queued.",
+                        "description": "Accepted: stored durably and queued, or, for an exact"
+                        " repeat served from the result cache, already succeeded.",
                         "headers": {k: RATE_HEADERS[k] for k in ("RateLimit-Policy", "RateLimit")},
                     },
                     "200": {**job, "description": "The job created earlier with this key."},
@@ -264,6 +265,15 @@ def _submission() -> dict[str, Any]:
                     **ref("StyleParams"),
                     "description": "JSON text, as a field or a file part; omitted fields get"
                     " their defaults.",
+                },
+                "cache": {
+                    "type": "string",
+                    "enum": ["true", "false"],
+                    "default": "true",
+                    "description": "true: an exact repeat of an earlier succeeded job (the same"
+                    " input bytes, parameters, engine version and weights) is answered"
+                    " succeeded at once with a copy of its result (cached: true); false: the"
+                    " job is computed. Anything else is a 400 (invalid_cache).",
                 },
             },
         },

@@ -58,6 +58,12 @@ class JobOut(BaseModel):
     params: StyleParams = Field(description="The job's parameters, every default filled in.")
     progress: Progress
     attempts: int = Field(description="How many times a worker has claimed the job.")
+    cached: bool = Field(
+        description="True when the job is an exact repeat of an earlier succeeded job (the "
+        "same input bytes, parameters, engine version and weights) and its result is a copy "
+        "of that job's: succeeded at once, claimed by no worker (attempts 0). Submit with "
+        "the form field cache=false to have it computed instead."
+    )
     worker: str | None = Field(description="The worker that ran it last.")
     error: JobErrorInfo | None = Field(description="Why it failed; null unless failed.")
     created_at: datetime
@@ -95,6 +101,7 @@ class JobOut(BaseModel):
                 eta_seconds=job.eta_seconds,
             ),
             attempts=job.attempts,
+            cached=job.cached,
             worker=job.worker,
             error=error,
             created_at=job.created_at,

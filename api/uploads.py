@@ -133,6 +133,30 @@ def read_submission(form: Form, *, max_upload_bytes: int, max_image_pixels: int)
     return Submission(params=params, content=contents[0], styles=styles, warnings=warnings)
 
 
+def read_cache_field(form: Form) -> bool:
+    """The form field ``cache``: ``true`` (also when absent) lets an exact repeat of an
+    earlier succeeded job be served from its result; ``false`` has the job computed."""
+    if "cache" in form.files:
+        raise InvalidInputError(
+            "cache: sent as a file; send true or false as a text field",
+            field="cache",
+            code="invalid_cache",
+        )
+    values = form.fields.get("cache", [])
+    if not values:
+        return True
+    if len(values) > 1:
+        raise InvalidInputError("cache: send one cache field", field="cache", code="invalid_cache")
+    word = values[0].strip().lower()
+    if word not in ("true", "false"):
+        raise InvalidInputError(
+            f"cache: must be true or false, got {values[0][:40]!r}",
+            field="cache",
+            code="invalid_cache",
+        )
+    return word == "true"
+
+
 def _params_texts(form: Form) -> list[str]:
     """The ``params`` parts' text: a text field, or a file part (``curl -F params=@p.json``)."""
     texts = list(form.fields.get("params", []))

@@ -204,6 +204,12 @@ class _ProgressLine:
     metavar="SECONDS",
     help="Cancel the job (deadline_exceeded) if it has not finished this long after the submit.",
 )
+@click.option(
+    "--no-cache",
+    is_flag=True,
+    help="Compute the job even when it is an exact repeat of an earlier succeeded one "
+    "(by default such a repeat is succeeded at once with a copy of that job's result).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
 @click.pass_context
 def submit_cmd(
@@ -216,6 +222,7 @@ def submit_cmd(
     timeout: float | None,
     idempotency_key: str | None,
     cancel_after: float | None,
+    no_cache: bool,
     as_json: bool,
 ) -> None:
     """Submit CONTENT styled after STYLE...; print the job id, or with --wait the saved file.
@@ -235,6 +242,7 @@ def submit_cmd(
                 params or None,
                 idempotency_key=idempotency_key,
                 cancel_after=cancel_after,
+                cache=not no_cache,
                 on_retry=_say_retry,
             )
             for warning in job.warnings:

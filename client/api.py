@@ -86,6 +86,7 @@ class StylequeueClient:
         idempotency_key: str | None = None,
         *,
         cancel_after: float | None = None,
+        cache: bool = True,
         retries: int = DEFAULT_SUBMIT_RETRIES,
         on_retry: RetryNotice | None = None,
     ) -> Job:
@@ -94,7 +95,8 @@ class StylequeueClient:
         With ``idempotency_key``, submitting the same key again returns the
         first job instead of creating a second one (safe to retry).
         ``cancel_after`` (seconds): the job is canceled (``deadline_exceeded``) if not
-        finished by then. A 429 (over the key's submit rate or queued jobs) is waited
+        finished by then. ``cache=False``: computed even when it is an exact repeat of an
+        earlier succeeded job (otherwise it is succeeded at once, ``cached``). A 429 (over the key's submit rate or queued jobs) is waited
         out, ``Retry-After`` seconds each time, up to ``retries`` times (0: never);
         ``on_retry(error, seconds)`` is called before each wait. Then RateLimitedError.
         """
@@ -104,7 +106,9 @@ class StylequeueClient:
         files += [
             _upload_part("style", style, f"style-{n}") for n, style in enumerate(styles, start=1)
         ]
-        data = {"params": json.dumps(dict(params))} if params else None
+        data = {"params": json.dumps(dict(params))} if params else {}
+        if not cache:
+            data["cache"] = "false"
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         if cancel_after is not None:
             headers["Cancel-After"] = f"{cancel_after:g}"

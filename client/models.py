@@ -90,6 +90,8 @@ class Job:
     queue_seconds: float | None
     run_seconds: float | None
     urls: JobUrls
+    # An exact repeat of an earlier succeeded job: its result is a copy, no worker ran it.
+    cached: bool = False
     deadline_at: datetime | None = None  # canceled (deadline_exceeded) if not finished by then
     warnings: tuple[JobWarning, ...] = ()  # empty: none (or a server from before warnings)
 
@@ -134,6 +136,7 @@ class Job:
                 preview=urls.get("preview", str),
                 cancel=urls.get("cancel", str),
             ),
+            cached=bool(obj.get("cached", bool, optional=True)),
             deadline_at=obj.timestamp("deadline_at", optional=True),
             warnings=_warnings(obj.get("warnings", list, optional=True) or []),
         )
@@ -151,6 +154,7 @@ class Job:
                 "eta_seconds": self.progress.eta_seconds,
             },
             "attempts": self.attempts,
+            "cached": self.cached,
             "worker": self.worker,
             "error": None
             if self.error is None

@@ -64,6 +64,7 @@ def describe_job(job: Job) -> str:
         f"status    {job.status.value}",
         f"progress  {format_progress(job)}",
         f"attempts  {job.attempts}" + (f"  (worker {job.worker})" if job.worker else ""),
+        *(["cached    yes: a copy of an earlier, identical job's result"] if job.cached else []),
         f"created   {_when(job.created_at)}",
         f"started   {_when(job.started_at)}",
         f"finished  {_when(job.finished_at)}",

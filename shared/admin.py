@@ -95,6 +95,7 @@ class AdminJobDetail:
     run_seconds: float | None  # first start → finish (→ now while running); None if never started
     files_deleted: bool  # a files_deleted event exists (retention or an admin)
     events: list[TimelineEvent]  # oldest first
+    cached_from: uuid.UUID | None = None  # the job its result was copied from (result cache)
 
 
 def list_jobs(
@@ -327,4 +328,5 @@ def job_detail(
         run_seconds=timings.run_seconds,
         files_deleted=any(e.kind == EventKind.FILES_DELETED for e in events),
         events=events,
+        cached_from=job.cached_from,
     )

@@ -15,13 +15,15 @@ from __future__ import annotations
 import functools
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, cast
+from datetime import datetime
+from typing import Any, NamedTuple, Protocol, cast
 
 from sqlalchemy import ColumnElement, Dialect, Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from shared.db import Database
 from shared.errors import LeaseLostError, NotFoundError
+from shared.job_changes import job_changed
 from shared.job_view import JOB_VIEW_COLUMNS, JOB_VIEW_FIELDS, JobView
 from shared.models import EventKind, Job, JobEvent, JobStatus, Transition
 
@@ -161,6 +163,7 @@ def guarded_update(
             JobEvent(job_id=job_id, kind=event, attempt=number, worker=worker, data=data or {})
         )
     session.commit()
+    job_changed(job_id)  # a hint for the API's event streams; never raises
     return tuple(row)
 
 
@@ -174,8 +177,9 @@ _NOTHING_YET: dict[str, Any] = {
     "cancel_requested": False,
     "result_file": None,
     "checkpoint_file": None,
+    "cached_from": None,
 }
-_GIVEN = ("idempotency_key", "request_digest", "updated_at")
+_GIVEN = ("idempotency_key", "request_digest", "updated_at", "cache_key")
 # Every column, so that the row is known without reading it back.
 _JOB_COLUMNS = tuple(column.name for column in _JOBS.columns)
 _EVENT_COLUMNS = tuple(column.name for column in _EVENTS.columns if not column.primary_key)
@@ -201,8 +205,14 @@ def insert_job(
     idempotency_key: str | None,
     request_digest: str | None,
     db: Database | None = None,
+    cache_key: str | None = None,
+    copied: CopiedResult | None = None,
 ) -> None:
     """Commit a new job's row (``job`` and the arguments) and its ``created`` event, together.
+
+    ``copied``: the job is born finished, with a result copied from another job
+    (``shared.result_cache``): the row names that file and that job, and its
+    ``succeeded`` event, with ``copied.event_data``, is committed with it.
 
     With ``db`` (the process's ``Database``) on its fastest path; else, and on
     SQLite, through ``session`` (rolled back by the caller on an error). A key
@@ -214,30 +224,53 @@ def insert_job(
         "idempotency_key": idempotency_key,
         "request_digest": request_digest,
         "updated_at": job.created_at,
+        "cache_key": cache_key,
     }
-    event = {
-        "job_id": job.id,
-        "kind": EventKind.CREATED.value,
-        "attempt": 0,
-        "worker": None,
-        "at": job.created_at,
-        "data": {},
-    }
+    created = _event(job.id, EventKind.CREATED, job.created_at, {})
+    events = [created]
+    if copied is not None:
+        row |= {"result_file": copied.result_file, "cached_from": copied.source}
+        events.append(_event(job.id, EventKind.SUCCEEDED, job.finished_at, copied.event_data))
     connections = db.thread_connections if db is not None else None
     if db is None or connections is None:
         # Two Core INSERTs: the ORM's unit of work cost as much again as the statements.
         connection = session.connection()
         connection.execute(_INSERT_JOB, row)
-        connection.execute(_INSERT_EVENT, event)
+        for event in events:
+            connection.execute(_INSERT_EVENT, event)
         session.commit()
         return
     dialect = db.engine.dialect
     connections.write(
         [
             (_INSERT_JOB_SQL, _bound(_JOBS, _JOB_COLUMNS, dialect, row)),
-            (_INSERT_EVENT_SQL, _bound(_EVENTS, _EVENT_COLUMNS, dialect, event)),
+            *[
+                (_INSERT_EVENT_SQL, _bound(_EVENTS, _EVENT_COLUMNS, dialect, event))
+                for event in events
+            ],
         ]
     )
+
+
+class CopiedResult(NamedTuple):
+    """What a job born finished takes from the job whose result it copied."""
+
+    source: uuid.UUID  # the job the result came from (the row's ``cached_from``)
+    result_file: str  # the copy's name among the new job's files
+    event_data: dict[str, Any]  # the ``succeeded`` event's data
+
+
+def _event(
+    job_id: uuid.UUID, kind: EventKind, at: datetime | None, data: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "job_id": job_id,
+        "kind": kind.value,
+        "attempt": 0,
+        "worker": None,
+        "at": at,
+        "data": data,
+    }
 
 
 Processor = Callable[[Any], Any] | None

@@ -41,6 +41,7 @@ class JobView:
     finished_at: datetime | None
     n_styles: int  # how many style images it was given
     preview_file: str | None  # the committed preview's name; None: no preview yet
+    cached: bool  # its result was copied from an earlier, identical job (shared.result_cache)
     deadline_at: datetime | None  # canceled (deadline_exceeded) if not finished by then
     # What its inputs may do badly, found at submit: {"code", "message"} each
     # (shared.input_warnings); empty when all is well.

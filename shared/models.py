@@ -212,6 +212,9 @@ class Job(Base):
         Index("ix_jobs_worker_created", "worker", "created_at", "id"),
         # The admin statistics: jobs finished in a window.
         Index("ix_jobs_finished", "finished_at"),
+        # The result cache's lookup (shared.result_cache): one probe for a key's succeeded
+        # jobs, of one client or of every client.
+        Index("ix_jobs_cache_key", "cache_key", "status", "client_id"),
         # A client's queued and running jobs, counted against its limits.
         Index("ix_jobs_client_status", "client_id", "status"),
     )
@@ -253,6 +256,12 @@ class Job(Base):
     preview_file: Mapped[str | None] = mapped_column(String(FILE_NAME_LENGTH))
     # sha256 of the submit's inputs and parameters: an Idempotency-Key replay must match it.
     request_digest: Mapped[str | None] = mapped_column(String(DIGEST_LENGTH))
+    # The result cache (shared.result_cache): sha256 of the inputs, the parameters, the
+    # engine's version and the weights (None: rows from before it); whether the result was
+    # copied from an earlier job with this key (``cached_from``) instead of computed.
+    cache_key: Mapped[str | None] = mapped_column(String(DIGEST_LENGTH))
+    cached: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    cached_from: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     # Canceled (deadline_exceeded) if not finished by then: the submit's Cancel-After.
     deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # What the inputs may do badly, found at submit (shared.input_warnings): a list of

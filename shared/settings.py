@@ -53,6 +53,10 @@ DEFAULT_MAX_RUNNING = 0  # a client's jobs running at once
 Device = Literal["auto", "cpu", "cuda"]
 Weights = Literal["caffe", "torchvision"]
 LogFormat = Literal["text", "json"]
+# Whose earlier jobs an exact repeat may be served from (shared.result_cache): the same
+# client's only, or any client's.
+CacheScope = Literal["client", "global"]
+CACHE_SCOPES: tuple[CacheScope, ...] = ("client", "global")
 DEFAULT_LOG_FORMAT: LogFormat = "text"  # a human-readable line per event; "json": JSON lines
 DEVICES: tuple[Device, ...] = ("auto", "cpu", "cuda")
 WEIGHTS: tuple[Weights, ...] = ("caffe", "torchvision")
@@ -101,6 +105,7 @@ class Settings:
     rate_burst: int = DEFAULT_RATE_BURST
     max_queued: int = DEFAULT_MAX_QUEUED
     max_running: int = DEFAULT_MAX_RUNNING
+    cache_scope: CacheScope = "client"  # the result cache serves a client from its own jobs
 
     def __post_init__(self) -> None:
         # Settings built in code get the same absolute data dir as those from the environment.
@@ -167,6 +172,9 @@ class Settings:
             rate_burst=reader.get("RATE_BURST", DEFAULT_RATE_BURST, _limit_int),
             max_queued=reader.get("MAX_QUEUED", DEFAULT_MAX_QUEUED, _limit_int),
             max_running=reader.get("MAX_RUNNING", DEFAULT_MAX_RUNNING, _limit_int),
+            cache_scope=cast(
+                CacheScope, reader.get("CACHE_SCOPE", "client", _choice(CACHE_SCOPES))
+            ),
             **log_options_from_env(env),
         )
 

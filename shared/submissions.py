@@ -16,6 +16,7 @@ from datetime import datetime
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from shared import result_cache
 from shared.db import CommitOutcomeUnknownError, Database
 from shared.job_store import find_by_idempotency_key, insert_job
 from shared.job_view import JobView
@@ -42,6 +43,7 @@ def create_job(
     request_digest: str | None = None,
     deadline_at: datetime | None = None,
     warnings: Sequence[dict[str, str]] = (),
+    cache: result_cache.CacheRequest | None = None,
 ) -> tuple[JobView, bool]:
     """Store a validated job durably, then enqueue its id. Returns (job, created).
 
@@ -54,6 +56,10 @@ def create_job(
     ``deadline_at``: when the job is canceled if not finished (``Cancel-After``).
     ``request_digest`` is kept on the row, for a replay with the key to match;
     ``warnings`` too (``shared.input_warnings``, as dicts), for every reader of the job.
+    ``cache``: the job's result cache key is stored with it, and unless
+    ``cache.serve`` is false an exact repeat of an earlier succeeded job is created
+    succeeded at once, from that job's result, and sent to no worker
+    (``shared.result_cache``); None: no key, no lookup.
     """
     if idempotency_key is not None:
         existing = find_by_idempotency_key(session, client_id, idempotency_key)
@@ -78,10 +84,31 @@ def create_job(
         finished_at=None,
         n_styles=len(styles),
         preview_file=None,
+        cached=False,
         deadline_at=deadline_at,
         warnings=list(warnings),
     )
     files = {CONTENT_FILE: content} | {style_file(i): data for i, data in enumerate(styles)}
+    key = None
+    if cache is not None and cache.weights is not None:
+        key = result_cache.cache_key(params, content, styles, cache.weights)
+        if cache.serve:
+            try:
+                cached = result_cache.create_from_cache(
+                    session,
+                    storage,
+                    job,
+                    files,
+                    key=key,
+                    scope=cache.scope,
+                    idempotency_key=idempotency_key,
+                    request_digest=request_digest,
+                    db=db,
+                )
+            except IntegrityError as exc:
+                return _job_of_key(session, client_id, idempotency_key, exc), False
+            if cached is not None:
+                return cached, True
     try:
         storage.put_many(job.id, files)
         insert_job(
@@ -90,17 +117,12 @@ def create_job(
             idempotency_key=idempotency_key,
             request_digest=request_digest,
             db=db,
+            cache_key=key,
         )
-    except IntegrityError:
+    except IntegrityError as exc:
         session.rollback()
         storage.delete_job_files(job.id)
-        if idempotency_key is None:
-            raise
-        # Another request with the same key committed first: that one is the job.
-        existing = find_by_idempotency_key(session, client_id, idempotency_key)
-        if existing is None:
-            raise
-        return JobView.of(existing), False
+        return _job_of_key(session, client_id, idempotency_key, exc), False
     except CommitOutcomeUnknownError:
         # The row may be in: its files stay (a job without its inputs would fail).
         # If it is not, they are files no job refers to.
@@ -112,6 +134,16 @@ def create_job(
         raise
     enqueue_or_leave_queued(session, job.id, enqueue)
     return job, True
+
+
+def _job_of_key(
+    session: Session, client_id: int, key: str | None, error: IntegrityError
+) -> JobView:
+    """The job another request with the same Idempotency-Key committed first (else ``error``)."""
+    existing = None if key is None else find_by_idempotency_key(session, client_id, key)
+    if existing is None:
+        raise error
+    return JobView.of(existing)
 
 
 def _rollback_quietly(session: Session) -> None:

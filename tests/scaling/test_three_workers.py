@@ -61,6 +61,7 @@ def run(worker_pool: StartPool, image_bytes: Callable[[str], bytes]) -> Iterator
                 "content": (io.BytesIO(image_bytes("tubingen")), "content.png"),
                 "style": (io.BytesIO(image_bytes("starry_night")), "style.png"),
                 "params": json.dumps(TINY_PARAMS),
+                "cache": "false",  # every job computed: the workers' share is measured
             },
             headers=auth,
             content_type="multipart/form-data",

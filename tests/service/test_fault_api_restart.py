@@ -99,7 +99,8 @@ def client_thread(
                     response = http.post(
                         "/v1/jobs",
                         files={"content": files["content"], "style": files["style"]},
-                        data={"params": PARAMS},
+                        # Each job computed, not a copy of the last: every one is claimed.
+                        data={"params": PARAMS, "cache": "false"},
                         headers={"Idempotency-Key": key},
                     )
                 except httpx.TransportError as exc:  # refused, reset, closed mid-answer

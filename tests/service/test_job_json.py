@@ -38,6 +38,7 @@ QUEUED = JobView(
     finished_at=None,
     n_styles=1,
     preview_file=None,
+    cached=False,
     deadline_at=None,
     warnings=[],
 )
@@ -80,6 +81,15 @@ BLENDED = replace(
         }
     ).model_dump(mode="json"),
 )
+# An exact repeat of an earlier job, its result copied: finished at once, never claimed.
+CACHED = replace(
+    QUEUED,
+    status=JobStatus.SUCCEEDED,
+    iteration=300,
+    percent=100.0,
+    finished_at=QUEUED.created_at,
+    cached=True,
+)
 # A job whose inputs were warned about at submit (a message with quotes and a non-ASCII sign).
 WARNED = replace(
     QUEUED,
@@ -107,6 +117,7 @@ REORDERED_AND_OLD = replace(
         BLENDED,
         REORDERED_AND_OLD,
         WARNED,
+        CACHED,
     ],
     ids=[
         "queued",
@@ -118,6 +129,7 @@ REORDERED_AND_OLD = replace(
         "blend",
         "old",
         "warned",
+        "cached",
     ],
 )
 def test_job_json_equals_the_pydantic_schema_text(record: JobView) -> None:
