@@ -20,6 +20,7 @@ side, so that a change of the life cycle is read and made in one file.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -272,17 +273,24 @@ def died_attempts() -> ColumnElement[int]:
     return Job.attempts - retried_at - released
 
 
-def finish_job(session: Session, claim: Claim, *, result_file: str | None = None) -> None:
+def finish_job(
+    session: Session,
+    claim: Claim,
+    *,
+    result_file: str | None = None,
+    event_data: Mapping[str, str | int | float] | None = None,
+) -> None:
     """running → succeeded, naming ``result_file`` (already stored) as the job's result.
 
     LeaseLostError if not held: then the row is unchanged and the file is no result.
     Without ``result_file`` the result is the fixed-name one jobs used to have.
+    ``event_data``: more for the ``succeeded`` event (where the style targets came from).
     """
     values: dict[str, Any] = {"eta_seconds": 0.0}
     if result_file is not None:
         values["result_file"] = result_file
     values |= {"iteration": Job.iterations, "percent": 100.0}
-    _end(session, claim, TRANSITIONS.finish, values)
+    _end(session, claim, TRANSITIONS.finish, values, event_data)
 
 
 def fail_job(
@@ -315,7 +323,13 @@ def cancel_running_job(
     _end(session, claim, TRANSITIONS.cancel_running, values)
 
 
-def _end(session: Session, claim: Claim, transition: Transition, values: dict[str, Any]) -> None:
+def _end(
+    session: Session,
+    claim: Claim,
+    transition: Transition,
+    values: dict[str, Any],
+    event_data: Mapping[str, str | int | float] | None = None,
+) -> None:
     # The outcome's values are its event's data too (but for SQL expressions).
     now = utcnow()
     guarded_update(
@@ -332,7 +346,10 @@ def _end(session: Session, claim: Claim, transition: Transition, values: dict[st
         },
         transition=transition,
         lease=claim,
-        data={k: v for k, v in values.items() if isinstance(v, str | int | float)},
+        data={
+            **{k: v for k, v in values.items() if isinstance(v, str | int | float)},
+            **(event_data or {}),
+        },
     )
 
 

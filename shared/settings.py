@@ -49,6 +49,12 @@ DEFAULT_RATE_LIMIT = 2.0  # submits per second, sustained
 DEFAULT_RATE_BURST = 20  # submits at once
 DEFAULT_MAX_QUEUED = 100  # a client's jobs waiting for a worker
 DEFAULT_MAX_RUNNING = 0  # a client's jobs running at once
+# A worker's cache of recently used styles' Gram targets, MiB (1 MiB = 2**20 bytes), when
+# STYLEQUEUE_STYLE_CACHE_MB is unset; one style at one pass size holds ~2.3 MiB (VGG19's five
+# style layers), so these keep ~100 and ~27 of them.
+DEFAULT_STYLE_CACHE_MB_GPU = 256
+DEFAULT_STYLE_CACHE_MB_CPU = 64
+MIB = 1024 * 1024
 
 Device = Literal["auto", "cpu", "cuda"]
 Weights = Literal["caffe", "torchvision"]
@@ -106,6 +112,8 @@ class Settings:
     max_queued: int = DEFAULT_MAX_QUEUED
     max_running: int = DEFAULT_MAX_RUNNING
     cache_scope: CacheScope = "client"  # the result cache serves a client from its own jobs
+    # The worker's cache of style Gram targets, MiB; None: by device (style_cache_bytes); 0: off.
+    style_cache_mb: int | None = None
 
     def __post_init__(self) -> None:
         # Settings built in code get the same absolute data dir as those from the environment.
@@ -168,6 +176,7 @@ class Settings:
             retention_seconds=reader.get(
                 "RETENTION_SECONDS", DEFAULT_RETENTION_SECONDS, _non_negative_float
             ),
+            style_cache_mb=reader.get("STYLE_CACHE_MB", None, _non_negative_int),
             rate_limit=reader.get("RATE_LIMIT", DEFAULT_RATE_LIMIT, _limit_float),
             rate_burst=reader.get("RATE_BURST", DEFAULT_RATE_BURST, _limit_int),
             max_queued=reader.get("MAX_QUEUED", DEFAULT_MAX_QUEUED, _limit_int),
@@ -177,6 +186,14 @@ class Settings:
             ),
             **log_options_from_env(env),
         )
+
+    def style_cache_bytes(self, device_type: str) -> int:
+        """The bytes a worker on a ``device_type`` device ("cuda", "cpu") may keep of style
+        Gram targets: STYLEQUEUE_STYLE_CACHE_MB, else the device's default; 0: no cache."""
+        mb = self.style_cache_mb
+        if mb is None:
+            mb = DEFAULT_STYLE_CACHE_MB_GPU if device_type == "cuda" else DEFAULT_STYLE_CACHE_MB_CPU
+        return mb * MIB
 
     @property
     def max_request_bytes(self) -> int:
@@ -297,6 +314,13 @@ def _positive_int(raw: str) -> int:
     value = int(raw)
     if value <= 0:
         raise ValueError("must be a positive integer")
+    return value
+
+
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("must be an integer, 0 or more")
     return value
 
 

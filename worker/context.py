@@ -1,5 +1,6 @@
 """What one worker process holds for all its jobs: settings, database, storage, its name,
-the network and its row in the workers registry (built after the fork)."""
+the network, its cache of style Gram targets and its row in the workers registry (built
+after the fork)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,17 @@ import logging
 import os
 import socket
 import threading
+import uuid
 from dataclasses import dataclass, field
 
 import torch
 
 from shared.db import Database
-from shared.settings import Settings
+from shared.settings import MIB, Settings
 from shared.storage import Storage, open_storage
 from shared.workers import default_worker_name
 from worker.engine import Network, default_device, get_network, load_network
+from worker.engine.style_cache import StyleCache, StyleTargets
 from worker.registry import WorkerRegistry
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,7 @@ class WorkerContext:
     shutting_down: threading.Event = field(default_factory=threading.Event)
     _network: Network | None = field(default=None, repr=False)
     _registry: WorkerRegistry | None = field(default=None, repr=False)
+    _style_cache: StyleCache | None = field(default=None, repr=False)
 
     def device(self) -> torch.device:
         device = self.settings.device
@@ -50,6 +54,47 @@ class WorkerContext:
                 self.db, name=self.name, hostname=self.hostname, pid=self.pid, device=self.device
             )
         return self._registry
+
+    def style_cache(self) -> StyleCache:
+        """This process's cache of style Gram targets, on its device, sized by
+        STYLEQUEUE_STYLE_CACHE_MB (its default depends on the device; 0: off)."""
+        if self._style_cache is None:
+            self._style_cache = StyleCache(self.settings.style_cache_bytes(self.device().type))
+        return self._style_cache
+
+    def style_targets(self) -> StyleTargets:
+        """A job's source of style Gram targets: this process's cache (counting for the job)."""
+        return StyleTargets(self.style_cache())
+
+    def log_style_cache(
+        self, job_id: uuid.UUID, targets: StyleTargets, extra: dict[str, object]
+    ) -> None:
+        """One line after a job: where its style targets came from, and the cache's counters
+        (the worker's metrics of it: hits, misses, evictions since the process started)."""
+        stats = self.style_cache().stats()
+        log.info(
+            "job %s: style targets: %d from the cache, %d computed; the cache: %d hits, "
+            "%d misses, %d evictions, %d entries, %.1f of %.0f MiB",
+            job_id,
+            targets.cached,
+            targets.computed,
+            stats.hits,
+            stats.misses,
+            stats.evictions,
+            stats.entries,
+            stats.bytes / MIB,
+            stats.max_bytes / MIB,
+            extra={
+                **extra,
+                **targets.counts(),
+                "style_cache_hits": stats.hits,
+                "style_cache_misses": stats.misses,
+                "style_cache_evictions": stats.evictions,
+                "style_cache_entries": stats.entries,
+                "style_cache_bytes": stats.bytes,
+                "style_cache_max_bytes": stats.max_bytes,
+            },
+        )
 
     def close(self) -> None:
         """Stop beating and close the database connections."""

@@ -42,6 +42,7 @@ from worker.engine import (
     transfer,
 )
 from worker.engine.errors import CheckpointCorruptError, CheckpointIncompatibleError
+from worker.engine.style_cache import StyleTargets
 from worker.lease import LeaseKeeper
 from worker.reporter import JobReporter, StopReason
 
@@ -141,11 +142,12 @@ def run_job(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
 def _run_claimed(
     ctx: WorkerContext, session: Session, claim: Claim, reporter: JobReporter
 ) -> Outcome:
+    targets = ctx.style_targets()  # the process's cache of style targets, counted for this job
     try:
         params = StyleParams.model_validate(claim.params)
         content, styles = _load_inputs(ctx, claim)
         reporter.check_lease()
-        output = _transfer(ctx, session, claim, reporter, params, content, styles)
+        output = _transfer(ctx, session, claim, reporter, params, content, styles, targets)
         result = result_file(claim.attempt)
         reporter.put_own("result", result, encode_png(output))
     except EngineInterrupted as exc:
@@ -172,12 +174,15 @@ def _run_claimed(
     try:
         reporter.write(
             "record the success",
-            lambda: jobs.finish_job(session, claim, result_file=result),
+            lambda: jobs.finish_job(
+                session, claim, result_file=result, event_data=targets.counts()
+            ),
         )
     except LeaseLostError as exc:
         reporter.forget_own(result, exc)
         raise
     ctx.storage.delete_checkpoints(claim.job_id)
+    ctx.log_style_cache(claim.job_id, targets, reporter.event("style_cache"))
     log.info("job %s succeeded", claim.job_id, extra=reporter.event(EventKind.SUCCEEDED))
     return Outcome.SUCCEEDED
 
@@ -307,6 +312,7 @@ def _transfer(
     params: StyleParams,
     content: torch.Tensor,
     styles: list[torch.Tensor],
+    targets: StyleTargets,
 ) -> torch.Tensor:
     def run(resume: EngineState | None) -> torch.Tensor:
         return transfer(
@@ -317,6 +323,7 @@ def _transfer(
             on_progress=reporter.on_progress,
             should_stop=reporter.should_stop,
             resume=resume,
+            style_targets=targets,
         )
 
     resume = _load_checkpoint(ctx, session, claim, reporter)

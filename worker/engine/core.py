@@ -36,6 +36,7 @@ from worker.engine.schedule import (
     split_iterations,
 )
 from worker.engine.state import EngineState, Progress
+from worker.engine.style_cache import StyleTargets
 
 ADAM_LR = 0.02  # per step, in 0..1 pixel units (crowsonkb/style-transfer-pytorch's value)
 
@@ -49,6 +50,7 @@ def transfer(
     on_progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     resume: EngineState | None = None,
+    style_targets: StyleTargets | None = None,
 ) -> torch.Tensor:
     """Stylize ``content`` ([3,H,W] RGB 0..1) after ``styles``; returns [3,h,w] 0..1 on the CPU.
 
@@ -59,6 +61,9 @@ def transfer(
     An RGBA content ([4,H,W]) keeps its alpha: the transfer runs on its colours
     flattened onto white, and the output is [4,h,w] with the alpha resized. An
     RGBA style is flattened onto white.
+
+    ``style_targets``: where the styles' Gram matrices come from (a worker's cache of
+    them, ``style_cache.py``; it counts what it served); None: computed here.
     """
     _check_image(content, "content")
     if not isinstance(styles, Sequence) or isinstance(styles, torch.Tensor):
@@ -76,7 +81,7 @@ def transfer(
             f"at {params.size} px the content's shorter side would be {min(final_h, final_w)} px; "
             f"VGG19 needs at least {MIN_SIDE_PX} (use a larger size)",
         )
-    run = _Run(network, content, list(styles), blend, params, sizes, alpha)
+    run = _Run(network, content, list(styles), blend, params, sizes, alpha, style_targets)
     try:
         return run.execute(on_progress, should_stop, resume)
     except torch.cuda.OutOfMemoryError:
@@ -130,6 +135,7 @@ class _Run:
         params: StyleParams,
         sizes: list[tuple[int, int]],
         alpha: torch.Tensor | None = None,
+        style_targets: StyleTargets | None = None,
     ) -> None:
         self.network = network
         self.alpha = None if alpha is None else alpha.unsqueeze(0).to(network.device)
@@ -146,6 +152,7 @@ class _Run:
             self.styles_in = [colors.match_luminance(s, self.content) for s in self.styles]
         else:
             self.content_in, self.styles_in = self.content, self.styles
+        self.grams_of = (style_targets or StyleTargets()).source(network, self.styles_in)
         self.iteration = 0
         self.elapsed_before = 0.0
         self.started = time.perf_counter()
@@ -175,6 +182,7 @@ class _Run:
                 content_weight=self.params.content_weight,
                 style_weight=self.params.style_weight,
                 tv_weight=self.params.tv_weight,
+                grams_of=self.grams_of,
             )
             optimizer = _make_optimizer(self.params.optimizer, 3 * height * width, self.device)
             if resume is not None and index == first_pass:

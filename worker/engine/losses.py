@@ -16,7 +16,7 @@ fp32's floor and the numbers read well.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +35,18 @@ def gram_matrix(features: torch.Tensor) -> torch.Tensor:
     # permute+reshape is a free view for channels-last activations (the network's layout).
     flat = features.float().permute(0, 2, 3, 1).reshape(height * width, channels)
     return flat.t().mm(flat).div_(height * width)
+
+
+def style_grams(network: Network, style: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A style image's (``[1,3,h,w]``) fp32 Gram matrix at each of ``STYLE_LAYERS``:
+    what its targets are made of. One forward pass, no gradients."""
+    with torch.no_grad():
+        feats = network.features(style, STYLE_LAYERS)
+        return {layer: gram_matrix(feats[layer]) for layer in STYLE_LAYERS}
+
+
+# Style number i, resized for the pass -> its Gram matrix per style layer (read-only).
+GramSource = Callable[[int, torch.Tensor], Mapping[str, torch.Tensor]]
 
 
 def total_variation(image: torch.Tensor) -> torch.Tensor:
@@ -65,7 +77,9 @@ class Objective:
     matrices with the weights instead (as jcjohnson/neural-style does) weighs
     each style by the size of its activations as well as by its weight. A style
     of weight 0 is never run through the network, so a blend of [1, 0] is
-    exactly the first style alone.
+    exactly the first style alone. Each style's Gram matrices come from
+    ``grams_of(i, style)`` when given (the worker's cache of style targets,
+    ``style_cache.py``), else from ``style_grams``.
     """
 
     def __init__(
@@ -78,6 +92,7 @@ class Objective:
         content_weight: float,
         style_weight: float,
         tv_weight: float,
+        grams_of: GramSource | None = None,
     ) -> None:
         self.network = network
         self.content_weight = content_weight
@@ -86,9 +101,10 @@ class Objective:
         self.layers = (CONTENT_LAYER, *STYLE_LAYERS)
         with torch.no_grad():
             self.content_target = network.features(content, [CONTENT_LAYER])[CONTENT_LAYER].float()
+            grams_of = grams_of or (lambda _, style: style_grams(network, style))
             per_style = [
-                (float(weight), network.features(style, STYLE_LAYERS))
-                for style, weight in zip(styles, blend, strict=True)
+                (float(weight), grams_of(index, style))
+                for index, (style, weight) in enumerate(zip(styles, blend, strict=True))
                 if weight > 0
             ]
             if not per_style:
@@ -96,7 +112,7 @@ class Objective:
             self.style_targets: list[torch.Tensor] = []
             self.style_norms: list[float] = []
             for layer in STYLE_LAYERS:
-                grams = [(w, gram_matrix(feats[layer])) for w, feats in per_style]
+                grams = [(w, layer_grams[layer]) for w, layer_grams in per_style]
                 coefficients = [w / _mean_square(g) for w, g in grams]
                 total = sum(coefficients)
                 target = grams[0][1] * (coefficients[0] / total)

@@ -65,6 +65,7 @@ class Network:
         # Channels-last is 1.5x faster for these 3x3 convolutions on both CPU and GPU.
         # On CUDA the weights are stored in bf16 once, so autocast has nothing to recast.
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        self.dtype = dtype  # the convolutions' precision (Gram matrices and losses are fp32)
         self._convs = [
             (
                 w.to(device, dtype)
