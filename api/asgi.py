@@ -29,12 +29,15 @@ import json
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
 from flask import Flask
 
 from api.security_headers import outside_app_headers
+
+if TYPE_CHECKING:
+    from api.live import LiveRoutes
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -282,6 +285,32 @@ class WsgiBridge:
         chunk, rest = self._take(iter(iterable), iterable)
         return response, b"".join(response.written) + chunk, rest
 
+    def environ(self, scope: Scope) -> dict[str, Any]:
+        """The WSGI environ of the bodiless request ``scope`` describes."""
+        return self._environ(scope, b"", None)
+
+    async def call_app(self, scope: Scope) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """The app's whole answer (status, headers, body) to the bodiless request ``scope``
+        describes, run in the pool: for the event loop's own routes (``api.live``), whose
+        answers are small JSON."""
+        environ = self._environ(scope, b"", None)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor(), self._run_whole, environ)
+
+    def run_in_pool(self, function: Callable[[], Any]) -> Awaitable[Any]:
+        """``function()`` on one of the app's threads (a short read for ``api.live``)."""
+        return asyncio.get_running_loop().run_in_executor(self._executor(), function)
+
+    def _run_whole(self, environ: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        response, chunk, rest = self._run(environ)
+        pieces = [chunk]
+        if rest is not None:
+            try:
+                pieces.extend(rest)
+            finally:
+                rest.close()
+        return response.status, response.headers, b"".join(pieces)
+
     def _more(self, rest: _Closing) -> tuple[bytes, _Closing | None]:
         return self._take(rest, rest)
 
@@ -356,10 +385,13 @@ async def _send_json(
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-def create_asgi_app() -> WsgiBridge:
+def create_asgi_app() -> LiveRoutes:
+    """The served application: the event streams and held answers (``api.live``) in front of
+    the Flask app's bridge."""
+    from api.live import LiveRoutes
     from api.wsgi import app as flask_app
 
-    return WsgiBridge(flask_app)
+    return LiveRoutes(WsgiBridge(flask_app))
 
 
 app = create_asgi_app()

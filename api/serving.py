@@ -25,7 +25,10 @@ from gunicorn.asgi.protocol import ASGIProtocol
 from gunicorn.workers import gasgi
 
 worker_class = "api.serving.Worker"
-worker_connections = 1000  # per process: a connection beyond it is closed at once
+# Per process: a connection beyond it is closed at once. Held event streams and waits
+# (``api.live``) may take at most ``api.live.MAX_HELD`` of them, so that ordinary requests
+# always find room.
+worker_connections = 4000
 HEAD_SECONDS = 10.0  # a new connection's first request head must be complete by then
 keepalive = 5  # seconds an idle kept-alive connection stays open (and a next head may take)
 # The same loop and parser wherever it runs, whether or not uvloop or gunicorn_h1c happen to
@@ -133,8 +136,9 @@ class Worker(gasgi.ASGIWorker):
         super().load_wsgi()
         from api.asgi import WsgiBridge
 
-        if isinstance(self.asgi, WsgiBridge):
-            self.asgi.threads = self.cfg.threads
+        bridge = getattr(self.asgi, "bridge", self.asgi)  # behind api.live's routes, or alone
+        if isinstance(bridge, WsgiBridge):
+            bridge.threads = self.cfg.threads
 
     async def _shutdown(self) -> None:
         """A stopping worker closes its idle and half-opened connections at once (a client's next

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import redis
+import redis.asyncio
+import redis.asyncio.sentinel
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel
@@ -166,3 +168,25 @@ class _SentinelMasterClient(redis.Redis):
             if self.sentinel_manager is not None:
                 for connection in self.sentinel_manager.sentinels:
                     connection.close()
+
+
+def async_redis_client(settings: Settings, *, connect_timeout: float) -> redis.asyncio.Redis:
+    """An asyncio client of the product's Redis (the API's event loop listens on it):
+    connects within ``connect_timeout`` seconds; a read waits as long as the caller
+    lets it (a subscriber waits for messages). With a ``sentinel://`` URL, a client of
+    the master the sentinels name whenever it connects."""
+    options: dict[str, Any] = {"socket_connect_timeout": connect_timeout, "socket_keepalive": True}
+    if not is_sentinel_url(settings.redis_url):
+        return redis.asyncio.Redis.from_url(settings.redis_url, **options)
+    address = parse_sentinel_url(settings.redis_url)
+    sentinel = redis.asyncio.sentinel.Sentinel(
+        list(address.sentinels),
+        sentinel_kwargs=sentinel_socket_options(connect_timeout),
+    )
+    return sentinel.master_for(
+        _master_name(settings),
+        db=address.db,
+        username=address.username,
+        password=address.password,
+        **options,
+    )

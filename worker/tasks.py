@@ -31,6 +31,7 @@ from shared.celery_app import (
     settings_of,
 )
 from shared.deadlines import DEADLINE_EXCEEDED
+from shared.job_changes import publish_changes_to
 from shared.logging import configure_logging, job_event
 from shared.models import EventKind, utcnow
 from worker.attempts import log_too_many_attempts
@@ -56,7 +57,10 @@ def _worker_context(settings_app: Celery, node_name: str | None = None) -> Worke
 
     global _context
     if _context is None:
-        _context = make_context(settings_of(settings_app), node_name or _node_name)
+        settings = settings_of(settings_app)
+        _context = make_context(settings, node_name or _node_name)
+        # The API's event streams hear of this process's changes of its jobs' rows.
+        publish_changes_to(settings)
     return _context
 
 

@@ -1,0 +1,77 @@
+"""What a job's event stream sends, derived from its row: the events between two reads.
+
+``status`` (the job's JSON) when its status or attempt changes; ``progress``
+(iteration, iterations, percent, eta_seconds) when a running job's iteration
+moves, at most once per ``PROGRESS_INTERVAL_SECONDS`` (a quicker change waits, and
+its latest value is sent then); ``preview`` (its URL) when the row names a new
+preview; ``done`` (the job's JSON) once it has finished. The stream itself is
+``api.live``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from api.job_json import job_dict
+from shared.job_view import JobView
+from shared.models import JobStatus
+
+PROGRESS_INTERVAL_SECONDS = 0.5  # at most two progress events a second
+
+
+def job_event_data(job: JobView) -> dict[str, Any]:
+    """A ``status`` or ``done`` event's data: the job as ``GET /v1/jobs/{id}`` shows it."""
+    return job_dict(job)
+
+
+def progress_data(job: JobView) -> dict[str, Any]:
+    return {
+        "iteration": job.iteration,
+        "iterations": job.iterations,
+        "percent": job.percent,
+        "eta_seconds": job.eta_seconds,
+    }
+
+
+def status_changed_at_ms(job: JobView) -> int:
+    """When the job last changed status as far as its row tells (created, started, finished),
+    in milliseconds since the epoch: the scale of the stream's event ids."""
+    times = [t for t in (job.created_at, job.started_at, job.finished_at) if t is not None]
+    return int(max(t.timestamp() for t in times) * 1000)
+
+
+class EventDiff:
+    """What one stream sent last, and the events a newer read of the job calls for."""
+
+    def __init__(self, job: JobView) -> None:
+        self._status = (job.status, job.attempts)
+        self._progress = (job.iteration, job.iterations)
+        self._preview = job.preview_file
+        self._progress_sent_at = -math.inf
+        self.progress_due_at: float | None = None  # a held-back progress event is due then
+
+    def events(self, job: JobView, now: float) -> list[tuple[str, dict[str, Any]]]:
+        """The events that ``job`` (read now) calls for, in order; ``now``: monotonic seconds."""
+        if job.status.is_finished:
+            return [("done", job_event_data(job))]
+        found: list[tuple[str, dict[str, Any]]] = []
+        progress = (job.iteration, job.iterations)
+        if (job.status, job.attempts) != self._status:
+            self._status = (job.status, job.attempts)
+            self._progress, self.progress_due_at = progress, None  # the job's JSON has it
+            found.append(("status", job_event_data(job)))
+        elif progress != self._progress and job.status is JobStatus.RUNNING:
+            if now - self._progress_sent_at >= PROGRESS_INTERVAL_SECONDS:
+                self._progress, self._progress_sent_at = progress, now
+                self.progress_due_at = None
+                found.append(("progress", progress_data(job)))
+            else:
+                self.progress_due_at = self._progress_sent_at + PROGRESS_INTERVAL_SECONDS
+        else:
+            self.progress_due_at = None
+        if job.preview_file != self._preview:
+            self._preview = job.preview_file
+            if job.preview_file is not None:
+                found.append(("preview", {"url": f"/v1/jobs/{job.id}/preview"}))
+        return found
