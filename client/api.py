@@ -8,6 +8,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -15,6 +16,7 @@ from urllib.parse import quote
 import httpx
 
 from client.errors import (
+    APIError,
     InvalidResponseError,
     RateLimitedError,
     ServerError,
@@ -22,7 +24,8 @@ from client.errors import (
     WaitTimeoutError,
     api_error_from_response,
 )
-from client.models import Job, JobPage, JobStatus
+from client.events import JobEvent, follow_events
+from client.models import Job, JobPage, JobProgress, JobStatus
 from client.polling import (
     DEFAULT_POLL_INTERVAL_S,
     MAX_POLL_INTERVAL_S,
@@ -179,6 +182,15 @@ class StylequeueClient:
             raise
         return target
 
+    def events(self, job_id: str, *, last_event_id: str | None = None) -> Iterator[JobEvent]:
+        """The job's live events (``status``, ``progress``, ``preview``, ``done``) as they
+        happen, until ``done``: one long response, opened again after a dropped connection
+        and resumed after the last event seen (``Last-Event-ID``). NotFoundError for an
+        unknown job (or a server without event streams)."""
+        return follow_events(
+            self._http, f"{_job_path(job_id)}/events", _raise_for_error, last_event_id=last_event_id
+        )
+
     def wait(
         self,
         job_id: str,
@@ -188,15 +200,23 @@ class StylequeueClient:
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> Job:
-        """Poll until the job is succeeded, failed or canceled, and return it.
+        """Wait until the job is succeeded, failed or canceled, and return it.
 
-        ``on_progress`` is called with the job on the first poll and whenever
-        its status or progress changes. Polls back off from ``poll_interval``
-        to ``max_poll_interval`` while nothing changes. A few failed polls in a
-        row (server restarting, 5xx, 429) are retried; ``timeout`` (seconds)
-        raises WaitTimeoutError carrying the last job seen.
+        It follows the job's event stream (``events``); a server that answers 404 or
+        405 for it (one from before event streams) is polled instead.
+        ``on_progress`` is called with the job first and whenever its status or
+        progress changes. Polls back off from ``poll_interval`` to
+        ``max_poll_interval`` while nothing changes. A few failed polls in a row
+        (server restarting, 5xx, 429), or dropped streams, are retried; ``timeout``
+        (seconds) raises WaitTimeoutError carrying the last job seen.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            return self._wait_for_done(job_id, deadline, timeout, on_progress)
+        except APIError as exc:
+            if exc.status not in (404, 405):
+                raise
+        # No event stream here: poll (a job that does not exist is a NotFoundError there too).
         last: Job | None = None
         delay: float | None = None
         failures = 0
@@ -225,6 +245,40 @@ class StylequeueClient:
                 raise WaitTimeoutError(job, timeout or 0.0)
             time.sleep(delay if left is None else min(delay, left))
             last = job
+
+    def _wait_for_done(
+        self,
+        job_id: str,
+        deadline: float | None,
+        timeout: float | None,
+        on_progress: ProgressCallback | None,
+    ) -> Job:
+        """``wait`` on the job's event stream."""
+        last: Job | None = None
+        path = f"{_job_path(job_id)}/events"
+        for event in follow_events(self._http, path, _raise_for_error, deadline=deadline):
+            if event.name in ("status", "done"):
+                job = Job.from_json(event.data)
+            elif event.name == "progress" and last is not None:
+                data = event.data
+                job = replace(
+                    last,
+                    progress=JobProgress(
+                        iteration=int(data["iteration"]),
+                        iterations=int(data["iterations"]),
+                        percent=float(data["percent"]),
+                        eta_seconds=data.get("eta_seconds"),
+                    ),
+                )
+            else:
+                continue
+            changed = last is None or (job.status, job.progress) != (last.status, last.progress)
+            if changed and on_progress is not None:
+                on_progress(job)
+            if event.name == "done" or job.status.is_final:
+                return job
+            last = job
+        raise WaitTimeoutError(last or self.get(job_id), timeout or 0.0)
 
     # -- plumbing -------------------------------------------------------------
 

@@ -20,9 +20,13 @@ from typing import Any
 import httpx
 import pytest
 from api_process import ApiProcess
+from click.testing import CliRunner
 from fault_helpers import WorkerProcess
 from processes import free_port
 
+from cli.client_cmds import ClientConfig
+from cli.main import cli
+from client import Job, JobStatus, StylequeueClient
 from shared.auth import create_client
 from shared.db import Database
 from shared.settings import Settings
@@ -294,6 +298,54 @@ def test_prefer_wait_on_submit_and_a_long_wait_is_cut_to_60(stack: Stack) -> Non
         headers=stack.headers(Prefer="respond-async, wait=600"),
     )
     assert again.headers["preference-applied"] == "wait=60"
+
+
+class RecordingTransport(httpx.HTTPTransport):
+    """httpx's own transport, noting each request's method and path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[str] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(f"{request.method} {request.url.path}")
+        return super().handle_request(request)
+
+
+def test_the_clients_wait_and_submit_wait_follow_the_stream(stack: Stack, tmp_path: Path) -> None:
+    params = json.loads(QUICK)
+    transport = RecordingTransport()
+    seen: list[Job] = []
+    with StylequeueClient(stack.base_url, stack.key, transport=transport) as sq:
+        job = sq.submit(stack.files["content"], [stack.files["style"]], params, cache=False)
+        final = sq.wait(job.id, timeout=120, on_progress=seen.append)
+        assert final.status is JobStatus.SUCCEEDED, final.error
+        assert JobStatus.RUNNING in [j.status for j in seen]
+        percents = [j.progress.percent for j in seen]
+        assert percents == sorted(percents) and percents[-1] == 100.0
+        # One stream, no polls.
+        assert transport.requests == ["POST /v1/jobs", f"GET /v1/jobs/{job.id}/events"]
+        names = [event.name for event in sq.events(job.id)]
+        assert names == ["done"]
+
+    cli_transport = RecordingTransport()
+    out = tmp_path / "styled.png"
+    content, style = tmp_path / "content.png", tmp_path / "style.png"
+    content.write_bytes(stack.files["content"])
+    style.write_bytes(stack.files["style"])
+    args = [item for k, v in params.items() for item in ("-p", f"{k}={v}")]
+    result = CliRunner().invoke(
+        cli,
+        ["submit", str(content), str(style), *args, "--no-cache", "--wait", "-o", str(out)],
+        obj=ClientConfig(
+            lambda: StylequeueClient(stack.base_url, stack.key, transport=cli_transport)
+        ),
+    )
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.strip() == str(out) and out.stat().st_size > 0
+    events = [r for r in cli_transport.requests if r.endswith("/events")]
+    polls = [r for r in cli_transport.requests if r.startswith("GET") and r.count("/") == 3]
+    assert len(events) == 1 and not polls, cli_transport.requests
 
 
 def test_the_api_logs_no_errors(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> None:
