@@ -44,6 +44,7 @@ def make_job_json(**overrides: Any) -> dict[str, Any]:
         "params": {"size": 64, "iterations": 200, "optimizer": "lbfgs"},
         "progress": {"iteration": 50, "iterations": 200, "percent": 25.0, "eta_seconds": 12.4},
         "attempts": 1,
+        "cached": False,
         "worker": "celery@box",
         "error": None,
         "created_at": "2026-11-27T22:00:00+00:00",

@@ -21,6 +21,7 @@ JOB_KEYS = {
     "params",
     "progress",
     "attempts",
+    "cached",
     "worker",
     "error",
     "created_at",
