@@ -35,7 +35,14 @@ from api.auth import current_principal
 from api.change_feed import ChangeFeed
 from api.security_headers import outside_app_headers
 from api.services import EXTENSION_KEY, Services
-from api.sse_events import EventDiff, job_event_data, status_changed_at_ms
+from api.sse_events import (
+    FALLBACK_SECONDS,
+    MAX_WAIT_SECONDS,
+    PING_SECONDS,
+    EventDiff,
+    job_event_data,
+    status_changed_at_ms,
+)
 from shared.errors import NotFoundError
 from shared.job_changes import publish_changes_to
 from shared.job_store import parse_job_id, poll_job
@@ -45,9 +52,6 @@ from shared.models import JobStatus
 log = logging.getLogger(__name__)
 
 MAX_HELD = 3000  # streams and waits per process, of api.serving's worker_connections
-MAX_WAIT_SECONDS = 60  # a larger Prefer: wait is cut to this
-FALLBACK_SECONDS = 5.0  # a watcher re-reads at least this often, hint or not
-PING_SECONDS = 15.0  # a comment line on an idle stream, so that proxies keep it open
 BUSY_RETRY_AFTER_SECONDS = 5
 
 _JOB_PATH = re.compile(r"^/v1/jobs/([^/]+)$")

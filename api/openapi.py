@@ -14,6 +14,7 @@ from api.limits import MAX_CANCEL_AFTER_SECONDS
 from api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from api.schemas import ErrorResponse, Health, JobList, JobOut
 from api.spec_examples import with_examples
+from api.spec_live import PREFER_WAIT, PREFERENCE_APPLIED, live_paths
 from api.spec_parts import (
     JOB_ID,
     LIMIT,
@@ -122,6 +123,7 @@ def _paths() -> dict[str, Any]:
                         " the original job (200); with another request it is a 422.",
                     },
                     CANCEL_AFTER,
+                    PREFER_WAIT,
                 ],
                 "requestBody": {
                     "required": True,
@@ -132,7 +134,8 @@ def _paths() -> dict[str, Any]:
                         **job,
                         "description": "Accepted: stored durably and queued, or, for an exact"
                         " repeat served from the result cache, already succeeded.",
-                        "headers": {k: RATE_HEADERS[k] for k in ("RateLimit-Policy", "RateLimit")},
+                        "headers": {k: RATE_HEADERS[k] for k in ("RateLimit-Policy", "RateLimit")}
+                        | PREFERENCE_APPLIED,
                     },
                     "200": {**job, "description": "The job created earlier with this key."},
                     **error_responses(
@@ -172,10 +175,14 @@ def _paths() -> dict[str, Any]:
             "get": {
                 "operationId": "getJob",
                 "summary": "A job",
-                "parameters": [JOB_ID],
-                "responses": {"200": job, **error_responses(401, 404)},
+                "parameters": [JOB_ID, PREFER_WAIT],
+                "responses": {
+                    "200": {**job, "headers": PREFERENCE_APPLIED},
+                    **error_responses(401, 404),
+                },
             }
         },
+        **live_paths(JOB_ID),
         "/v1/jobs/{job_id}/cancel": {
             "post": {
                 "operationId": "cancelJob",

@@ -18,6 +18,9 @@ from shared.job_view import JobView
 from shared.models import JobStatus
 
 PROGRESS_INTERVAL_SECONDS = 0.5  # at most two progress events a second
+PING_SECONDS = 15.0  # a comment line on an idle stream, so that proxies keep it open
+FALLBACK_SECONDS = 5.0  # a stream or wait re-reads at least this often, hint or not
+MAX_WAIT_SECONDS = 60  # a larger Prefer: wait is cut to this
 
 
 def job_event_data(job: JobView) -> dict[str, Any]:
