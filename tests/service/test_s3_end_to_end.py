@@ -214,3 +214,49 @@ def test_retention_deletes_the_objects(stack: Stack) -> None:
     gone = httpx.get(f"{api.base_url}/v1/jobs/{job_id}/result", headers=stack.headers)
     assert gone.status_code == 404
     assert gone.json()["error"]["code"] == "result_missing"
+
+
+def test_a_repeat_copies_the_result_in_the_store_and_is_computed_once_retention_took_it(
+    stack: Stack,
+) -> None:
+    api = stack.apis[0]
+    first = run_to_success(stack, api)
+
+    def repeat() -> dict[str, Any]:
+        answer = httpx.post(
+            f"{api.base_url}/v1/jobs",
+            headers=stack.headers,
+            files={"content": ("c.png", CONTENT), "style": ("s.png", STYLE)},
+            data={"params": PARAMS},
+            timeout=30.0,
+        )
+        assert answer.status_code == 202, answer.text
+        body: dict[str, Any] = answer.json()
+        return body
+
+    cached = repeat()
+    assert cached["status"] == "succeeded" and cached["cached"] is True, cached
+    copy = uuid.UUID(cached["id"])
+    # Its own objects: the inputs and a copy of the result, under its own prefix.
+    assert stack.keys(copy) == ["content.png", "result.a0.png", "style-0.png"]
+    results = [
+        httpx.get(f"{api.base_url}/v1/jobs/{job_id}/result", headers=stack.headers).content
+        for job_id in (first, copy)
+    ]
+    assert results[0] == results[1] and results[0].startswith(b"\x89PNG")
+    # Once retention has removed both, a repeat is computed again, never a 404.
+    wait_for(
+        "retention to delete both jobs' objects",
+        lambda: stack.keys(first) == [] and stack.keys(copy) == [],
+        timeout=RETENTION_SECONDS + 60,
+    )
+    again = repeat()
+    assert again["status"] == "queued" and again["cached"] is False, again
+    job_id = uuid.UUID(again["id"])
+    wait_for(
+        "the repeat to be computed",
+        lambda: stack.job(api, job_id)["status"] in {"succeeded", "failed", "canceled"},
+        timeout=120,
+    )
+    done = stack.job(api, job_id)
+    assert done["status"] == "succeeded" and done["attempts"] == 1 and not done["cached"], done
