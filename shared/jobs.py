@@ -13,8 +13,10 @@ changing the status (renewals, progress, committed files) is ``shared.leases``;
 the reconciler's sweeps are ``shared.reconciler``; a submit is
 ``shared.submissions``.
 
-A little over 400 lines, on purpose: every transition of the table is here, side by
-side, so that a change of the life cycle is read and made in one file.
+A little over 400 lines, on purpose: the transitions of the table are here, side by
+side, so that a change of the life cycle is read and made in one file. One sits
+apart: a deadline's cancel (``shared.deadlines``) takes the table's cancel edges
+with an error of its own, for the reconciler's sweep and the claim to call.
 """
 
 from __future__ import annotations
