@@ -212,9 +212,9 @@ class Job(Base):
         Index("ix_jobs_worker_created", "worker", "created_at", "id"),
         # The admin statistics: jobs finished in a window.
         Index("ix_jobs_finished", "finished_at"),
-        # The result cache's lookup (shared.result_cache): one probe for a key's succeeded
-        # jobs, of one client or of every client.
-        Index("ix_jobs_cache_key", "cache_key", "status", "client_id"),
+        # The result cache's lookup (shared.result_cache): a key's succeeded jobs, newest
+        # first, read in index order and stopped after a few (however many repeats it has).
+        Index("ix_jobs_cache_key", "cache_key", "status", "created_at"),
         # A client's queued and running jobs, counted against its limits.
         Index("ix_jobs_client_status", "client_id", "status"),
     )

@@ -152,9 +152,9 @@ def _copy_of_a_result(
     )
     if client_id is not None:
         query = query.where(Job.client_id == client_id)
-    candidates = session.execute(
-        query.order_by(Job.created_at.desc(), Job.id.desc()).limit(MAX_CANDIDATES)
-    ).all()
+    # Newest first, in the index's order (cache_key, status, created_at): no sort, however
+    # many jobs have the key; the client's are filtered on the way.
+    candidates = session.execute(query.order_by(Job.created_at.desc()).limit(MAX_CANDIDATES)).all()
     session.rollback()  # no transaction held open while the store is read
     for source, named in candidates:
         try:

@@ -6,8 +6,9 @@ every default filled in, the engine's version and the weights' identity
 cache never serves from. ``jobs.cached``: true when the job's result was copied
 from an earlier succeeded job with the same key instead of computed (false for
 every row from before). ``jobs.cached_from``: that earlier job's id. An index on
-``jobs (cache_key, status, client_id)`` makes the submit's lookup of a key's
-succeeded jobs, of one client or of all, one index probe.
+``jobs (cache_key, status, created_at)`` makes the submit's lookup of a key's
+succeeded jobs, newest first, one index probe read in order and stopped after a
+few rows, however many repeats the key has had.
 
 Revision ID: 0008_result_cache
 Revises: 0007_client_limits
@@ -38,7 +39,7 @@ def upgrade() -> None:
     op.add_column("jobs", sa.Column("cache_key", sa.String(64), nullable=True))
     op.add_column("jobs", sa.Column("cached", sa.Boolean(), nullable=False, server_default="0"))
     op.add_column("jobs", sa.Column("cached_from", sa.Uuid(), nullable=True))
-    op.create_index(INDEX, "jobs", ["cache_key", "status", "client_id"])
+    op.create_index(INDEX, "jobs", ["cache_key", "status", "created_at"])
 
 
 def downgrade() -> None:
