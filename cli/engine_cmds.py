@@ -126,6 +126,10 @@ def stylize(
         read = [_read_image(path, "style") for path in styles]
         style_ts, style_infos = [t for t, _ in read], [info for _, info in read]
         style_params.blend_weights(len(style_ts))  # the blend error before the model loads
+        try:  # an output folder that cannot be made is said now, not after the run
+            output.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from None
         # The warnings a job of these inputs would carry, before the long part starts.
         for warning in input_warnings(content_info, style_infos, style_params):
             click.echo(warning_line(warning.message), err=True)
@@ -146,7 +150,6 @@ def stylize(
             on_progress=None if quiet else _ProgressLine(),
         )
         try:
-            output.parent.mkdir(parents=True, exist_ok=True)
             _save(tensor_to_pil(result), output)
         except OSError as exc:
             raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from None
