@@ -297,10 +297,6 @@ class WsgiBridge:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor(), self._run_whole, environ)
 
-    def run_in_pool(self, function: Callable[[], Any]) -> Awaitable[Any]:
-        """``function()`` on one of the app's threads (a short read for ``api.live``)."""
-        return asyncio.get_running_loop().run_in_executor(self._executor(), function)
-
     def _run_whole(self, environ: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         response, chunk, rest = self._run(environ)
         pieces = [chunk]

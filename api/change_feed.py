@@ -7,11 +7,13 @@ of them with one PSUBSCRIBE on one connection, and wakes the ``asyncio.Event`` o
 every stream or wait watching that job: they re-read the row. However many streams
 are open, the process holds one Redis connection.
 
-A hint can be lost (Redis restarting, a network blip): the connection is made again
-with a backoff, every watcher re-reads once it is back (its job may have changed
-meanwhile), and each watcher also re-reads on its own timer (``FALLBACK_SECONDS`` in
-``api.live``). So a lost hint delays an event by a few seconds at most; nothing a
-client sees depends on one.
+A hint can be lost (Redis restarting, a network blip, a worker that could not
+publish): the connection is made again with a backoff, and every watcher re-reads
+once it is back (its job may have changed meanwhile). Besides, every
+``FALLBACK_SECONDS`` the feed reads all the watched jobs in one query and wakes the
+watchers of each job that differs from what they last read (``saw``). So a lost hint
+delays an event by a few seconds at most, and a thousand idle streams cost one query
+each time, not a thousand.
 """
 
 from __future__ import annotations
@@ -19,10 +21,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Awaitable, Callable, Hashable
 
 from shared.job_changes import channel_pattern, job_of_channel
 from shared.redis_conn import async_redis_client
 from shared.settings import Settings
+
+# The watched jobs' states now (a job's id to what ``saw`` is given), for the sweep.
+Sweep = Callable[[list[uuid.UUID]], Awaitable[dict[uuid.UUID, Hashable]]]
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +36,8 @@ CONNECT_TIMEOUT_SECONDS = 2.0
 HEALTH_CHECK_SECONDS = 10.0  # an idle subscription is PINGed this often
 RECONNECT_MIN_SECONDS = 0.5
 RECONNECT_MAX_SECONDS = 5.0
+FALLBACK_SECONDS = 5.0  # every watched job is read this often, hint or not
+SWEEP_BATCH = 500  # jobs per query of the sweep
 
 
 class ChangeFeed:
@@ -38,16 +46,24 @@ class ChangeFeed:
     Used from the event loop's thread only; the listening task starts with the first watch.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, sweep: Sweep) -> None:
         self._settings = settings
+        self._sweep = sweep
         self._watchers: dict[uuid.UUID, set[asyncio.Event]] = {}
+        self._seen: dict[uuid.UUID, Hashable] = {}  # what the watchers of a job read last
         self._task: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self.connected = False
 
-    def watch(self, job_id: uuid.UUID) -> asyncio.Event:
-        """An event set whenever job ``job_id`` may have changed; ``unwatch`` it when done."""
+    def watch(self, job_id: uuid.UUID, seen: Hashable) -> asyncio.Event:
+        """An event set whenever job ``job_id`` may have changed; ``unwatch`` it when done.
+        ``seen``: the state the watcher read (as the sweep gives it); ``saw`` each later one."""
+        loop = asyncio.get_running_loop()
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._listen())
+            self._task = loop.create_task(self._listen())
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = loop.create_task(self._sweep_now_and_then())
+        self._seen[job_id] = seen
         event = asyncio.Event()
         self._watchers.setdefault(job_id, set()).add(event)
         return event
@@ -58,6 +74,12 @@ class ChangeFeed:
             watchers.discard(event)
             if not watchers:
                 del self._watchers[job_id]
+                self._seen.pop(job_id, None)
+
+    def saw(self, job_id: uuid.UUID, state: Hashable) -> None:
+        """A watcher of ``job_id`` read it in ``state``."""
+        if job_id in self._watchers:
+            self._seen[job_id] = state
 
     @property
     def watched_jobs(self) -> int:
@@ -71,6 +93,21 @@ class ChangeFeed:
         for watchers in self._watchers.values():
             for event in watchers:
                 event.set()
+
+    async def _sweep_now_and_then(self) -> None:
+        while self._watchers:
+            await asyncio.sleep(FALLBACK_SECONDS)
+            ids = list(self._watchers)
+            for first in range(0, len(ids), SWEEP_BATCH):
+                try:
+                    states = await self._sweep(ids[first : first + SWEEP_BATCH])
+                except Exception as exc:  # the database away: the next sweep may work
+                    log.warning("could not read the watched jobs (%s)", exc)
+                    break
+                for job_id in ids[first : first + SWEEP_BATCH]:
+                    state = states.get(job_id)  # None: gone, its watchers find out
+                    if job_id in self._seen and self._seen[job_id] != state:
+                        self._wake(job_id)
 
     async def _listen(self) -> None:
         prefix = self._settings.redis_prefix

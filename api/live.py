@@ -5,8 +5,8 @@ A held stream or wait costs a connection, a few kilobytes and a timer, never one
 of the bridge's threads: only its short reads of the row run on one (the first,
 with the key's check, through the Flask app itself, so a stream answers exactly
 the 401 or 404 ``GET /v1/jobs/{id}`` does). It learns of changes from the
-process's one Redis subscription (``api.change_feed``), and re-reads every
-``FALLBACK_SECONDS`` in any case, so a lost hint only delays an event.
+process's one Redis subscription (``api.change_feed``), which also reads all the
+watched jobs every few seconds in one query, so a lost hint only delays an event.
 
 The stream's events are derived from the row, compared with what the stream sent
 last (``api.sse_events``). Their ids are the server's clock in milliseconds,
@@ -28,7 +28,9 @@ import logging
 import re
 import time
 import uuid
-from typing import Any
+from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from api.asgi import Message, Receive, Scope, Send, WsgiBridge, _send_json
 from api.auth import current_principal
@@ -41,17 +43,22 @@ from api.sse_events import (
     PING_SECONDS,
     EventDiff,
     job_event_data,
+    job_state,
     status_changed_at_ms,
 )
 from shared.errors import NotFoundError
 from shared.job_changes import publish_changes_to
-from shared.job_store import parse_job_id, poll_job
+from shared.job_store import job_states, parse_job_id, poll_job
 from shared.job_view import JobView
 from shared.models import JobStatus
 
 log = logging.getLogger(__name__)
 
 MAX_HELD = 3000  # streams and waits per process, of api.serving's worker_connections
+# The streams' reads of the row run on threads of their own, so that a burst of them (many
+# streams opened at once, their timers due together) never queues ahead of the app's requests.
+READ_THREADS = 2
+_T = TypeVar("_T")
 BUSY_RETRY_AFTER_SECONDS = 5
 
 _JOB_PATH = re.compile(r"^/v1/jobs/([^/]+)$")
@@ -113,8 +120,9 @@ class LiveRoutes:
         self.bridge = bridge
         svc: Services = bridge.app.extensions[EXTENSION_KEY]
         self.services = svc
-        self.feed = ChangeFeed(svc.settings)
+        self.feed = ChangeFeed(svc.settings, self._states)
         self.held = 0  # streams and waits now (the loop's thread only)
+        self._reads: ThreadPoolExecutor | None = None
         publish_changes_to(svc.settings)  # a cancel by this API is heard by every API
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -133,6 +141,12 @@ class LiveRoutes:
                     await self._held_get(scope, send, wait)
                     return
         await self.bridge(scope, receive, send)
+
+    def in_read_thread(self, function: Callable[[], _T]) -> asyncio.Future[_T]:
+        """``function()`` on one of the streams' read threads."""
+        if self._reads is None:
+            self._reads = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="live")
+        return asyncio.get_running_loop().run_in_executor(self._reads, function)
 
     # ------------------------------------------------------------ Prefer: wait
 
@@ -179,7 +193,7 @@ class LiveRoutes:
         app's own GET at each hint), with ``Preference-Applied``; a failed read's own answer."""
         deadline = time.monotonic() + wait
         status, headers, body = answer
-        event = self.feed.watch(job_id)
+        event = self.feed.watch(job_id, None)  # any state: the sweep wakes it too
         self.held += 1
         try:
             while _job_status(body) not in _FINISHED:
@@ -212,7 +226,7 @@ class LiveRoutes:
         return client_id, job
 
     async def _events(self, scope: Scope, receive: Receive, send: Send, raw_id: str) -> None:
-        opened = await self.bridge.run_in_pool(lambda: self._open(scope, raw_id))
+        opened = await self.in_read_thread(lambda: self._open(scope, raw_id))
         if opened is None:
             answer = await self.bridge.call_app(_get_scope(scope, f"/v1/jobs/{raw_id}"))
             await _send_whole(send, *answer)
@@ -234,12 +248,16 @@ class LiveRoutes:
         finally:
             self.held -= 1
 
+    async def _states(self, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, Hashable]:
+        """The watched jobs' states now, in one query (the feed's sweep)."""
+        db = self.services.db
+        found = await self.in_read_thread(lambda: job_states(db, job_ids))
+        states: dict[uuid.UUID, Hashable] = dict(found)
+        return states
+
     async def read(self, job_id: uuid.UUID, client_id: int) -> JobView:
         db = self.services.db
-        found: JobView = await self.bridge.run_in_pool(
-            lambda: poll_job(db, job_id, client_id=client_id)
-        )
-        return found
+        return await self.in_read_thread(lambda: poll_job(db, job_id, client_id=client_id))
 
 
 def _last_event_id(scope: Scope) -> int | None:
@@ -306,13 +324,12 @@ class _Stream:
         if after is None or status_changed_at_ms(job) > after:
             await self._emit("status", job_event_data(job))
         routes = self.routes
-        event = routes.feed.watch(job.id)
-        now = time.monotonic()
-        next_read, next_ping = now + FALLBACK_SECONDS, now + PING_SECONDS
+        event = routes.feed.watch(job.id, job_state(job))
+        next_ping = time.monotonic() + PING_SECONDS
         try:
             while not gone.done():
                 now = time.monotonic()
-                due = min(next_read, next_ping, self.diff.progress_due_at or next_read)
+                due = min(next_ping, self.diff.progress_due_at or next_ping)
                 woken: asyncio.Future[Any] = asyncio.ensure_future(event.wait())
                 await asyncio.wait(
                     (woken, gone), timeout=max(0.0, due - now), return_when=asyncio.FIRST_COMPLETED
@@ -324,16 +341,16 @@ class _Stream:
                 if now >= next_ping:
                     await self._write(": ping\n\n")
                     next_ping = now + PING_SECONDS
-                if event.is_set() or now >= next_read:
+                if event.is_set():
                     event.clear()
-                    next_read = now + FALLBACK_SECONDS
                     try:
                         job = await routes.read(job.id, self.client_id)
                     except NotFoundError:
                         return  # deleted meanwhile: nothing more will happen to it
                     except Exception as exc:  # the database away: the next read may work
                         log.warning("job %s: could not read it for its event stream (%s)", job.id, exc)  # fmt: skip
-                        continue
+                        continue  # the sweep wakes it again if the job has changed
+                    routes.feed.saw(job.id, job_state(job))
                 for name, data in self.diff.events(job, now):
                     await self._emit(name, data)
                     if name == "done":

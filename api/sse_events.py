@@ -14,12 +14,13 @@ import math
 from typing import Any
 
 from api.job_json import job_dict
+from shared.job_store import JOB_STATE_COLUMNS
 from shared.job_view import JobView
 from shared.models import JobStatus
 
 PROGRESS_INTERVAL_SECONDS = 0.5  # at most two progress events a second
 PING_SECONDS = 15.0  # a comment line on an idle stream, so that proxies keep it open
-FALLBACK_SECONDS = 5.0  # a stream or wait re-reads at least this often, hint or not
+FALLBACK_SECONDS = 5.0  # a wait re-reads at least this often, hint or not (as streams' sweep)
 MAX_WAIT_SECONDS = 60  # a larger Prefer: wait is cut to this
 
 
@@ -35,6 +36,12 @@ def progress_data(job: JobView) -> dict[str, Any]:
         "percent": job.percent,
         "eta_seconds": job.eta_seconds,
     }
+
+
+def job_state(job: JobView) -> tuple[object, ...]:
+    """What of a job its events are made from: two reads that give the same state call for
+    no event (``api.change_feed``'s sweep compares them with ``shared.job_store.job_states``)."""
+    return tuple(getattr(job, name) for name in JOB_STATE_COLUMNS)
 
 
 def status_changed_at_ms(job: JobView) -> int:

@@ -97,6 +97,24 @@ def poll_job(db: Database, job_id: uuid.UUID, *, client_id: int | None) -> JobVi
     return JobView(row[0], row[1], JobStatus(row[2]), *row[3:])
 
 
+# What of a job its live events are made from (``api.sse_events.job_state``), in that order.
+JOB_STATE_COLUMNS = ("status", "attempts", "iteration", "iterations", "preview_file")
+
+
+def job_states(db: Database, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, tuple[Any, ...]]:
+    """The ``JOB_STATE_COLUMNS`` of the jobs of ``job_ids`` that exist, any client's, in one
+    query: for a process that watches many jobs at once (the API's event streams) to see
+    cheaply which of them changed."""
+    if not job_ids:
+        return {}
+    columns = [_JOBS.c[name] for name in JOB_STATE_COLUMNS]
+    with db.read_engine.connect() as connection:
+        rows = connection.execute(
+            select(_JOBS.c.id, *columns).where(_JOBS.c.id.in_(list(job_ids)))
+        ).all()
+    return {row[0]: tuple(row[1:]) for row in rows}
+
+
 # ---------------------------------------------------------------- change
 
 

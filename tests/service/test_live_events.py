@@ -24,9 +24,11 @@ from click.testing import CliRunner
 from fault_helpers import WorkerProcess
 from processes import free_port
 
+from api.change_feed import FALLBACK_SECONDS
 from cli.client_cmds import ClientConfig
 from cli.main import cli
 from client import Job, JobStatus, StylequeueClient
+from shared import jobs
 from shared.auth import create_client
 from shared.db import Database
 from shared.settings import Settings
@@ -42,6 +44,7 @@ class Stack:
     key: str
     other_key: str
     files: dict[str, bytes]
+    database_url: str
 
     def headers(self, key: str | None = None, **extra: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {key or self.key}", **extra}
@@ -100,7 +103,7 @@ def stack(
         api.wait_ready()
         worker = WorkerProcess(env, tmp_path / "worker.log", "live")
         files = {"content": image_bytes("tubingen"), "style": image_bytes("starry_night")}
-        yield Stack(api.base_url, key, other_key, files)
+        yield Stack(api.base_url, key, other_key, files, postgresql_url)
     finally:
         if worker is not None:
             worker.stop()
@@ -108,13 +111,13 @@ def stack(
 
 
 def read_events(
-    response: httpx.Response, *, until: Callable[[dict[str, Any]], bool] | None = None
+    lines: Iterator[str], *, until: Callable[[dict[str, Any]], bool] | None = None
 ) -> list[dict[str, Any]]:
     """The events of an open stream (id, event, data; comments left out) until it ends, or
     until ``until(event)`` holds for one."""
     events: list[dict[str, Any]] = []
     current: dict[str, Any] = {}
-    for line in response.iter_lines():
+    for line in lines:
         if line.startswith(":"):
             continue
         if line == "":
@@ -145,7 +148,7 @@ def test_a_stream_follows_a_job_from_queued_to_done_then_ends(stack: Stack) -> N
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         assert response.headers["x-accel-buffering"] == "no"
-        events = read_events(response)
+        events = read_events(response.iter_lines())
     names = [e["event"] for e in events]
     assert names[0] == "status" and names[-1] == "done", names
     running = [e for e in events if e["event"] == "status" and e["data"]["status"] == "running"]
@@ -168,11 +171,11 @@ def test_a_stream_follows_a_job_from_queued_to_done_then_ends(stack: Stack) -> N
 def test_last_event_id_resumes_without_repeating(stack: Stack) -> None:
     job = stack.submit()
     with stream(stack, job["id"]) as response:
-        first = read_events(response, until=lambda e: e["event"] == "progress")
+        first = read_events(response.iter_lines(), until=lambda e: e["event"] == "progress")
     assert first[-1]["event"] == "progress", first
     last_id = first[-1]["id"]
     with stream(stack, job["id"], **{"Last-Event-ID": last_id}) as response:
-        rest = read_events(response)
+        rest = read_events(response.iter_lines())
     assert rest and rest[-1]["event"] == "done", rest
     assert all(int(e["id"]) > int(last_id) for e in rest), (last_id, rest)
     # It was running before and still is: its status is not sent again.
@@ -190,7 +193,7 @@ def test_a_finished_jobs_stream_is_one_done_and_others_jobs_are_404(stack: Stack
     )
     assert waited.json()["status"] == "succeeded", waited.text
     with stream(stack, job["id"]) as response:
-        events = read_events(response)
+        events = read_events(response.iter_lines())
     assert [e["event"] for e in events] == ["done"]
     assert events[0]["data"]["status"] == "succeeded"
 
@@ -298,6 +301,30 @@ def test_prefer_wait_on_submit_and_a_long_wait_is_cut_to_60(stack: Stack) -> Non
         headers=stack.headers(Prefer="respond-async, wait=600"),
     )
     assert again.headers["preference-applied"] == "wait=60"
+
+
+def test_a_change_nobody_announced_still_reaches_the_stream(stack: Stack) -> None:
+    """A change whose hint was lost (made here, in a process that publishes none) comes
+    with the API's next sweep of the watched jobs, a few seconds later."""
+    busy = stack.submit(ENDLESS)  # keeps the one worker busy: the next job stays queued
+    queued = stack.submit(ENDLESS)
+    db = Database(stack.database_url)
+    try:
+        with stream(stack, queued["id"]) as response:
+            lines = response.iter_lines()
+            first = read_events(lines, until=lambda e: e["event"] == "status")
+            assert first[-1]["data"]["status"] == "queued", first
+            with db.session() as session:
+                jobs.cancel_job(session, uuid.UUID(queued["id"]), client_id=None)
+            canceled_at = time.monotonic()
+            rest = read_events(lines)
+        took = time.monotonic() - canceled_at
+        assert [e["event"] for e in rest] == ["done"], rest
+        assert rest[0]["data"]["status"] == "canceled"
+        assert took < FALLBACK_SECONDS + 3.0, took
+    finally:
+        db.dispose()
+        stack.cancel(busy["id"])
 
 
 class RecordingTransport(httpx.HTTPTransport):
