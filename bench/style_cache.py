@@ -8,8 +8,9 @@ For each size and iteration count, tubingen in the style of The Starry Night
 worker: with the cache off (the targets computed), with a cache that misses
 (computed, digested and kept: the first job of a style) and with a cache that
 has the style (the targets taken from it). The three are interleaved, run by
-run, so that a load spike from another process hits them alike; each figure is
-the median over ``--repeats``. Printed: seconds per job for each, and hit / off.
+run, each first in turn, so that a load spike from another process hits them
+alike; each figure is the median over ``--repeats``. Printed: seconds per job
+for each, and hit / off.
 Then the time of the style targets alone at each pass size (one forward pass and
 the five Gram matrices, against the digest and the lookup of a hit).
 """
@@ -69,8 +70,10 @@ def job_times(
     warm = StyleCache(256 * MIB)
     transfer(network, content, [style], params, style_targets=StyleTargets(warm))  # fills it
     runs: dict[str, list[float]] = {"off": [], "miss": [], "hit": []}
-    for _ in range(repeats):
-        for kind in runs:
+    kinds = list(runs)
+    for repeat in range(repeats):
+        # Each kind first in turn: none always runs right after the warm-up or another kind.
+        for kind in kinds[repeat % 3 :] + kinds[: repeat % 3]:
             targets = {
                 "off": StyleTargets(None),
                 "miss": StyleTargets(StyleCache(256 * MIB)),
