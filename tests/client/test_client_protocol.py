@@ -34,11 +34,17 @@ def _client(handler: Handler) -> StylequeueClient:
 
 
 def _scripted(responses: list[httpx.Response]) -> tuple[Handler, list[httpx.Request]]:
-    """A handler that answers with ``responses`` in order and records the requests."""
+    """A handler that answers with ``responses`` in order and records the requests.
+
+    It is a server from before event streams: a job's ``/events`` is a 404 (neither
+    recorded nor answered from ``responses``), so ``wait`` polls it.
+    """
     seen: list[httpx.Request] = []
     answers: Iterator[httpx.Response] = iter(responses)
 
     def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events"):
+            return httpx.Response(404, json={"error": {"code": "not_found", "message": "no"}})
         seen.append(request)
         return next(answers)
 
