@@ -100,6 +100,8 @@ def machine_lock() -> Iterator[None]:
 
 def port_taken(port: int) -> bool:
     with socket.socket() as probe:
+        # As the server binds: a closed connection's TIME-WAIT does not count, a listener does.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:
@@ -172,6 +174,7 @@ def test_the_readme_service_block_as_written(tmp_path: Path) -> None:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own terminal: Ctrl-C reaches bash and up
+                preexec_fn=_ctrl_c_as_in_a_terminal,
             )
         try:
             deadline = time.monotonic() + UP_TIMEOUT_SECONDS
@@ -219,6 +222,13 @@ def test_the_readme_service_block_as_written(tmp_path: Path) -> None:
                     os.kill(pid, signal.SIGKILL)
             up.wait()
             delete_keys(default_keys() - keys_before)
+
+
+def _ctrl_c_as_in_a_terminal() -> None:
+    # A terminal's foreground job takes Ctrl-C, even when this test runs in the
+    # background of a script (where the shell had SIGINT ignored, and every child
+    # would inherit that).
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def cat_png_checked(clone: Path, client_block: str) -> Path:
