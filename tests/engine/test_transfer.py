@@ -139,6 +139,30 @@ def test_cancel_is_honoured_within_one_iteration(
     assert info.value.code == "interrupted"
 
 
+def test_a_stop_asked_after_the_last_iteration_is_honoured_even_with_nothing_left_to_run(
+    network: Network, content: torch.Tensor, style: torch.Tensor
+) -> None:
+    """A cancel read as the last iteration ends, or by the claim of an attempt that
+    resumes from a state at the very end: the engine stops, it does not return an image."""
+    params = parse_params(TINY)
+    whole = transfer(network, content, [style], params)
+    stop = [False]
+
+    def on_progress(p: Progress) -> None:
+        stop[0] = p.iteration == p.iterations
+
+    with pytest.raises(EngineInterrupted) as info:
+        transfer(
+            network, content, [style], params,
+            on_progress=on_progress, should_stop=lambda: stop[0],
+        )  # fmt: skip
+    state = EngineState.from_bytes(info.value.state.to_bytes())
+    assert state.iteration == params.iterations
+    with pytest.raises(EngineInterrupted):
+        transfer(network, content, [style], params, resume=state, should_stop=lambda: True)
+    assert torch.equal(transfer(network, content, [style], params, resume=state), whole)
+
+
 @pytest.mark.parametrize(
     ("optimizer", "cut"), [("lbfgs", 2), ("lbfgs", 4), ("lbfgs", 9), ("adam", 8)]
 )

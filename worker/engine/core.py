@@ -198,6 +198,12 @@ class _Run:
                 index, image, objective, optimizer, done_in_pass, on_progress, should_stop
             )
         assert image is not None
+        if should_stop is not None and should_stop():
+            # Asked to stop before the output was made: honoured even when no iteration
+            # was left to run (a resume from a state at the very end, say).
+            raise EngineInterrupted(
+                self._snapshot(index, self.pass_iterations[index], image, optimizer)
+            )
         return self._output(image)[0].cpu()
 
     def _optimize(
