@@ -5,6 +5,10 @@ What a run tells the database and the files while it holds the lease is
 ``worker.reporter``; the lease thread is ``worker.lease``; the wait for a
 database that is down is ``worker.db_retry``. When the engine stops early, the
 reporter's one ``StopReason`` says which outcome to write (``_stopped``).
+
+A little over 400 lines, on purpose: every way an attempt can end (a success, each
+stop reason, a failure, a hand-back) is written here side by side, so that what an
+attempt leaves behind is read in one file.
 """
 
 from __future__ import annotations

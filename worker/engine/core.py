@@ -10,6 +10,10 @@ Departures from the paper, and why:
 * Several styles are blended by mixing their Gram targets (see ``losses.py``).
 * The image stays in 0..1 throughout: both optimizers project it back after
   every step (see ``lbfgs.py`` for why that beats clamping at the end).
+
+A little over 400 lines, on purpose: the passes' schedule, each pass's starting
+image, the loop and the state it resumes from are one run's, kept in one file; the
+losses, the optimizers and the measures of the look are modules of their own.
 """
 
 from __future__ import annotations
