@@ -14,6 +14,7 @@ from api import (
     metrics,
     openapi,
     security_headers,
+    webhooks,
 )
 from api.services import Services
 from shared.settings import Settings
@@ -36,5 +37,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(openapi.blueprint)
     app.register_blueprint(docs_page.blueprint)
     app.register_blueprint(metrics.blueprint)
+    app.register_blueprint(webhooks.blueprint)
     admin_ui.init_app(app)
     return app

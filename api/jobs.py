@@ -22,6 +22,7 @@ from api.uploads import (
     read_submission,
     replay_digest,
 )
+from api.webhooks import read_webhook_fields
 from shared import job_list, job_store, jobs, submissions
 from shared.admin_reads import files_gone_reason
 from shared.errors import ConflictError, InvalidInputError, NotFoundError
@@ -50,6 +51,7 @@ def submit_job() -> Response:
     deadline_at = read_cancel_after(request.headers.get("Cancel-After"))
     form = read_form(request)
     serve_from_cache = read_cache_field(form)
+    webhook = read_webhook_fields(form, principal.client_id)
     if key is not None:
         replayed = _replay(principal.client_id, key, replay_digest(form))
         if replayed is not None:
@@ -76,6 +78,7 @@ def submit_job() -> Response:
         db=svc.db,
         deadline_at=deadline_at,
         cache=CacheRequest.of(svc.settings, serve=serve_from_cache),
+        webhook=webhook,
     )
     if not created:
         # Another request with this key committed first: answered as a replay of it.

@@ -81,7 +81,7 @@ def limit_options(command: Any) -> Any:
 
 @click.group()
 def keys() -> None:
-    """API key commands: create, update, list (with each client's limits)."""
+    """API key commands: create, update, list (with each client's limits), rotate-webhook-secret."""
 
 
 @contextmanager
@@ -112,7 +112,8 @@ def _apply(client: ApiClient, values: dict[str, Any]) -> None:
 @click.option("--admin", is_flag=True, help="The key may use the admin endpoints.")
 @limit_options
 def keys_create(name: str, admin: bool, **limits: Any) -> None:
-    """Create an API client NAME and print its new key (alone, on the last line).
+    """Create an API client NAME and print its webhook signing secret, then its new key
+    (alone, on the last line).
 
     Run it with the settings of the stack (from the directory of `stylequeue up`, or
     with the same STYLEQUEUE_DATA_DIR / STYLEQUEUE_DATABASE_URL): the client is made in
@@ -123,6 +124,7 @@ def keys_create(name: str, admin: bool, **limits: Any) -> None:
     try:
         with _session() as session:
             client, key = create_client(session, name, is_admin=admin)
+            secret = client.webhook_secret
             if any(value is not None for value in limits.values()):
                 _apply(client, limits)
                 session.commit()
@@ -131,8 +133,31 @@ def keys_create(name: str, admin: bool, **limits: Any) -> None:
             )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"{shown}; its key, shown only now:")
+    click.echo(f"{shown}; its webhook signing secret, shown only now:")
+    click.echo(secret)
+    click.echo("its key, shown only now:")
     click.echo(key)
+
+
+@keys.command("rotate-webhook-secret", cls=_ShowsWhere, epilog=WHERE_IT_GOES)
+@click.argument("name")
+def keys_rotate_webhook_secret(name: str) -> None:
+    """Give client NAME (or the client with id NAME) a new webhook signing secret and print it
+    (alone, on the last line; shown only now).
+
+    Every webhook sent from now on, retries of earlier ones included, is signed with the
+    new secret; the old one signs nothing more. A client created before webhooks existed
+    has no secret until this is run.
+    """
+    from shared.webhooks import new_secret
+
+    with _session() as session:
+        client = _find(session, name)
+        client.webhook_secret = new_secret()
+        session.commit()
+        secret = client.webhook_secret
+        click.echo(f"client {client.name!r} (id {client.id}): its new webhook signing secret:")
+    click.echo(secret)
 
 
 @keys.command("update", cls=_ShowsWhere, epilog=WHERE_IT_GOES)

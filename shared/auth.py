@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from shared.errors import UnauthorizedError
 from shared.models import ApiClient
+from shared.webhooks import new_secret
 
 KEY_PREFIX = "sq_"  # makes a leaked key easy to recognise (and to grep for)
 KEY_RANDOM_BYTES = 32
@@ -51,12 +52,16 @@ def hash_key(key: str) -> str:
 
 
 def create_client(session: Session, name: str, *, is_admin: bool = False) -> tuple[ApiClient, str]:
-    """Create an API client and commit; returns it and its key (the only time the key exists)."""
+    """Create an API client and commit; returns it and its key (the only time the key exists).
+
+    Its webhook signing secret is made with it (``client.webhook_secret``)."""
     name = name.strip()
     if not name:
         raise ValueError("a client needs a name")
     key = generate_key()
-    client = ApiClient(name=name, key_hash=hash_key(key), is_admin=is_admin)
+    client = ApiClient(
+        name=name, key_hash=hash_key(key), is_admin=is_admin, webhook_secret=new_secret()
+    )
     session.add(client)
     session.commit()
     return client, key

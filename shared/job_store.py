@@ -26,6 +26,8 @@ from shared.errors import LeaseLostError, NotFoundError
 from shared.job_changes import job_changed
 from shared.job_view import JOB_VIEW_COLUMNS, JOB_VIEW_FIELDS, JobView
 from shared.models import EventKind, Job, JobEvent, JobStatus, Transition
+from shared.webhook_outbox import event_of, record_change, submit_rows
+from shared.webhooks import WebhookRequest
 
 _JOBS = cast(Table, Job.__table__)
 _EVENTS = cast(Table, JobEvent.__table__)
@@ -142,6 +144,7 @@ def guarded_update(
     worker: str | None = None,
     lease: Lease | None = None,
     returning: Sequence[Any] = (),
+    webhook: str | None = None,
 ) -> tuple[Any, ...] | None:
     """Change job ``job_id`` with one conditional UPDATE; if it matched, add its event and commit.
 
@@ -152,7 +155,8 @@ def guarded_update(
     and a miss raises ``LeaseLostError``; otherwise a miss returns None. A miss
     is rolled back and changes nothing. The event's attempt is ``attempt``
     (None: the row's attempt number after the update). Returns the row's
-    ``attempts`` followed by the ``returning`` columns.
+    ``attempts`` followed by the ``returning`` columns. The change's webhook delivery
+    (``webhook``, else the transition's event: ``shared.webhook_outbox``) is committed with it.
     """
     conditions = [Job.id == job_id, *where]
     if transition is not None:
@@ -180,6 +184,9 @@ def guarded_update(
         session.add(
             JobEvent(job_id=job_id, kind=event, attempt=number, worker=worker, data=data or {})
         )
+    hook_event = webhook or event_of(transition)
+    if hook_event is not None:
+        record_change(session, job_id, hook_event)
     session.commit()
     job_changed(job_id)  # a hint for the API's event streams; never raises
     return tuple(row)
@@ -225,6 +232,7 @@ def insert_job(
     db: Database | None = None,
     cache_key: str | None = None,
     copied: CopiedResult | None = None,
+    webhook: WebhookRequest | None = None,
 ) -> None:
     """Commit a new job's row (``job`` and the arguments) and its ``created`` event, together.
 
@@ -233,7 +241,8 @@ def insert_job(
     ``succeeded`` event, with ``copied.event_data``, is committed with it.
 
     With ``db`` (the process's ``Database``) on its fastest path; else, and on
-    SQLite, through ``session`` (rolled back by the caller on an error). A key
+    SQLite, through ``session`` (rolled back by the caller on an error). ``webhook``: the
+    job's webhook row (and a born-finished job's ``completed`` delivery) go in with it. A key
     used already is SQLAlchemy's ``IntegrityError``; a connection lost during the
     COMMIT, ``CommitOutcomeUnknownError`` (the row may be in).
     """
@@ -249,6 +258,13 @@ def insert_job(
     if copied is not None:
         row |= {"result_file": copied.result_file, "cached_from": copied.source}
         events.append(_event(job.id, EventKind.SUCCEEDED, job.finished_at, copied.event_data))
+    hooks = (
+        []
+        if webhook is None
+        else submit_rows(
+            job.id, webhook, finished=copied is not None, now=job.finished_at or job.created_at
+        )
+    )
     connections = db.thread_connections if db is not None else None
     if db is None or connections is None:
         # Two Core INSERTs: the ORM's unit of work cost as much again as the statements.
@@ -256,6 +272,8 @@ def insert_job(
         connection.execute(_INSERT_JOB, row)
         for event in events:
             connection.execute(_INSERT_EVENT, event)
+        for table, values in hooks:
+            connection.execute(table.insert(), values)
         session.commit()
         return
     dialect = db.engine.dialect
@@ -265,6 +283,14 @@ def insert_job(
             *[
                 (_INSERT_EVENT_SQL, _bound(_EVENTS, _EVENT_COLUMNS, dialect, event))
                 for event in events
+            ],
+            *[
+                (
+                    f"INSERT INTO {table.name} ({', '.join(values)}) "
+                    f"VALUES ({', '.join(['%s'] * len(values))})",
+                    _bound(table, tuple(values), dialect, values),
+                )
+                for table, values in hooks
             ],
         ]
     )

@@ -50,7 +50,13 @@ def heartbeat(
             "eta_seconds": eta_seconds,
         }
     row = guarded_update(
-        session, claim.job_id, [], values, lease=claim, returning=(Job.cancel_requested,)
+        session,
+        claim.job_id,
+        [],
+        values,
+        lease=claim,
+        returning=(Job.cancel_requested,),
+        webhook="progress" if iteration is not None else None,
     )
     return row is not None and bool(row[1])
 

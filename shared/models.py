@@ -54,6 +54,7 @@ EVENT_KIND_LENGTH = 32
 KEY_HASH_LENGTH = 64  # sha256 hex
 FILE_NAME_LENGTH = 64  # a job file's name in storage, e.g. result.a2.png
 DIGEST_LENGTH = 64  # sha256 hex
+WEBHOOK_SECRET_LENGTH = 80
 
 
 class JobStatus(enum.StrEnum):
@@ -195,6 +196,8 @@ class ApiClient(Base):
     max_running: Mapped[int | None] = mapped_column(Integer)
     # Its share of the workers when they are scarce (stored for a fair-share dispatch).
     weight: Mapped[float] = mapped_column(Float, default=1.0, server_default="1")
+    # Signs its webhooks (shared.webhooks): "whsec_" + base64; None until made (rotate).
+    webhook_secret: Mapped[str | None] = mapped_column(String(WEBHOOK_SECRET_LENGTH))
 
 
 class Job(Base):
@@ -344,3 +347,55 @@ class AdminSession(Base):
     client_id: Mapped[int] = mapped_column(ForeignKey("api_clients.id", ondelete="CASCADE"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class JobWebhook(Base):
+    """Where a job's webhooks go and which events it asked for (``shared.webhooks``).
+
+    ``events``: comma-separated, of ``start``, ``progress``, ``completed``.
+    ``progress_at``: when its last ``progress`` delivery was written (one per 2 s at most).
+    """
+
+    __tablename__ = "job_webhooks"
+
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    url: Mapped[str] = mapped_column(Text)
+    events: Mapped[str] = mapped_column(String(64))
+    progress_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class WebhookDelivery(Base):
+    """One webhook to deliver (the outbox) and how its attempts went (the log).
+
+    Written in the transaction of the job change that causes it; ``state`` is
+    ``pending`` (``next_attempt_at``: when it is due), ``delivered`` or ``failed``
+    (given up). A sender holds it while ``claimed_until`` is ahead; ``body`` is the
+    job JSON as first sent, resent as is; ``attempt_log``: one
+    ``{"at", "status_code", "error", "seconds"}`` per attempt.
+    """
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_state_next_attempt_at", "state", "next_attempt_at"),
+        Index("ix_webhook_deliveries_job_id_id", "job_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    message_id: Mapped[str] = mapped_column(String(64), unique=True)
+    event: Mapped[str] = mapped_column(String(16))
+    url: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    claimed_by: Mapped[str | None] = mapped_column(String(WORKER_LENGTH))
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    body: Mapped[str | None] = mapped_column(Text)
+    attempt_log: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)

@@ -40,6 +40,7 @@ from shared.models import EventKind, Job, JobEvent, JobStatus
 from shared.params import StyleParams
 from shared.settings import CacheScope, Settings
 from shared.storage import Storage, committed_result, result_file
+from shared.webhooks import WebhookRequest
 from shared.weights_id import weights_identity
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,7 @@ def create_from_cache(
     idempotency_key: str | None,
     request_digest: str | None,
     db: Database | None = None,
+    webhook: WebhookRequest | None = None,
 ) -> JobView | None:
     """Create ``job`` (a new queued job's view, with its input ``files``) finished, from the
     result of an earlier succeeded job with ``key``; None when there is none to copy.
@@ -130,6 +132,7 @@ def create_from_cache(
             db=db,
             cache_key=key,
             copied=copied,
+            webhook=webhook,  # its ``completed`` delivery is committed with it
         )
     except CommitOutcomeUnknownError:
         _rollback_quietly(session)  # the row may be in: its files stay

@@ -23,6 +23,7 @@ from shared.job_view import JobView
 from shared.models import EventKind, JobEvent, JobStatus, utcnow
 from shared.params import StyleParams
 from shared.storage import CONTENT_FILE, Storage, style_file
+from shared.webhooks import WebhookRequest
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ def create_job(
     deadline_at: datetime | None = None,
     warnings: Sequence[dict[str, str]] = (),
     cache: result_cache.CacheRequest | None = None,
+    webhook: WebhookRequest | None = None,
 ) -> tuple[JobView, bool]:
     """Store a validated job durably, then enqueue its id. Returns (job, created).
 
@@ -59,7 +61,8 @@ def create_job(
     ``cache``: the job's result cache key is stored with it, and unless
     ``cache.serve`` is false an exact repeat of an earlier succeeded job is created
     succeeded at once, from that job's result, and sent to no worker
-    (``shared.result_cache``); None: no key, no lookup.
+    (``shared.result_cache``); None: no key, no lookup. ``webhook``: committed with the
+    row (``shared.webhooks``).
     """
     if idempotency_key is not None:
         existing = find_by_idempotency_key(session, client_id, idempotency_key)
@@ -104,6 +107,7 @@ def create_job(
                     idempotency_key=idempotency_key,
                     request_digest=request_digest,
                     db=db,
+                    webhook=webhook,
                 )
             except IntegrityError as exc:
                 return _job_of_key(session, client_id, idempotency_key, exc), False
@@ -118,6 +122,7 @@ def create_job(
             request_digest=request_digest,
             db=db,
             cache_key=key,
+            webhook=webhook,
         )
     except IntegrityError as exc:
         session.rollback()

@@ -35,6 +35,7 @@ from shared.job_changes import publish_changes_to
 from shared.logging import configure_logging, job_event
 from shared.models import EventKind, utcnow
 from worker.attempts import log_too_many_attempts
+from worker.webhook_sender import start_sender
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -61,6 +62,8 @@ def _worker_context(settings_app: Celery, node_name: str | None = None) -> Worke
         _context = make_context(settings, node_name or _node_name)
         # The API's event streams hear of this process's changes of its jobs' rows.
         publish_changes_to(settings)
+        # Its webhook sender delivers the outbox beside the jobs (worker.webhook_sender).
+        start_sender(_context.db, _context.name)
     return _context
 
 

@@ -14,6 +14,7 @@ from api.admin_ui import (  # noqa: F401  (job_pages' and images' routes join th
     auth,
     images,
     job_pages,
+    webhook_pages,
 )
 from api.admin_ui.views import blueprint
 
