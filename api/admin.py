@@ -21,6 +21,7 @@ from shared import admin, admin_actions, admin_filters, admin_reads
 from shared.admin_actions import Operator
 from shared.errors import ForbiddenError
 from shared.job_store import parse_job_id
+from shared.memory_fit import LiveBudgets, live_budgets
 from shared.models import utcnow
 from shared.stats import job_stats
 
@@ -44,9 +45,13 @@ def _json(body: Any, status: int = 200) -> Response:
 # ---------------------------------------------------------------- JSON
 
 
-def admin_job_dict(job: admin.AdminJob, now: datetime) -> dict[str, Any]:
-    """A job as the client API shows it, plus ``client`` (id and name) and admin URLs."""
-    body = job_dict(job, now)
+def admin_job_dict(
+    job: admin.AdminJob, now: datetime, budgets: LiveBudgets | None = None
+) -> dict[str, Any]:
+    """A job as the client API shows it, plus ``client`` (id and name) and admin URLs.
+
+    ``budgets``: the live workers' (``shared.memory_fit``), for ``memory.fits_no_worker``."""
+    body = job_dict(job, now, budgets)
     body["client"] = {"id": job.client_id, "name": job.client_name}
     base = f"/v1/admin/jobs/{job.id}"
     body["admin_urls"] = {
@@ -59,7 +64,7 @@ def admin_job_dict(job: admin.AdminJob, now: datetime) -> dict[str, Any]:
 
 
 def detail_dict(detail: admin.AdminJobDetail, now: datetime) -> dict[str, Any]:
-    body = admin_job_dict(detail.job, now)
+    body = admin_job_dict(detail.job, now, live_budgets(read_session()))
     body.update(
         {
             "n_styles": detail.job.n_styles,
@@ -106,8 +111,12 @@ def list_jobs() -> Response:
     query = admin_filters.parse_job_query(request.args, client_field=admin_filters.API_CLIENT_FIELD)
     page = admin.list_jobs(read_session(), query.filters, limit=query.limit, cursor=query.cursor)
     now = utcnow()
+    budgets = live_budgets(read_session())
     return _json(
-        {"jobs": [admin_job_dict(j, now) for j in page.items], "next_cursor": page.next_cursor}
+        {
+            "jobs": [admin_job_dict(j, now, budgets) for j in page.items],
+            "next_cursor": page.next_cursor,
+        }
     )
 
 

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shared.job_view import JobView, job_timings
+from shared.memory_fit import LiveBudgets, memory_dict
 from shared.models import utcnow
 from shared.params import StyleParams
 
@@ -25,8 +26,13 @@ _PARAM_DEFAULTS: dict[str, Any] = {
 }
 
 
-def job_dict(job: JobView, now: datetime | None = None) -> dict[str, Any]:
-    """The job as the API shows it (``JobOut``'s JSON), timings measured at ``now``."""
+def job_dict(
+    job: JobView, now: datetime | None = None, budgets: LiveBudgets | None = None
+) -> dict[str, Any]:
+    """The job as the API shows it (``JobOut``'s JSON), timings measured at ``now``.
+
+    ``budgets``: the live workers' (``shared.memory_fit``), for whether the job fits
+    none of them; None: not read, it says it fits."""
     now = now or utcnow()
     base = f"/v1/jobs/{job.id}"
     created_at, started_at, finished_at = job.created_at, job.started_at, job.finished_at
@@ -63,12 +69,13 @@ def job_dict(job: JobView, now: datetime | None = None) -> dict[str, Any]:
             "cancel": f"{base}/cancel",
         },
         "warnings": [{"code": w["code"], "message": w["message"]} for w in job.warnings],
+        "memory": memory_dict(job.memory_estimate, job.status, budgets),
     }
 
 
-def job_json(job: JobView, now: datetime | None = None) -> str:
+def job_json(job: JobView, now: datetime | None = None, budgets: LiveBudgets | None = None) -> str:
     """``job_dict`` as compact JSON text, as pydantic writes it."""
-    return json.dumps(job_dict(job, now), separators=(",", ":"), allow_nan=False)
+    return json.dumps(job_dict(job, now, budgets), separators=(",", ":"), allow_nan=False)
 
 
 def _timestamp(value: datetime | None) -> str | None:

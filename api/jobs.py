@@ -29,6 +29,7 @@ from shared.errors import ConflictError, InvalidInputError, NotFoundError
 from shared.job_store import parse_job_id
 from shared.job_view import JobView
 from shared.logging import log_cancel_requested, log_job_created
+from shared.memory_fit import LiveBudgets, live_budgets
 from shared.models import JobStatus, utcnow
 from shared.pagination import Cursor, parse_limit
 from shared.result_cache import CacheRequest
@@ -38,8 +39,8 @@ log = logging.getLogger(__name__)
 blueprint = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
 
-def _job_response(job: JobView, status: int = 200) -> Response:
-    return Response(job_json(job), status=status, mimetype="application/json")
+def _job_response(job: JobView, status: int = 200, budgets: LiveBudgets | None = None) -> Response:
+    return Response(job_json(job, budgets=budgets), status=status, mimetype="application/json")
 
 
 @blueprint.post("")
@@ -79,13 +80,14 @@ def submit_job() -> Response:
         deadline_at=deadline_at,
         cache=CacheRequest.of(svc.settings, serve=serve_from_cache),
         webhook=webhook,
+        memory_estimate=submission.memory_estimate,
     )
     if not created:
         # Another request with this key committed first: answered as a replay of it.
         replayed = _replay(principal.client_id, key, digest) if key is not None else None
         return _replayed(job) if replayed is None else replayed
     log_job_created(job.id, client_id=principal.client_id, n_styles=len(submission.styles))
-    response = _job_response(job, 202)
+    response = _job_response(job, 202, _budgets_for([job]))
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     response.headers.update(quota_headers(quota))
     return response
@@ -140,7 +142,11 @@ def list_jobs() -> Response:
         cursor=Cursor.decode(raw_cursor) if raw_cursor else None,
     )
     now = utcnow()
-    body = {"jobs": [job_dict(j, now) for j in page.jobs], "next_cursor": page.next_cursor}
+    budgets = _budgets_for(page.jobs)
+    body = {
+        "jobs": [job_dict(j, now, budgets) for j in page.jobs],
+        "next_cursor": page.next_cursor,
+    }
     return Response(json.dumps(body, separators=(",", ":")), mimetype="application/json")
 
 
@@ -148,7 +154,15 @@ def list_jobs() -> Response:
 def get_job(job_id: str) -> Response:
     principal = current_principal()
     job = job_store.poll_job(services().db, parse_job_id(job_id), client_id=principal.client_id)
-    return _job_response(job)
+    return _job_response(job, budgets=_budgets_for([job]))
+
+
+def _budgets_for(shown: list[JobView]) -> LiveBudgets | None:
+    """The live workers' budgets when a job shown is queued with an estimate (else None:
+    no query); read at most once a second per process (``shared.memory_fit``)."""
+    if any(j.status is JobStatus.QUEUED and j.memory_estimate is not None for j in shown):
+        return live_budgets(read_session())
+    return None
 
 
 @blueprint.post("/<job_id>/cancel")

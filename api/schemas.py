@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.spec_examples import WARNINGS_EXAMPLE
 from shared.input_warnings import MAX_UPSCALE, SHORT_SIDE_PX
 from shared.job_view import JobView, job_timings
+from shared.memory_fit import LiveBudgets, memory_dict
 from shared.models import JobStatus, utcnow
 from shared.params import StyleParams
 
@@ -25,6 +26,24 @@ class Progress(BaseModel):
 class JobErrorInfo(BaseModel):
     code: str = Field(description="Machine-readable, e.g. out_of_memory, invalid_image.")
     message: str
+
+
+class JobMemory(BaseModel):
+    """The job's estimated peak device memory, and whether any live worker can take it."""
+
+    estimate_bytes: int | None = Field(
+        description="Its estimated peak memory on a GPU, bytes (from its size, optimizer and "
+        "styles); a worker claims it only if this fits the worker's budget. Null: not "
+        "estimated (a job from before estimates), any worker may take it."
+    )
+    fits_no_worker: bool = Field(
+        description="True while it is queued and its estimate is over the budget of every "
+        "live worker: it stays queued until a worker with more memory comes (or is "
+        "canceled). False otherwise, also when no worker is live at all."
+    )
+    largest_worker_budget_bytes: int | None = Field(
+        description="When fits_no_worker: the largest live worker's budget, bytes; else null."
+    )
 
 
 class JobWarning(BaseModel):
@@ -81,9 +100,12 @@ class JobOut(BaseModel):
         "style, transparency), found at submit; empty when all is well.",
         examples=[WARNINGS_EXAMPLE],
     )
+    memory: JobMemory
 
     @classmethod
-    def from_job(cls, job: JobView, now: datetime | None = None) -> JobOut:
+    def from_job(
+        cls, job: JobView, now: datetime | None = None, budgets: LiveBudgets | None = None
+    ) -> JobOut:
         now = now or utcnow()
         base = f"/v1/jobs/{job.id}"
         timings = job_timings(job.created_at, job.started_at, job.finished_at, now)
@@ -119,6 +141,7 @@ class JobOut(BaseModel):
                 }
             ),
             warnings=[JobWarning.model_validate(w) for w in job.warnings],
+            memory=JobMemory.model_validate(memory_dict(job.memory_estimate, job.status, budgets)),
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from shared.errors import (
 )
 from shared.images import ImageInfo, input_mimetype, inspect_image
 from shared.input_warnings import input_warnings
+from shared.memory_estimate import estimate_peak_bytes
 from shared.models import Job
 from shared.params import MAX_STYLES, StyleParams, check_style_blend, parse_params
 from shared.sizes import check_output_size
@@ -38,6 +39,8 @@ class Submission:
     content: bytes
     styles: list[bytes]
     warnings: list[dict[str, str]]
+    # Its estimated peak memory on a GPU, bytes (shared.memory_estimate); None: not estimated.
+    memory_estimate: int | None = None
 
     @property
     def digest(self) -> str:
@@ -130,7 +133,14 @@ def read_submission(form: Form, *, max_upload_bytes: int, max_image_pixels: int)
         for i, style in enumerate(styles)
     ]
     warnings = [w.to_dict() for w in input_warnings(content_info, style_infos, params)]
-    return Submission(params=params, content=contents[0], styles=styles, warnings=warnings)
+    estimate = estimate_peak_bytes(params, (content_info.height, content_info.width), len(styles))
+    return Submission(
+        params=params,
+        content=contents[0],
+        styles=styles,
+        warnings=warnings,
+        memory_estimate=estimate,
+    )
 
 
 def read_cache_field(form: Form) -> bool:

@@ -46,6 +46,8 @@ class JobView:
     # What its inputs may do badly, found at submit: {"code", "message"} each
     # (shared.input_warnings); empty when all is well.
     warnings: list[dict[str, str]]
+    # Its estimated peak device memory, bytes (shared.memory_estimate); None: not estimated.
+    memory_estimate: int | None
 
     @classmethod
     def of(cls, row: Any) -> JobView:

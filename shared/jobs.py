@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, or_, select
+from sqlalchemy import ColumnElement, and_, func, or_, select, true
 from sqlalchemy.orm import Session, aliased
 
 from shared.client_limits import running_slot_condition
@@ -56,6 +56,8 @@ class Claim:
     cancel_requested: bool = False
     # Canceled (deadline_exceeded) if not finished by then; None: no deadline.
     deadline_at: datetime | None = None
+    # Its estimated peak memory, bytes (shared.memory_estimate); None: not estimated.
+    memory_estimate: int | None = None
 
 
 # ---------------------------------------------------------------- client and admin side
@@ -172,6 +174,7 @@ def claim_job(
     pid: int | None = None,
     hostname: str | None = None,
     max_running: int = 0,
+    memory_budget: int | None = None,
 ) -> Claim | None:
     """Take a queued job (or one whose lease expired) for ``worker``; None if it is not claimable.
 
@@ -185,13 +188,15 @@ def claim_job(
 
     Nor is a job of a client that has its maximum of jobs running
     (``shared.client_limits``; ``max_running``: the default for a client without
-    its own; 0: none): it stays queued. A job past its deadline is canceled
+    its own; 0: none): it stays queued. Nor one whose memory estimate is over
+    ``memory_budget``, the worker's (``fits_memory``; None: any fits). A job past its deadline is canceled
     (``deadline_exceeded``) instead of claimed.
     """
     now = utcnow()
     conditions = [claimable(now), or_(Job.deadline_at.is_(None), Job.deadline_at > now)]
     if max_attempts is not None:
         conditions.append(died_attempts() < max_attempts)
+    conditions.append(fits_memory(memory_budget))
     conditions.append(
         running_slot_condition(session, job_id, default_max_running=max_running, now=now)
     )
@@ -220,15 +225,32 @@ def claim_job(
             Job.preview_file,
             Job.cancel_requested,
             Job.deadline_at,
+            Job.memory_estimate,
         ),
     )
     if claimed is None:
         cancel_past_deadline(session, job_id)
         return None
-    attempt, params, n_styles, checkpoint, preview, cancel, deadline = claimed
+    attempt, params, n_styles, checkpoint, preview, cancel, deadline, estimate = claimed
     return Claim(
-        job_id, worker, attempt, dict(params), n_styles, checkpoint, preview, bool(cancel), deadline
+        job_id,
+        worker,
+        attempt,
+        dict(params),
+        n_styles,
+        checkpoint,
+        preview,
+        bool(cancel),
+        deadline,
+        estimate,
     )
+
+
+def fits_memory(budget: int | None) -> ColumnElement[bool]:
+    """A job a worker with ``budget`` bytes may take: its estimate fits (or it has none)."""
+    if budget is None:
+        return true()
+    return or_(Job.memory_estimate.is_(None), Job.memory_estimate <= budget)
 
 
 def claimable(now: datetime) -> ColumnElement[bool]:

@@ -267,6 +267,9 @@ class Job(Base):
     cached_from: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     # Canceled (deadline_exceeded) if not finished by then: the submit's Cancel-After.
     deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Its estimated peak device memory, in bytes (shared.memory_estimate): a worker claims
+    # it only if it fits the worker's budget. None (rows from before): fits any worker.
+    memory_estimate: Mapped[int | None] = mapped_column(BigInteger)
     # What the inputs may do badly, found at submit (shared.input_warnings): a list of
     # {"code", "message"}; empty for a job without any (and for rows from before).
     warnings: Mapped[list[dict[str, str]]] = mapped_column(
@@ -326,6 +329,9 @@ class Worker(Base):
     device_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
     # What this process holds on its GPU as of its last beat; None on the CPU.
     device_memory_used_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    # The most a job's memory estimate may be for this worker to claim it
+    # (shared.memory_estimate.worker_budget_bytes); None: it claims any job.
+    memory_budget_bytes: Mapped[int | None] = mapped_column(BigInteger)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     current_job_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)

@@ -114,6 +114,9 @@ class Settings:
     cache_scope: CacheScope = "client"  # the result cache serves a client from its own jobs
     # The worker's cache of style Gram targets, MiB; None: by device (style_cache_bytes); 0: off.
     style_cache_mb: int | None = None
+    # The most memory (MiB) a job's estimate may need for this worker to claim it;
+    # None: the device's memory less a reserve (shared.memory_estimate.worker_budget_bytes).
+    worker_memory_mb: float | None = None
 
     def __post_init__(self) -> None:
         # Settings built in code get the same absolute data dir as those from the environment.
@@ -177,6 +180,7 @@ class Settings:
                 "RETENTION_SECONDS", DEFAULT_RETENTION_SECONDS, _non_negative_float
             ),
             style_cache_mb=reader.get("STYLE_CACHE_MB", None, _non_negative_int),
+            worker_memory_mb=reader.get("WORKER_MEMORY_MB", None, _positive_float),
             rate_limit=reader.get("RATE_LIMIT", DEFAULT_RATE_LIMIT, _limit_float),
             rate_burst=reader.get("RATE_BURST", DEFAULT_RATE_BURST, _limit_int),
             max_queued=reader.get("MAX_QUEUED", DEFAULT_MAX_QUEUED, _limit_int),

@@ -46,6 +46,7 @@ def create_job(
     warnings: Sequence[dict[str, str]] = (),
     cache: result_cache.CacheRequest | None = None,
     webhook: WebhookRequest | None = None,
+    memory_estimate: int | None = None,
 ) -> tuple[JobView, bool]:
     """Store a validated job durably, then enqueue its id. Returns (job, created).
 
@@ -90,6 +91,7 @@ def create_job(
         cached=False,
         deadline_at=deadline_at,
         warnings=list(warnings),
+        memory_estimate=memory_estimate,  # claimed only by a worker it fits (shared.memory_estimate)
     )
     files = {CONTENT_FILE: content} | {style_file(i): data for i, data in enumerate(styles)}
     key = None

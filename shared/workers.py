@@ -67,8 +67,12 @@ def register_worker(
     pid: int,
     device: DeviceInfo,
     now: datetime | None = None,
+    memory_budget_bytes: int | None = None,
 ) -> None:
-    """Insert this worker's row, or start it afresh (counters at 0) when the name exists."""
+    """Insert this worker's row, or start it afresh (counters at 0) when the name exists.
+
+    ``memory_budget_bytes``: the most a job's memory estimate may be for it to claim the
+    job (``shared.memory_estimate``); None: any."""
     now = now or utcnow()
     values = {
         "hostname": hostname,
@@ -76,6 +80,7 @@ def register_worker(
         "device": device.device,
         "device_name": device.name,
         "device_memory_bytes": device.memory_bytes,
+        "memory_budget_bytes": memory_budget_bytes,
         "started_at": now,
         "last_heartbeat_at": now,
         "current_job_id": None,

@@ -19,6 +19,7 @@ from shared.storage import Storage, open_storage
 from shared.workers import default_worker_name
 from worker.engine import Network, default_device, get_network, load_network
 from worker.engine.style_cache import StyleCache, StyleTargets
+from worker.memory_budget import budget_bytes
 from worker.registry import WorkerRegistry
 
 log = logging.getLogger(__name__)
@@ -47,11 +48,20 @@ class WorkerContext:
         device = self.settings.device
         return default_device() if device == "auto" else torch.device(device)
 
+    def memory_budget(self) -> int:
+        """The largest job memory estimate this worker claims (``worker.memory_budget``)."""
+        return budget_bytes(self.settings, self.device())
+
     def registry(self) -> WorkerRegistry:
         """This process in the ``workers`` table, started once the network is loaded."""
         if self._registry is None:
             self._registry = WorkerRegistry(
-                self.db, name=self.name, hostname=self.hostname, pid=self.pid, device=self.device
+                self.db,
+                name=self.name,
+                hostname=self.hostname,
+                pid=self.pid,
+                device=self.device,
+                memory_budget=self.memory_budget,
             )
         return self._registry
 

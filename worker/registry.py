@@ -67,12 +67,14 @@ class WorkerRegistry:
         pid: int,
         device: Callable[[], torch.device],
         beat_seconds: float = workers.BEAT_SECONDS,
+        memory_budget: Callable[[], int | None] | None = None,
     ) -> None:
         self._db = db
         self._hostname = hostname
         self._pid = pid
         self.name = name
         self._device = device
+        self._memory_budget = memory_budget  # registered: the largest job it claims
         self._beat_seconds = beat_seconds
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -116,6 +118,7 @@ class WorkerRegistry:
             hostname=self._hostname,
             pid=self._pid,
             device=describe_device(self._device()),
+            memory_budget_bytes=self._memory_budget() if self._memory_budget else None,
         )
 
     def _beat_forever(self) -> None:

@@ -35,6 +35,7 @@ from shared.storage import (
     result_file,
     style_file,
 )
+from worker import oom
 from worker.attempts import log_too_many_attempts
 from worker.context import WorkerContext
 from worker.db_retry import DatabaseWaitAbandoned, retry_while_unavailable
@@ -90,6 +91,7 @@ def run_job(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
                     pid=ctx.pid,
                     hostname=ctx.hostname,
                     max_running=ctx.settings.max_running,
+                    memory_budget=ctx.memory_budget(),
                 ),
                 what=f"claim job {job_id}",
                 give_up=ctx.shutting_down.is_set,
@@ -324,7 +326,7 @@ def _transfer(
             content,
             styles,
             params,
-            on_progress=reporter.on_progress,
+            on_progress=oom.with_injected_fault(claim.job_id, reporter.on_progress),
             should_stop=reporter.should_stop,
             resume=resume,
             style_targets=targets,
@@ -332,9 +334,9 @@ def _transfer(
 
     resume = _load_checkpoint(ctx, session, claim, reporter)
     if resume is None:
-        return run(None)
+        return oom.retry_once_alone(ctx, claim, reporter, params, run, None)
     try:
-        return run(resume)
+        return oom.retry_once_alone(ctx, claim, reporter, params, run, resume)
     except CheckpointIncompatibleError as exc:
         # Saved by a worker with other weights or another engine version: start over.
         log.warning(

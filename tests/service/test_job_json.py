@@ -41,6 +41,7 @@ QUEUED = JobView(
     cached=False,
     deadline_at=None,
     warnings=[],
+    memory_estimate=None,
 )
 RUNNING = replace(
     QUEUED,
