@@ -19,7 +19,7 @@ losses, the optimizers and the measures of the look are modules of their own.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 import torch
@@ -29,9 +29,9 @@ from shared.params import StyleParams
 from worker.engine import colors
 from worker.engine.errors import EngineInterrupted, EngineOutOfMemoryError, NumericalError
 from worker.engine.images import resize
-from worker.engine.lbfgs import CompactLBFGS
 from worker.engine.losses import LossTerms, Objective
 from worker.engine.network import Network
+from worker.engine.optimizers import Optimizer, make_optimizer
 from worker.engine.schedule import (
     MIN_SIDE_PX,
     eta_seconds,
@@ -42,8 +42,13 @@ from worker.engine.schedule import (
 from worker.engine.state import EngineState, Progress
 from worker.engine.style_cache import StyleTargets
 
-ADAM_LR = 0.02  # per step, in 0..1 pixel units (crowsonkb/style-transfer-pytorch's value)
 NOISE_STD = 0.02  # init=noise: Gaussian noise of this spread round the content's mean colour
+
+# What a run asks of its driver at each iteration (the objective and the image to evaluate),
+# what it is sent back (the loss terms and the gradient), and what it returns (the output).
+Request = tuple[Objective, torch.Tensor]
+Evaluated = tuple[LossTerms, torch.Tensor]
+Steps = Generator[Request, Evaluated, torch.Tensor]
 
 
 def transfer(
@@ -70,6 +75,35 @@ def transfer(
     ``style_targets``: where the styles' Gram matrices come from (a worker's cache of
     them, ``style_cache.py``; it counts what it served); None: computed here.
     """
+    run = prepare_run(network, content, styles, params, style_targets)
+    try:
+        return run_alone(run.steps(on_progress, should_stop, resume))
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        raise EngineOutOfMemoryError(
+            f"the device ran out of memory at size {params.size}; try a smaller size or Adam",
+            details={"size": params.size, "device": str(network.device)},
+        ) from None
+
+
+def run_alone(steps: Steps) -> torch.Tensor:
+    """Drive one run's steps to its output, one evaluation of its own per iteration."""
+    try:
+        request = next(steps)
+        while True:
+            request = steps.send(evaluate(*request))
+    except StopIteration as done:
+        return done.value
+
+
+def prepare_run(
+    network: Network,
+    content: torch.Tensor,
+    styles: Sequence[torch.Tensor],
+    params: StyleParams,
+    style_targets: StyleTargets | None = None,
+) -> _Run:
+    """``transfer``'s inputs checked and prepared; the run's ``steps`` do the work."""
     _check_image(content, "content")
     if not isinstance(styles, Sequence) or isinstance(styles, torch.Tensor):
         raise InvalidInputError("style: expected a list of images", field="style")
@@ -86,15 +120,7 @@ def transfer(
             f"at {params.size} px the content's shorter side would be {min(final_h, final_w)} px; "
             f"VGG19 needs at least {MIN_SIDE_PX} (use a larger size)",
         )
-    run = _Run(network, content, list(styles), blend, params, sizes, alpha, style_targets)
-    try:
-        return run.execute(on_progress, should_stop, resume)
-    except torch.cuda.OutOfMemoryError:
-        torch.cuda.empty_cache()
-        raise EngineOutOfMemoryError(
-            f"the device ran out of memory at size {params.size}; try a smaller size or Adam",
-            details={"size": params.size, "device": str(network.device)},
-        ) from None
+    return _Run(network, content, list(styles), blend, params, sizes, alpha, style_targets)
 
 
 def _check_image(image: Any, field: str) -> None:
@@ -129,7 +155,9 @@ def _fingerprint(
 
 
 class _Run:
-    """One call of ``transfer``: the inputs prepared for each pass, and the loop."""
+    """One run: the inputs prepared for each pass, and the loop as a generator of steps
+    (each asks its driver to evaluate the objective at the image: ``run_alone`` for one
+    job, ``batch.py`` for several sharing the network's passes)."""
 
     def __init__(
         self,
@@ -164,12 +192,12 @@ class _Run:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
 
-    def execute(
+    def steps(
         self,
         on_progress: Callable[[Progress], None] | None,
         should_stop: Callable[[], bool] | None,
         resume: EngineState | None,
-    ) -> torch.Tensor:
+    ) -> Steps:
         first_pass, done_in_pass = 0, 0
         if resume is not None:
             resume.check_fits(self.fingerprint)
@@ -189,7 +217,7 @@ class _Run:
                 tv_weight=self.params.tv_weight,
                 grams_of=self.grams_of,
             )
-            optimizer = _make_optimizer(self.params.optimizer, 3 * height * width, self.device)
+            optimizer = make_optimizer(self.params.optimizer, 3 * height * width, self.device)
             if resume is not None and index == first_pass:
                 image = resume.image.to(self.device).contiguous().clone()
                 optimizer.load_state_dict(resume.optimizer)
@@ -198,7 +226,7 @@ class _Run:
             else:
                 image = self._next_pass_start(image, content, index)
                 done_in_pass = 0
-            self._optimize(
+            yield from self._optimize(
                 index, image, objective, optimizer, done_in_pass, on_progress, should_stop
             )
         assert image is not None
@@ -215,15 +243,15 @@ class _Run:
         index: int,
         image: torch.Tensor,
         objective: Objective,
-        optimizer: _Optimizer,
+        optimizer: Optimizer,
         done_in_pass: int,
         on_progress: Callable[[Progress], None] | None,
         should_stop: Callable[[], bool] | None,
-    ) -> None:
+    ) -> Generator[Request, Evaluated, None]:
         for pass_iteration in range(done_in_pass, self.pass_iterations[index]):
             if should_stop is not None and should_stop():
                 raise EngineInterrupted(self._snapshot(index, pass_iteration, image, optimizer))
-            terms, grad = _evaluate(objective, image)
+            terms, grad = yield objective, image
             optimizer.step(image, grad)
             self.iteration += 1
             # One device sync per iteration: the four numbers, checked and reported.
@@ -243,7 +271,7 @@ class _Run:
         done: int,
         losses: list[float],
         image: torch.Tensor,
-        optimizer: _Optimizer,
+        optimizer: Optimizer,
     ) -> None:
         loss, content, style, tv = losses
         elapsed = self._elapsed()
@@ -273,7 +301,7 @@ class _Run:
         return self.elapsed_before + time.perf_counter() - self.started
 
     def _snapshot(
-        self, index: int, done: int, image: torch.Tensor, optimizer: _Optimizer
+        self, index: int, done: int, image: torch.Tensor, optimizer: Optimizer
     ) -> EngineState:
         return EngineState(
             iteration=self.iteration,
@@ -342,84 +370,8 @@ def _while(live: list[bool], fn: Callable[[], Any]) -> Callable[[], Any]:
     return call
 
 
-def _evaluate(objective: Objective, image: torch.Tensor) -> tuple[LossTerms, torch.Tensor]:
+def evaluate(objective: Objective, image: torch.Tensor) -> Evaluated:
     leaf = image.detach().requires_grad_(True)
     terms = objective(leaf)
     (grad,) = torch.autograd.grad(terms.total, leaf)
     return terms, grad.contiguous()
-
-
-class _Optimizer:
-    """The optimizer interface of the loop: a step from the gradient, and a state to save."""
-
-    def step(self, image: torch.Tensor, grad: torch.Tensor) -> None:
-        raise NotImplementedError
-
-    def state_dict(self) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        raise NotImplementedError
-
-
-class _LBFGS(_Optimizer):
-    def __init__(self, n: int, device: torch.device) -> None:
-        self.lbfgs = CompactLBFGS(n, device, bounds=(0.0, 1.0))
-
-    def step(self, image: torch.Tensor, grad: torch.Tensor) -> None:
-        self.lbfgs.step(image.view(-1), grad.view(-1))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"kind": "lbfgs", **self.lbfgs.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.lbfgs.load_state_dict(state)
-
-
-class _Adam(_Optimizer):
-    def __init__(self) -> None:
-        self.param: torch.Tensor | None = None
-        self.adam: torch.optim.Adam | None = None
-        self.pending: dict[str, Any] | None = None
-
-    def _bind(self, image: torch.Tensor) -> torch.optim.Adam:
-        if self.adam is None or self.param is not image:
-            self.param = image
-            self.adam = torch.optim.Adam([image], lr=ADAM_LR)
-            if self.pending is not None:
-                self.adam.load_state_dict(self.pending)
-                self.pending = None
-        return self.adam
-
-    def step(self, image: torch.Tensor, grad: torch.Tensor) -> None:
-        adam = self._bind(image)
-        image.grad = grad
-        adam.step()
-        image.grad = None
-        with torch.no_grad():
-            image.clamp_(0.0, 1.0)
-
-    def state_dict(self) -> dict[str, Any]:
-        if self.adam is None:
-            return {"kind": "adam", "torch": self.pending}
-        # torch returns live references to its moment buffers: copy them to the CPU.
-        return {"kind": "adam", "torch": _to_cpu(self.adam.state_dict())}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.pending = state["torch"]
-
-
-def _to_cpu(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
-    if isinstance(value, dict):
-        return {k: _to_cpu(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_to_cpu(v) for v in value)
-    return value
-
-
-def _make_optimizer(name: str, n: int, device: torch.device) -> _Optimizer:
-    if name == "lbfgs":
-        return _LBFGS(n, device)
-    return _Adam()

@@ -159,7 +159,11 @@ class Objective:
         self.layer_weights = tuple(len(STYLE_LAYERS) * share for share in shares)
 
     def __call__(self, image: torch.Tensor) -> LossTerms:
-        feats = self.network.features(image, self.layers)
+        return self.of_features(self.network.features(image, self.layers), image)
+
+    def of_features(self, feats: Mapping[str, torch.Tensor], image: torch.Tensor) -> LossTerms:
+        """The terms for ``image`` ([1,3,H,W]) from its activations at ``self.layers``
+        (computed by the caller: a batch's share of one forward pass, say)."""
         content = F.mse_loss(feats[CONTENT_LAYER].float(), self.content_target) * self.content_norm
         style = image.new_zeros(())
         for layer, target, norm, share in zip(
