@@ -13,8 +13,9 @@ job's row.
 A sender (``worker.webhook_sender``) claims a due delivery with one conditional
 UPDATE (so two never make the same attempt at once), makes the attempt and
 records it under its claim's token (``record_attempt``): delivered on a 2xx,
-else due again after the next wait of the retry schedule, given up once that
-would fall more than ``GIVE_UP_SECONDS`` after the event (or its redelivery).
+else due again after the next wait of the retry schedule (its last wait
+repeated), given up once that would fall more than ``GIVE_UP_SECONDS`` after
+the event (or its redelivery).
 """
 
 from __future__ import annotations
@@ -238,9 +239,10 @@ def record_attempt(
         values |= {"state": DELIVERED, "delivered_at": now, "next_attempt_at": None}
     else:
         failures, since = _failures_since_start(log, row.created_at)
-        wait = schedule[failures - 1] if failures - 1 < len(schedule) else None
-        next_at = None if wait is None else now + timedelta(seconds=wait)
-        if next_at is None or next_at > since + timedelta(seconds=GIVE_UP_SECONDS):
+        # The schedule's last wait repeats until the 24 hours are up.
+        wait = schedule[min(failures, len(schedule)) - 1]
+        next_at = now + timedelta(seconds=wait)
+        if next_at > since + timedelta(seconds=GIVE_UP_SECONDS):
             values |= {"state": FAILED, "next_attempt_at": None}
         else:
             values |= {"next_attempt_at": next_at}
