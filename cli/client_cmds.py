@@ -210,6 +210,16 @@ class _ProgressLine:
     help="Compute the job even when it is an exact repeat of an earlier succeeded one "
     "(by default such a repeat is succeeded at once with a copy of that job's result).",
 )
+@click.option(
+    "--webhook",
+    metavar="URL",
+    help="POST the job's JSON, signed with the key's webhook secret, to this http(s) URL.",
+)
+@click.option(
+    "--webhook-events",
+    metavar="EVENTS",
+    help="With --webhook: comma-separated, of start, progress, completed (default: completed).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
 @click.pass_context
 def submit_cmd(
@@ -223,6 +233,8 @@ def submit_cmd(
     idempotency_key: str | None,
     cancel_after: float | None,
     no_cache: bool,
+    webhook: str | None,
+    webhook_events: str | None,
     as_json: bool,
 ) -> None:
     """Submit CONTENT styled after STYLE...; print the job id, or with --wait the saved file.
@@ -244,6 +256,8 @@ def submit_cmd(
                 cancel_after=cancel_after,
                 cache=not no_cache,
                 on_retry=_say_retry,
+                webhook=webhook,
+                webhook_events=webhook_events,
             )
             for warning in job.warnings:
                 click.echo(warning_line(warning.message), err=True)

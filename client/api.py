@@ -33,6 +33,7 @@ from client.polling import (
     remaining_s,
 )
 from client.retry import DEFAULT_SUBMIT_RETRIES, RetryNotice, retry_after_429
+from client.webhooks import WebhookDelivery
 
 DEFAULT_TIMEOUT_S = 30.0  # per request; uploads of a few MB over a slow link fit in it
 MAX_POLL_FAILURES = 3  # wait() rides out this many failed polls in a row (restarts, blips)
@@ -92,6 +93,8 @@ class StylequeueClient:
         cache: bool = True,
         retries: int = DEFAULT_SUBMIT_RETRIES,
         on_retry: RetryNotice | None = None,
+        webhook: str | None = None,
+        webhook_events: Sequence[str] | str | None = None,
     ) -> Job:
         """Upload a content image and one or more style images; return the queued job.
 
@@ -102,6 +105,8 @@ class StylequeueClient:
         earlier succeeded job (otherwise it is succeeded at once, ``cached``). A 429 (over the key's submit rate or queued jobs) is waited
         out, ``Retry-After`` seconds each time, up to ``retries`` times (0: never);
         ``on_retry(error, seconds)`` is called before each wait. Then RateLimitedError.
+        ``webhook``: an http(s) URL that gets a signed POST of the job's JSON at each of
+        ``webhook_events`` (of ``start``, ``progress``, ``completed``; default ``completed``).
         """
         if isinstance(styles, str | bytes | os.PathLike):
             raise TypeError("styles must be a sequence of images, not one image")
@@ -112,6 +117,11 @@ class StylequeueClient:
         data = {"params": json.dumps(dict(params))} if params else {}
         if not cache:
             data["cache"] = "false"
+        if webhook is not None:
+            data["webhook"] = webhook
+        if webhook_events is not None:
+            given = [webhook_events] if isinstance(webhook_events, str) else webhook_events
+            data["webhook_events"] = ",".join(given)
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         if cancel_after is not None:
             headers["Cancel-After"] = f"{cancel_after:g}"
@@ -121,6 +131,11 @@ class StylequeueClient:
             on_retry=on_retry,
         )
         return Job.from_json(_json(response))
+
+    def webhooks(self, job_id: str) -> list[WebhookDelivery]:
+        """The job's webhook deliveries, oldest first, each with its attempts."""
+        body = _json(self._request("GET", f"{_job_path(job_id)}/webhooks"))
+        return [WebhookDelivery.from_json(d) for d in body["deliveries"]]
 
     def get(self, job_id: str) -> Job:
         """The job as it is now."""
