@@ -26,7 +26,16 @@ from client.errors import (
     UnauthorizedError,
     WaitTimeoutError,
 )
-from client.models import Job, JobError, JobPage, JobProgress, JobStatus, JobUrls, JobWarning
+from client.models import (
+    Job,
+    JobError,
+    JobMemory,
+    JobPage,
+    JobProgress,
+    JobStatus,
+    JobUrls,
+    JobWarning,
+)
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
@@ -42,6 +51,7 @@ __all__ = [
     "JobProgress",
     "JobStatus",
     "JobUrls",
+    "JobMemory",
     "JobWarning",
     "NotFoundError",
     "PayloadTooLargeError",

@@ -64,6 +64,17 @@ class JobWarning:
 
 
 @dataclass(frozen=True)
+class JobMemory:
+    """The job's estimated peak device memory (bytes; None: not estimated) and whether,
+    queued, it is too big for every live worker (``largest_worker_budget_bytes``: then
+    the largest live worker's budget). It stays queued until a bigger worker comes."""
+
+    estimate_bytes: int | None = None
+    fits_no_worker: bool = False
+    largest_worker_budget_bytes: int | None = None
+
+
+@dataclass(frozen=True)
 class JobUrls:
     """The job's links, as the server gave them (paths or absolute URLs)."""
 
@@ -94,6 +105,7 @@ class Job:
     cached: bool = False
     deadline_at: datetime | None = None  # canceled (deadline_exceeded) if not finished by then
     warnings: tuple[JobWarning, ...] = ()  # empty: none (or a server from before warnings)
+    memory: JobMemory = JobMemory()  # all unknown from a server from before estimates
 
     @classmethod
     def from_json(cls, data: Any) -> Job:
@@ -139,6 +151,7 @@ class Job:
             cached=bool(obj.get("cached", bool, optional=True)),
             deadline_at=obj.timestamp("deadline_at", optional=True),
             warnings=_warnings(obj.get("warnings", list, optional=True) or []),
+            memory=_memory(obj.get("memory", Mapping, optional=True) or {}),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -172,6 +185,11 @@ class Job:
                 "cancel": self.urls.cancel,
             },
             "warnings": [{"code": w.code, "message": w.message} for w in self.warnings],
+            "memory": {
+                "estimate_bytes": self.memory.estimate_bytes,
+                "fits_no_worker": self.memory.fits_no_worker,
+                "largest_worker_budget_bytes": self.memory.largest_worker_budget_bytes,
+            },
         }
 
 
@@ -238,6 +256,15 @@ def _warnings(items: list[Any]) -> tuple[JobWarning, ...]:
         warning = _Fields(item, f"job.warnings[{index}]")
         found.append(JobWarning(warning.get("code", str), warning.get("message", str)))
     return tuple(found)
+
+
+def _memory(data: Mapping[str, Any]) -> JobMemory:
+    memory = _Fields(data, "job.memory")
+    return JobMemory(
+        estimate_bytes=memory.get("estimate_bytes", int, optional=True),
+        fits_no_worker=bool(memory.get("fits_no_worker", bool, optional=True)),
+        largest_worker_budget_bytes=memory.get("largest_worker_budget_bytes", int, optional=True),
+    )
 
 
 def _float_or_none(value: int | float | None) -> float | None:

@@ -73,6 +73,12 @@ def describe_job(job: Job) -> str:
     if job.error is not None:
         lines.append(f"error     {job.error.code}: {job.error.message}")
     lines += [f"warning   {w.code}: {w.message}" for w in job.warnings]
+    if job.memory.fits_no_worker and job.memory.estimate_bytes is not None:
+        budget = job.memory.largest_worker_budget_bytes or 0
+        lines.append(
+            f"memory    needs about {job.memory.estimate_bytes / 2**20:.0f} MiB; no live worker "
+            f"has that much (the largest: {budget / 2**20:.0f} MiB): it waits for one"
+        )
     return "\n".join(lines)
 
 

@@ -60,6 +60,11 @@ def make_job_json(**overrides: Any) -> dict[str, Any]:
             "cancel": f"/v1/jobs/{job_id}/cancel",
         },
         "warnings": [],
+        "memory": {
+            "estimate_bytes": None,
+            "fits_no_worker": False,
+            "largest_worker_budget_bytes": None,
+        },
     }
     data.update(overrides)
     return data

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from client import InvalidResponseError, Job, JobPage, JobStatus
+from client.text import describe_job
 
 JobJsonFactory = Callable[..., dict[str, Any]]
 
@@ -132,3 +133,25 @@ def test_a_page_parses_its_jobs_and_cursor(job_json: JobJsonFactory) -> None:
 )
 def test_final_statuses(status: str, final: bool) -> None:
     assert JobStatus(status).is_final is final
+
+
+def test_a_job_that_fits_no_worker_says_so_and_an_old_server_s_job_has_no_estimate(
+    job_json: JobJsonFactory,
+) -> None:
+    memory = {
+        "estimate_bytes": 3 * 2**30,
+        "fits_no_worker": True,
+        "largest_worker_budget_bytes": 2**30,
+    }
+    job = Job.from_json(job_json(status="queued", memory=memory))
+    assert job.memory.fits_no_worker and job.memory.estimate_bytes == 3 * 2**30
+    assert job.memory.largest_worker_budget_bytes == 2**30
+    assert job.to_json()["memory"] == memory
+    assert "no live worker has that much (the largest: 1024 MiB)" in describe_job(job)
+    old = job_json()
+    del old["memory"]
+    parsed = Job.from_json(old)
+    assert parsed.memory.estimate_bytes is None and not parsed.memory.fits_no_worker
+    assert "memory" not in describe_job(parsed)
+    with pytest.raises(InvalidResponseError, match=r"job.memory.estimate_bytes"):
+        Job.from_json(job_json(memory={"estimate_bytes": "big"}))
