@@ -29,6 +29,7 @@ from shared.admin import AdminJob, JobFilters
 from shared.admin_actions import BULK_LIMIT, bulk_targets
 from shared.job_store import parse_job_id
 from shared.job_view import job_timings
+from shared.memory_fit import live_budgets
 from shared.models import JobStatus, utcnow
 from shared.pagination import Cursor
 
@@ -249,7 +250,7 @@ def job_page(job_id: str) -> str:
         "admin/job.html",
         d=detail,
         job=job,
-        data=job_dict(job),
+        data=job_dict(job, budgets=live_budgets(session)),
         status=job.status.value,
         active=active,
         never_ran=job.started_at is None and job.status.is_finished,
