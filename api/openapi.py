@@ -9,6 +9,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 from pydantic.json_schema import models_json_schema
 
+from api import webhooks
 from api.admin_schemas import ADMIN_MODELS, admin_paths
 from api.limits import MAX_CANCEL_AFTER_SECONDS
 from api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -213,6 +214,7 @@ def _paths() -> dict[str, Any]:
                 },
             }
         },
+        **webhooks.spec_paths(JOB_ID, error_responses(401, 404)),
         "/healthz": {
             "get": {
                 "operationId": "healthz",
@@ -282,6 +284,7 @@ def _submission() -> dict[str, Any]:
                     " succeeded at once with a copy of its result (cached: true); false: the"
                     " job is computed. Anything else is a 400 (invalid_cache).",
                 },
+                **webhooks.SUBMIT_FIELDS,
             },
         },
         "encoding": {"params": {"contentType": "application/json"}},

@@ -60,3 +60,111 @@ def list_webhooks(job_id: str) -> Response:
     deliveries = webhook_outbox.list_deliveries(session, job.id)
     body = {"deliveries": [webhook_outbox.delivery_dict(d) for d in deliveries]}
     return Response(json.dumps(body, separators=(",", ":")), mimetype="application/json")
+
+
+# ---------------------------------------------------------------- /openapi.json
+
+_AT = {"type": ["string", "null"], "format": "date-time"}
+_ATTEMPT = {
+    "type": "object",
+    "required": ["at", "status_code", "error", "seconds", "redelivered_by"],
+    "properties": {
+        "at": {"type": "string", "format": "date-time"},
+        "status_code": {
+            "type": ["integer", "null"],
+            "description": "The receiver's answer; null: none (refused, timed out, refused"
+            " address).",
+        },
+        "error": {"type": ["string", "null"], "description": "null: delivered."},
+        "seconds": {"type": ["number", "null"]},
+        "redelivered_by": {
+            "type": ["string", "null"],
+            "description": "Set on an operator's redelivery from /admin (not an attempt).",
+        },
+    },
+}
+DELIVERY_SCHEMA: dict[str, object] = {
+    "type": "object",
+    "required": [
+        "id",
+        "event",
+        "url",
+        "state",
+        "attempts",
+        "created_at",
+        "next_attempt_at",
+        "last_attempt_at",
+        "delivered_at",
+        "status_code",
+        "error",
+        "log",
+    ],  # fmt: skip
+    "properties": {
+        "id": {"type": "string", "description": "The webhook-id header of every attempt."},
+        "event": {"type": "string", "enum": ["start", "progress", "completed"]},
+        "url": {"type": "string"},
+        "state": {
+            "type": "string",
+            "enum": ["pending", "delivered", "failed"],
+            "description": "failed: given up (24 h after the event without a 2xx).",
+        },
+        "attempts": {"type": "integer", "minimum": 0},
+        "created_at": {"type": "string", "format": "date-time"},
+        "next_attempt_at": _AT,
+        "last_attempt_at": _AT,
+        "delivered_at": _AT,
+        "status_code": {"type": ["integer", "null"]},
+        "error": {"type": ["string", "null"]},
+        "log": {"type": "array", "items": _ATTEMPT},
+    },
+}
+SUBMIT_FIELDS: dict[str, object] = {
+    "webhook": {
+        "type": "string",
+        "format": "uri",
+        "maxLength": 2000,
+        "description": "An http(s) URL that gets a POST of the job's JSON at each of"
+        " webhook_events, signed the Standard Webhooks way (webhook-id, webhook-timestamp,"
+        " webhook-signature: v1,<base64 HMAC-SHA256 of id.timestamp.body>) with the key's"
+        " whsec_ secret; retried with backoff for 24 h on any non-2xx or timeout. A host that"
+        " resolves to a loopback, private or link-local address is a 400 (invalid_webhook)"
+        " unless the service allows it.",
+    },
+    "webhook_events": {
+        "type": "string",
+        "default": "completed",
+        "description": "Comma-separated, of start (claimed by a worker), progress (at most"
+        " every 2 s) and completed (succeeded, failed or canceled). Anything else is a 400"
+        " (invalid_webhook).",
+    },
+}
+
+
+def spec_paths(job_id: dict[str, object], errors: dict[str, object]) -> dict[str, object]:
+    """The delivery log's path in /openapi.json."""
+    return {
+        "/v1/jobs/{job_id}/webhooks": {
+            "get": {
+                "operationId": "listWebhookDeliveries",
+                "summary": "The job's webhook deliveries, oldest first, with their attempts",
+                "parameters": [job_id],
+                "responses": {
+                    "200": {
+                        "description": "The deliveries.",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["deliveries"],
+                                    "properties": {
+                                        "deliveries": {"type": "array", "items": DELIVERY_SCHEMA}
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    **errors,
+                },
+            }
+        }
+    }

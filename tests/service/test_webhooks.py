@@ -371,3 +371,26 @@ def test_progress_is_written_at_most_every_two_seconds(
             .values(state="delivered")
         )
         session.commit()
+
+
+def test_openapi_documents_the_fields_and_the_log_that_the_api_answers(
+    http: FlaskClient,
+    post: Callable[..., TestResponse],
+    client_and_key: tuple[int, str, str],
+    allow_private: None,
+) -> None:
+    import jsonschema_rs
+
+    spec = http.get("/openapi.json").json
+    form = spec["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert {"webhook", "webhook_events"} <= set(form["schema"]["properties"])
+    answer = spec["paths"]["/v1/jobs/{job_id}/webhooks"]["get"]["responses"]["200"]
+    validator = jsonschema_rs.validator_for(answer["content"]["application/json"]["schema"])
+    key = client_and_key[1]
+    job_id = post(webhook="http://127.0.0.1:9/x").json["id"]
+    http.post(f"/v1/jobs/{job_id}/cancel", headers={"Authorization": f"Bearer {key}"})
+    body = http.get(f"/v1/jobs/{job_id}/webhooks", headers={"Authorization": f"Bearer {key}"}).json
+    assert len(body["deliveries"]) == 1
+    validator.validate(body)
+    body["deliveries"][0]["state"] = "lost"
+    assert not validator.is_valid(body)
