@@ -32,6 +32,7 @@ JOB_KEYS = {
     "run_seconds",
     "urls",
     "warnings",
+    "memory",
 }
 
 
