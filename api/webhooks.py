@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from flask import Blueprint, Response
 from sqlalchemy import select
@@ -140,7 +141,7 @@ SUBMIT_FIELDS: dict[str, object] = {
 }
 
 
-def spec_paths(job_id: dict[str, object], errors: dict[str, object]) -> dict[str, object]:
+def spec_paths(job_id: dict[str, Any], errors: dict[str, Any]) -> dict[str, Any]:
     """The delivery log's path in /openapi.json."""
     return {
         "/v1/jobs/{job_id}/webhooks": {
