@@ -15,11 +15,11 @@ from typing import Any
 from flask import Blueprint, Response, request
 
 from api.auth import current_principal
-from api.job_json import _timestamp, job_dict
 from api.services import db_session, read_session, services
 from shared import admin, admin_actions, admin_filters, admin_reads
 from shared.admin_actions import Operator
 from shared.errors import ForbiddenError
+from shared.job_json import _timestamp, job_dict
 from shared.job_store import parse_job_id
 from shared.memory_fit import LiveBudgets, live_budgets
 from shared.models import utcnow

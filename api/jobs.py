@@ -11,7 +11,6 @@ from redis.exceptions import RedisError
 from werkzeug.wrappers import Response as BaseResponse
 
 from api.auth import current_principal
-from api.job_json import job_dict, job_json
 from api.limits import check_submit_limits, quota_headers, read_cancel_after
 from api.multipart import read_form
 from api.services import db_session, read_session, services
@@ -26,6 +25,7 @@ from api.webhooks import read_webhook_fields
 from shared import job_list, job_store, jobs, submissions
 from shared.admin_reads import files_gone_reason
 from shared.errors import ConflictError, InvalidInputError, NotFoundError
+from shared.job_json import job_dict, job_json
 from shared.job_store import parse_job_id
 from shared.job_view import JobView
 from shared.logging import log_cancel_requested, log_job_created

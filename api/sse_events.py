@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from api.job_json import job_dict
+from shared.job_json import job_dict
 from shared.job_store import JOB_STATE_COLUMNS
 from shared.job_view import JobView
 from shared.models import JobStatus

@@ -58,7 +58,7 @@ class JobFilters:
 
 @dataclass(frozen=True, slots=True)
 class AdminJob(JobView):
-    """One job as a table row: its read model (so ``api.job_json.job_dict`` takes it)
+    """One job as a table row: its read model (so ``shared.job_json.job_dict`` takes it)
     and its client's name."""
 
     client_name: str

@@ -6,9 +6,12 @@ UPDATE and its COMMIT, so a delivery exists exactly when the change it reports
 is committed: a claim writes ``start``, a move to an end state (succeeded,
 failed, canceled, whoever makes it) ``completed``, a progress write
 ``progress`` (at most one per job every ``PROGRESS_EVERY_SECONDS``); each only
-for a job whose webhook asked for that event. A job born finished (the result
-cache) gets its ``completed`` delivery from ``submit_rows``, committed with the
-job's row.
+for a job whose webhook asked for that event. The delivery's body is the job's
+JSON as that transaction leaves it (read in it, after the UPDATE), so a ``start``
+says ``running`` even when the sender gets to it after the job ended. A job born
+finished (the result cache) gets its ``completed`` delivery from ``submit_rows``,
+committed with the job's row; its body is made at the first attempt (nothing
+about it changes after).
 
 A sender (``worker.webhook_sender``) claims a due delivery with one conditional
 UPDATE (so two never make the same attempt at once), makes the attempt and
@@ -20,6 +23,7 @@ the event (or its redelivery).
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, cast
@@ -28,6 +32,8 @@ from sqlalchemy import Table, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.errors import NotFoundError
+from shared.job_json import job_dict
+from shared.job_view import JOB_VIEW_COLUMNS, JobView
 from shared.models import (
     FINISHED_STATUSES,
     TRANSITIONS,
@@ -56,7 +62,9 @@ def event_of(transition: Transition | None) -> str | None:
     return None
 
 
-def _delivery(job_id: uuid.UUID, event: str, url: str, now: datetime) -> dict[str, Any]:
+def _delivery(
+    job_id: uuid.UUID, event: str, url: str, now: datetime, body: str | None = None
+) -> dict[str, Any]:
     return {
         "job_id": job_id,
         "message_id": f"msg_{uuid.uuid4().hex}",
@@ -72,7 +80,7 @@ def _delivery(job_id: uuid.UUID, event: str, url: str, now: datetime) -> dict[st
         "error": None,
         "claimed_by": None,
         "claimed_until": None,
-        "body": None,
+        "body": body,
         "attempt_log": [],
     }
 
@@ -102,7 +110,16 @@ def record_change(session: Session, job_id: uuid.UUID, event: str) -> None:
         ).one_or_none()
         url = hook.url if hook is not None and event in hook.events.split(",") else None
     if url is not None:
-        session.execute(DELIVERIES.insert(), _delivery(job_id, event, url, now))
+        session.execute(
+            DELIVERIES.insert(), _delivery(job_id, event, url, now, body_now(session, job_id))
+        )
+
+
+def body_now(session: Session, job_id: uuid.UUID) -> str:
+    """The job's JSON as ``GET /v1/jobs/{id}`` would answer it, read in ``session`` (so an
+    uncommitted change of its transaction shows)."""
+    row = session.execute(select(*JOB_VIEW_COLUMNS).where(Job.id == job_id)).one()
+    return json.dumps(job_dict(JobView(*row)), separators=(",", ":"), allow_nan=False)
 
 
 def submit_rows(

@@ -2,9 +2,9 @@
 
 Every ``POLL_SECONDS`` it claims the due deliveries (``shared.webhook_outbox``:
 one conditional UPDATE each, so two senders never make the same attempt at
-once) and POSTs each: the job JSON as its client sees it (``api.job_json``,
-the same function the API answers with; fixed at the first attempt and resent
-as is), signed with the client's secret as it is at that attempt. The host is
+once) and POSTs each: the job JSON as its client saw it when the event happened
+(``shared.job_json``, the same function the API answers with; written with the
+delivery, or for a job born finished made at the first attempt, and resent as is), signed with the client's secret as it is at that attempt. The host is
 resolved and checked again (``shared.webhooks.check_url``) and the connection
 made to the address checked, the host's name kept for the ``Host`` header and
 TLS. A 2xx is delivered; anything else (another status, a redirect, a timeout
@@ -26,6 +26,7 @@ import httpx
 from shared import webhook_outbox
 from shared.db import Database
 from shared.errors import InvalidInputError
+from shared.job_json import job_dict
 from shared.job_store import poll_job
 from shared.webhooks import TIMEOUT_SECONDS, check_url, retry_schedule, sign
 
@@ -38,8 +39,6 @@ USER_AGENT = "stylequeue-webhooks/1"
 
 def job_body(db: Database, job_id: uuid.UUID) -> str:
     """The job's JSON, as ``GET /v1/jobs/{id}`` would answer it now."""
-    from api.job_json import job_dict  # the API's own serializer (it imports only shared/)
-
     return json.dumps(job_dict(poll_job(db, job_id, client_id=None)), separators=(",", ":"))
 
 

@@ -22,11 +22,11 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from api.admin_ui import auth, charts
 from api.admin_ui.views import blueprint, operator
-from api.job_json import job_dict
 from api.services import db_session, services
 from shared import admin, admin_actions, admin_filters, admin_reads, loss_series
 from shared.admin import AdminJob, JobFilters
 from shared.admin_actions import BULK_LIMIT, bulk_targets
+from shared.job_json import job_dict
 from shared.job_store import parse_job_id
 from shared.job_view import job_timings
 from shared.memory_fit import live_budgets

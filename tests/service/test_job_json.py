@@ -1,4 +1,4 @@
-"""The hand-built job JSON (api.job_json) and the documented pydantic schema (JobOut) agree."""
+"""The hand-built job JSON (shared.job_json) and the documented pydantic schema (JobOut) agree."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from api.job_json import job_dict, job_json
 from api.schemas import JobOut
+from shared.job_json import job_dict, job_json
 from shared.job_view import JobView
 from shared.models import JobStatus
 from shared.params import parse_params

@@ -341,6 +341,34 @@ def test_two_senders_never_claim_the_same_delivery(
     assert not {d.id for d in first} & {d.id for d in second}
 
 
+def test_each_body_is_the_job_as_its_change_left_it_however_late_it_is_sent(
+    app: Flask,
+    http: FlaskClient,
+    post: Callable[..., TestResponse],
+    client_and_key: tuple[int, str, str],
+    allow_private: None,
+) -> None:
+    """A sender that gets to a ``start`` only after the job ended still sends ``running``."""
+    _client_id, key, secret = client_and_key
+    db: Database = app.extensions[EXTENSION_KEY].db
+    receiver = Receiver(free_port()).start()
+    try:
+        job_id = post(webhook=receiver.url, webhook_events="start,completed").json["id"]
+        with db.session() as session:
+            claim = jobs.claim_job(session, uuid.UUID(job_id), worker="w/1", lease_seconds=30)
+            assert claim is not None
+            jobs.finish_job(session, claim, result_file="result.a1.png")
+        _deliver_all(WebhookSender(db, "test-sender"))
+        bodies = dict(receiver.bodies(secret))
+        assert bodies["start"]["status"] == "running" and bodies["start"]["attempts"] == 1
+        assert bodies["start"]["finished_at"] is None
+        assert bodies["completed"]["status"] == "succeeded"
+        now = http.get(f"/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {key}"}).json
+        assert bodies["completed"]["finished_at"] == now["finished_at"]
+    finally:
+        receiver.stop()
+
+
 def test_progress_is_written_at_most_every_two_seconds(
     app: Flask, post: Callable[..., TestResponse], allow_private: None
 ) -> None:

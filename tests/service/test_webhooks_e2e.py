@@ -32,7 +32,7 @@ HOOK_ENV = {
     "STYLEQUEUE_WEBHOOK_ALLOW_PRIVATE": "true",  # the receiver is on 127.0.0.1
     "STYLEQUEUE_WEBHOOK_RETRY_SECONDS": "0.5",  # every retry half a second after the last
 }
-PARAMS = {"size": 32, "iterations": 8, "scales": 1}  # a few seconds: some progress
+PARAMS = {"size": 32, "iterations": 150, "scales": 1}  # seconds, even on a quiet machine: progress
 
 
 class Stack:
