@@ -152,13 +152,17 @@ class LeaseCluster:
     def files(self, job_id: uuid.UUID) -> dict[str, tuple[object, bytes]]:
         """The job's files now: name → (what changes when it is written again, bytes); temp
         files left out. On a filesystem that is the inode; in an S3 store the object's ETag
-        and modification time."""
+        and modification time. A file deleted while it is read (a worker removes a finished
+        job's checkpoints just after its commit) is left out: it is gone."""
         if isinstance(self.storage, LocalStorage):
             directory = self.storage.job_dir(job_id)
             found: dict[str, tuple[object, bytes]] = {}
             for path in sorted(directory.iterdir()):
                 if not path.name.startswith("."):
-                    found[path.name] = (path.stat().st_ino, path.read_bytes())
+                    try:
+                        found[path.name] = (path.stat().st_ino, path.read_bytes())
+                    except FileNotFoundError:
+                        continue
             return found
         return s3_objects(self.env, job_id)
 
@@ -188,7 +192,10 @@ def s3_objects(env: dict[str, str], job_id: uuid.UUID) -> dict[str, tuple[object
     found: dict[str, tuple[object, bytes]] = {}
     listing = client.list_objects_v2(Bucket=bucket, Prefix=job_prefix)
     for item in sorted(listing.get("Contents", []), key=lambda i: i["Key"]):
-        body = client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+        try:
+            body = client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+        except client.exceptions.NoSuchKey:
+            continue  # deleted between the listing and the read: gone
         found[item["Key"].removeprefix(job_prefix)] = ((item["ETag"], item["LastModified"]), body)
     return found
 
