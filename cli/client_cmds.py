@@ -1,4 +1,5 @@
-"""The client commands: submit, status, list, cancel, result — over client.StylequeueClient.
+"""The client commands: submit, status, list, cancel, result, webhooks — over
+client.StylequeueClient.
 
 They find the server and key in ``STYLEQUEUE_URL`` and ``STYLEQUEUE_API_KEY``.
 Tests (or a wrapper program) pass a ``ClientConfig`` as click's ``obj`` to build
@@ -11,6 +12,7 @@ the job ended otherwise than asked (``submit --wait``: it failed or was canceled
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -32,6 +34,7 @@ from client import (
     StylequeueClient,
     StylequeueClientError,
     TransportError,
+    WebhookDelivery,
 )
 from client.text import (
     describe_cancel,
@@ -383,7 +386,56 @@ def result_cmd(ctx: click.Context, job_id: str, output: Path) -> None:
     click.echo(saved)
 
 
+def delivery_table(deliveries: list[WebhookDelivery]) -> str:
+    """One line per webhook delivery: event, state, attempts, last status code, last error."""
+    rows = [("EVENT", "STATE", "ATTEMPTS", "STATUS", "ERROR")]
+    rows += [
+        (
+            delivery.event,
+            delivery.state,
+            str(delivery.attempts),
+            "-" if delivery.status_code is None else str(delivery.status_code),
+            delivery.error or "-",
+        )
+        for delivery in deliveries
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True))
+        + "  "
+        + row[4]
+        for row in rows
+    )
+
+
+@click.command("webhooks", epilog=ENVIRONMENT_HELP)
+@click.argument("job_id", metavar="ID")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print a JSON array of deliveries, with their logs."
+)
+@click.pass_context
+def webhooks_cmd(ctx: click.Context, job_id: str, as_json: bool) -> None:
+    """List a job's webhook deliveries, oldest first.
+
+    One line each: the event (start, progress, completed), the state (pending,
+    delivered, or failed: given up), the attempts made, and the last attempt's
+    status code and error (`-`: none). --json adds each delivery's id (its
+    webhook-id header), URL, times and every attempt.
+    """
+    try:
+        with _make_client(ctx) as client:
+            deliveries = client.webhooks(job_id)
+    except (StylequeueClientError, OSError) as exc:
+        raise _fail(exc) from exc
+    if as_json:
+        _echo_json([dataclasses.asdict(delivery) for delivery in deliveries])
+    elif deliveries:
+        click.echo(delivery_table(deliveries))
+    else:
+        click.echo("no webhook deliveries", err=True)
+
+
 def register(group: click.Group) -> None:
     """Add the client commands to the ``stylequeue`` group."""
-    for command in (submit_cmd, status_cmd, list_cmd, cancel_cmd, result_cmd):
+    for command in (submit_cmd, status_cmd, list_cmd, cancel_cmd, result_cmd, webhooks_cmd):
         group.add_command(command)

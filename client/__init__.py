@@ -36,6 +36,7 @@ from client.models import (
     JobUrls,
     JobWarning,
 )
+from client.webhooks import WebhookAttempt, WebhookDelivery
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
@@ -63,4 +64,6 @@ __all__ = [
     "TransportError",
     "UnauthorizedError",
     "WaitTimeoutError",
+    "WebhookAttempt",
+    "WebhookDelivery",
 ]

@@ -11,8 +11,9 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
+import client
 from cli.main import cli
-from client import BadRequestError, StylequeueClient
+from client import BadRequestError, StylequeueClient, WebhookAttempt, WebhookDelivery
 from shared.db import Database
 from shared.models import ApiClient
 from shared.webhooks import sign
@@ -36,6 +37,35 @@ def test_submit_with_a_webhook_then_read_its_deliveries(
     assert (delivery.event, delivery.state, delivery.attempts) == ("completed", "pending", 0)
     assert delivery.url == "http://127.0.0.1:9/hook" and delivery.id.startswith("msg_")
     assert delivery.log == ()
+
+
+def test_the_delivery_types_are_importable_from_the_package(
+    sq: StylequeueClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert {"WebhookDelivery", "WebhookAttempt"} <= set(client.__all__)
+    monkeypatch.setenv("STYLEQUEUE_WEBHOOK_ALLOW_PRIVATE", "true")
+    job = sq.submit(CONTENT, [STYLE], TINY, webhook="http://127.0.0.1:9/hook")
+    sq.cancel(job.id)
+    [delivery] = sq.webhooks(job.id)
+    assert isinstance(delivery, WebhookDelivery)
+    parsed = WebhookDelivery.from_json(
+        {
+            "id": "msg_1",
+            "event": "completed",
+            "url": "https://example.com/hook",
+            "state": "pending",
+            "attempts": 1,
+            "created_at": "2026-12-01T10:00:00Z",
+            "log": [
+                {"at": "2026-12-01T10:00:01Z", "status_code": 500, "error": "answered 500"},
+                {"at": "2026-12-01T11:00:00Z", "redelivered_by": "ops"},
+            ],
+        }
+    )
+    assert parsed.log == (
+        WebhookAttempt("2026-12-01T10:00:01Z", 500, "answered 500", None),
+        WebhookAttempt("2026-12-01T11:00:00Z", None, None, None, redelivered_by="ops"),
+    )
 
 
 def test_a_loopback_webhook_is_refused_by_default(sq: StylequeueClient) -> None:

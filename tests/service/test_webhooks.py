@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
@@ -297,6 +298,82 @@ def test_a_refused_connection_is_retried_on_schedule_then_given_up_after_24_hour
     [again] = _deliveries(http, key, job_id)
     assert again["state"] == "pending" and again["id"] == given_up["id"]
     assert again["log"][-1]["redelivered_by"] == "op"
+
+
+CSRF_INPUT = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def _log_in(admin: FlaskClient, key: str) -> TestResponse:
+    """POST /admin/login with ``key``, as the login form does."""
+    found = CSRF_INPUT.search(admin.get("/admin/login").text)
+    assert found, "no CSRF token on the login page"
+    return admin.post("/admin/login", data={"key": key, "csrf_token": found[1], "next": "/admin"})
+
+
+def test_an_admin_redelivers_a_failed_delivery_from_admin_and_nobody_else_may(
+    app: Flask,
+    http: FlaskClient,
+    post: Callable[..., TestResponse],
+    client_and_key: tuple[int, str, str],
+    allow_private: None,
+) -> None:
+    _client_id, key, _secret = client_and_key
+    db: Database = app.extensions[EXTENSION_KEY].db
+    job_id = post(webhook=f"http://127.0.0.1:{free_port()}/nobody").json["id"]  # refused
+    with db.session() as session:
+        jobs.cancel_job(session, uuid.UUID(job_id), client_id=None)
+    sender = WebhookSender(db, "test-sender")
+    sender._schedule = (25 * 3600.0,)  # the next wait ends past the 24 hours: given up at once
+    assert _deliver_all(sender) >= 1
+    [failed] = _deliveries(http, key, job_id)
+    assert (failed["state"], failed["attempts"]) == ("failed", 1)
+    route = f"/admin/jobs/{job_id}/webhooks/{failed['id']}/redeliver"
+    as_json = {"Accept": "application/json"}
+
+    # A client's key is no admin login, nor does /admin take it as a bearer key.
+    stranger = app.test_client()
+    refused = _log_in(stranger, key)
+    assert refused.status_code == 403 and "is not an admin key" in refused.text
+    bearer = stranger.post(route, headers={**as_json, "Authorization": f"Bearer {key}"})
+    assert bearer.status_code == 401
+    assert bearer.json["error"]["code"] == "login_required"
+    assert _deliveries(http, key, job_id) == [failed]  # untouched
+
+    with db.session() as session:
+        admin_client, admin_key = create_client(
+            session, f"ops-{uuid.uuid4().hex[:6]}", is_admin=True
+        )
+        admin_name = admin_client.name
+    admin = app.test_client()
+    assert _log_in(admin, admin_key).status_code == 303
+    found = CSRF_INPUT.search(admin.get(f"/admin/jobs/{job_id}").text)
+    assert found, "no CSRF token on the job's page"
+    csrf = {"X-CSRF-Token": found[1]}
+    assert admin.post(route, headers=as_json).status_code == 403  # no CSRF token: refused
+    assert _deliveries(http, key, job_id) == [failed]
+
+    done = admin.post(route, headers=csrf)
+    assert done.status_code == 303
+    assert done.headers["Location"].endswith(f"/admin/jobs/{job_id}#webhooks")
+    [again] = _deliveries(http, key, job_id)
+    assert (again["id"], again["state"], again["attempts"]) == (failed["id"], "pending", 1)
+    assert again["next_attempt_at"] is not None
+    assert again["log"][:-1] == failed["log"]
+    assert again["log"][-1] | {"at": None} == {
+        "at": None,
+        "status_code": None,
+        "error": None,
+        "seconds": None,
+        "redelivered_by": admin_name,
+    }
+
+    unknown = admin.post(
+        f"/admin/jobs/{job_id}/webhooks/msg_{uuid.uuid4().hex}/redeliver",
+        headers={**csrf, **as_json},
+    )
+    assert unknown.status_code == 404 and unknown.mimetype == "application/json"
+    assert unknown.json["error"]["code"] == "delivery_not_found"
+    assert _deliveries(http, key, job_id) == [again]
 
 
 def test_without_allow_private_the_sender_refuses_a_private_address_too(
