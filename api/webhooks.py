@@ -107,7 +107,7 @@ DELIVERY_SCHEMA: dict[str, object] = {
         "state": {
             "type": "string",
             "enum": ["pending", "delivered", "failed"],
-            "description": "failed: given up (24 h after the event without a 2xx).",
+            "description": "failed: given up (the last attempt, 24 h after the event, failed too).",
         },
         "attempts": {"type": "integer", "minimum": 0},
         "created_at": {"type": "string", "format": "date-time"},

@@ -17,8 +17,9 @@ A sender (``worker.webhook_sender``) claims a due delivery with one conditional
 UPDATE (so two never make the same attempt at once), makes the attempt and
 records it under its claim's token (``record_attempt``): delivered on a 2xx,
 else due again after the next wait of the retry schedule (its last wait
-repeated), given up once that would fall more than ``GIVE_UP_SECONDS`` after
-the event (or its redelivery).
+repeated; a wait that would end more than ``GIVE_UP_SECONDS`` after the event, or
+its redelivery, ends then instead: a last attempt), given up when an attempt made
+that late fails too.
 """
 
 from __future__ import annotations
@@ -259,10 +260,11 @@ def record_attempt(
         # The schedule's last wait repeats until the 24 hours are up.
         wait = schedule[min(failures, len(schedule)) - 1]
         next_at = now + timedelta(seconds=wait)
-        if next_at > since + timedelta(seconds=GIVE_UP_SECONDS):
+        last_at = since + timedelta(seconds=GIVE_UP_SECONDS)
+        if now >= last_at:
             values |= {"state": FAILED, "next_attempt_at": None}
-        else:
-            values |= {"next_attempt_at": next_at}
+        else:  # a wait that would end past the 24 hours ends at them: one last attempt
+            values |= {"next_attempt_at": min(next_at, last_at)}
     done = session.execute(
         update(WebhookDelivery)
         .where(WebhookDelivery.id == due.id, WebhookDelivery.claimed_by == due.token)

@@ -41,8 +41,9 @@ PROGRESS_EVERY_SECONDS = 2.0  # one ``progress`` delivery per job at most this o
 ALLOW_PRIVATE_VARIABLE = "STYLEQUEUE_WEBHOOK_ALLOW_PRIVATE"
 RETRY_VARIABLE = "STYLEQUEUE_WEBHOOK_RETRY_SECONDS"
 # The waits after each failed attempt (the first attempt is at once): 5 s, 5 min, 30 min,
-# 2 h, 5 h, 10 h, 10 h, as Standard Webhooks suggests; an attempt due more than
-# GIVE_UP_SECONDS after the event is not made, and the delivery is given up.
+# 2 h, 5 h, 10 h, 10 h, as Standard Webhooks suggests, the last repeated; a wait that would
+# end more than GIVE_UP_SECONDS after the event ends then (a last attempt); an attempt
+# that fails that late gives the delivery up.
 DEFAULT_RETRY_SECONDS = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 GIVE_UP_SECONDS = 24 * 3600.0
 TIMEOUT_SECONDS = 10.0

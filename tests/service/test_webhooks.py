@@ -9,7 +9,7 @@ import json
 import re
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -249,6 +249,10 @@ def test_a_cancel_of_a_queued_job_is_delivered_signed_retried_and_logged(
         receiver.stop()
 
 
+def _at(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
 def _deliver_all(sender: WebhookSender) -> int:
     # Until nothing is due now: the zero waits of the test's schedule make retries due at once.
     made = 0
@@ -280,6 +284,19 @@ def test_a_refused_connection_is_retried_on_schedule_then_given_up_after_24_hour
     assert first["state"] == "pending" and first["attempts"] == 1
     assert "Connect" in first["error"]
     assert sender.deliver_due() == 0  # not due for another 10 minutes
+    # 23 h 55 min after the event, a 10 minute wait is cut to end at the 24 hours.
+    with db.session() as session:
+        session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.job_id == uuid.UUID(job_id))
+            .values(created_at=utcnow() - timedelta(hours=23, minutes=55), next_attempt_at=utcnow())
+        )
+        session.commit()
+    assert sender.deliver_due() >= 1
+    [last] = _deliveries(http, key, job_id)
+    assert last["state"] == "pending" and last["attempts"] == 2
+    wait = _at(last["next_attempt_at"]) - _at(last["last_attempt_at"])
+    assert timedelta(minutes=4) < wait < timedelta(minutes=5, seconds=5), wait
     # The event was a day ago: the next failure gives up, recorded.
     with db.session() as session:
         session.execute(
@@ -290,7 +307,7 @@ def test_a_refused_connection_is_retried_on_schedule_then_given_up_after_24_hour
         session.commit()
     assert sender.deliver_due() >= 1
     [given_up] = _deliveries(http, key, job_id)
-    assert given_up["state"] == "failed" and given_up["attempts"] == 2
+    assert given_up["state"] == "failed" and given_up["attempts"] == 3
     assert given_up["next_attempt_at"] is None
     # A redelivery makes it due again, with the same id.
     with db.session() as session:
