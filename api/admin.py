@@ -74,6 +74,8 @@ def detail_dict(detail: admin.AdminJobDetail, now: datetime) -> dict[str, Any]:
             "updated_at": _timestamp(detail.updated_at),
             "files_deleted": detail.files_deleted,
             "cached_from": None if detail.cached_from is None else str(detail.cached_from),
+            "follows": None if detail.follows is None else str(detail.follows),
+            "followers": [str(job_id) for job_id in detail.followers],
             "events": [
                 {
                     "at": _timestamp(e.at),

@@ -66,6 +66,14 @@ class AdminJobDetailOut(AdminJobOut):
     cached_from: uuid.UUID | None = Field(
         description="The job whose result this one's is a copy of (cached); null otherwise."
     )
+    follows: uuid.UUID | None = Field(
+        default=None,
+        description="The identical job whose run this one shares (the one that ran the "
+        "computation); null when it runs its own.",
+    )
+    followers: list[uuid.UUID] = Field(
+        default_factory=list, description="The jobs that share this job's run, oldest first."
+    )
     events: list[TimelineEventOut]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import uuid
@@ -18,11 +19,12 @@ from api.uploads import (
     check_same_request,
     read_cache_field,
     read_idempotency_key,
+    read_priority_field,
     read_submission,
     replay_digest,
 )
 from api.webhooks import read_webhook_fields
-from shared import job_list, job_store, jobs, submissions
+from shared import follows, job_list, job_store, jobs, submissions
 from shared.admin_reads import files_gone_reason
 from shared.errors import ConflictError, InvalidInputError, NotFoundError
 from shared.job_json import job_dict, job_json
@@ -34,6 +36,7 @@ from shared.models import JobStatus, utcnow
 from shared.pagination import Cursor, parse_limit
 from shared.result_cache import CacheRequest
 from shared.storage import committed_preview, committed_result
+from shared.submissions import enqueue_or_leave_queued
 
 log = logging.getLogger(__name__)
 blueprint = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
@@ -52,6 +55,7 @@ def submit_job() -> Response:
     deadline_at = read_cancel_after(request.headers.get("Cancel-After"))
     form = read_form(request)
     serve_from_cache = read_cache_field(form)
+    priority = read_priority_field(form)
     webhook = read_webhook_fields(form, principal.client_id)
     if key is not None:
         replayed = _replay(principal.client_id, key, replay_digest(form))
@@ -80,6 +84,8 @@ def submit_job() -> Response:
         deadline_at=deadline_at,
         cache=CacheRequest.of(svc.settings, serve=serve_from_cache),
         webhook=webhook,
+        priority=priority,
+        queue_name=svc.settings.redis_prefix,  # the key space its message goes to
         memory_estimate=submission.memory_estimate,
     )
     if not created:
@@ -168,8 +174,14 @@ def _budgets_for(shown: list[JobView]) -> LiveBudgets | None:
 @blueprint.post("/<job_id>/cancel")
 def cancel_job(job_id: str) -> Response:
     principal = current_principal()
-    job = jobs.cancel_job(db_session(), parse_job_id(job_id), client_id=principal.client_id)
+    session = db_session()
+    job = jobs.cancel_job(session, parse_job_id(job_id), client_id=principal.client_id)
     log_cancel_requested(job.id, client_id=principal.client_id, status=job.status.value)
+    if job.status is JobStatus.CANCELED:  # an identical job it led takes the run over
+        svc = services()
+        send = functools.partial(enqueue_or_leave_queued, session, enqueue=svc.publisher.publish)
+        follows.settle_or_leave(session, svc.storage, job.id, send)
+        session.refresh(job)
     return _job_response(JobView.of(job))
 
 
@@ -201,12 +213,13 @@ def get_preview(job_id: str) -> BaseResponse:
     session = read_session()
     job = job_store.get_job(session, parsed, client_id=principal.client_id)
     name = committed_preview(job.preview_file)
-    if job.status is JobStatus.RUNNING and not services().storage.exists(job.id, name):
+    owner = job.follows or job.id  # a follower's preview is its leader's (shared.follows)
+    if job.status is JobStatus.RUNNING and not services().storage.exists(owner, name):
         # The worker replaced the preview between the read of the row and the file's
         # (it removes the one it replaced): the row names the new one now.
         session.refresh(job)
         name = committed_preview(job.preview_file)
-    return _png(job.id, name, "preview.png", missing_code="no_preview")
+    return _png(owner, name, "preview.png", missing_code="no_preview")
 
 
 def _png(

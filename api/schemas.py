@@ -83,6 +83,14 @@ class JobOut(BaseModel):
         "of that job's: succeeded at once, claimed by no worker (attempts 0). Submit with "
         "the form field cache=false to have it computed instead."
     )
+    shared: bool = Field(
+        default=False,
+        description="True when the job shares the run of an identical job (the same inputs, "
+        "parameters, engine version and weights) that was queued or running when it was "
+        "submitted: its progress is that run's, and it ends when that run ends (succeeded "
+        "with a copy of the result, or failed with the same error). Canceling it leaves the "
+        "other job running; canceling the other leaves this one to run the computation.",
+    )
     worker: str | None = Field(description="The worker that ran it last.")
     error: JobErrorInfo | None = Field(description="Why it failed; null unless failed.")
     created_at: datetime
@@ -124,6 +132,7 @@ class JobOut(BaseModel):
             ),
             attempts=job.attempts,
             cached=job.cached,
+            shared=job.follows is not None,
             worker=job.worker,
             error=error,
             created_at=job.created_at,

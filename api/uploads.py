@@ -167,6 +167,46 @@ def read_cache_field(form: Form) -> bool:
     return word == "true"
 
 
+MIN_PRIORITY, MAX_PRIORITY = -10, 10
+
+
+def read_priority_field(form: Form) -> int:
+    """The form field ``priority``: an integer from -10 to 10 (0 when absent) that orders
+    the client's own queued jobs, higher first (``shared.fair_share``)."""
+    bad = f"priority: must be an integer from {MIN_PRIORITY} to {MAX_PRIORITY}"
+    details = {"min": MIN_PRIORITY, "max": MAX_PRIORITY}
+    if "priority" in form.files:
+        raise InvalidInputError(
+            f"{bad}, sent as a text field (not a file)",
+            field="priority",
+            code="invalid_priority",
+            details=details,
+        )
+    values = form.fields.get("priority", [])
+    if not values:
+        return 0
+    if len(values) > 1:
+        raise InvalidInputError(
+            "priority: send one priority field",
+            field="priority",
+            code="invalid_priority",
+            details=details,
+        )
+    text = values[0].strip()
+    try:
+        priority = int(text, 10)
+    except ValueError:
+        priority = None
+    if priority is None or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        raise InvalidInputError(
+            f"{bad}, got {values[0][:40]!r}",
+            field="priority",
+            code="invalid_priority",
+            details=details,
+        )
+    return priority
+
+
 def _params_texts(form: Form) -> list[str]:
     """The ``params`` parts' text: a text field, or a file part (``curl -F params=@p.json``)."""
     texts = list(form.fields.get("params", []))

@@ -96,6 +96,10 @@ class AdminJobDetail:
     files_deleted: bool  # a files_deleted event exists (retention or an admin)
     events: list[TimelineEvent]  # oldest first
     cached_from: uuid.UUID | None = None  # the job its result was copied from (result cache)
+    # In-flight sharing (shared.follows): the job whose run it shares (which computed it),
+    # and the jobs that share this one's run.
+    follows: uuid.UUID | None = None
+    followers: tuple[uuid.UUID, ...] = ()
 
 
 def list_jobs(
@@ -329,4 +333,8 @@ def job_detail(
         files_deleted=any(e.kind == EventKind.FILES_DELETED for e in events),
         events=events,
         cached_from=job.cached_from,
+        follows=job.follows,
+        followers=tuple(
+            session.scalars(select(Job.id).where(Job.follows == job_id).order_by(Job.created_at))
+        ),
     )

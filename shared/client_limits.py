@@ -179,6 +179,12 @@ def running_slot_condition(
             .where(Job.id == job_id)
             .with_for_update(of=ApiClient, key_share=True)
         )
+    return slot_free(default_max_running=default_max_running, now=now)
+
+
+def slot_free(*, default_max_running: int, now: datetime) -> ColumnElement[bool]:
+    """The condition, on a ``Job`` row, that its client has a running slot free (or no
+    running limit); no lock: for the fair order's choice of candidates to claim."""
     own = select(ApiClient.max_running).where(ApiClient.id == Job.client_id).scalar_subquery()
     limit = func.coalesce(own, default_max_running)
     other = aliased(Job)

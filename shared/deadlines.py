@@ -34,12 +34,14 @@ def deadline_error(deadline_at: datetime | None) -> dict[str, Any]:
 
 
 def past_deadline_unheld(now: datetime) -> ColumnElement[bool]:
-    """Past its deadline and held by no worker: queued, or running under a lease that ran out."""
+    """Past its deadline and held by no worker: queued, or running under a lease that ran out,
+    or a follower showing its leader's running (``shared.follows``: no worker holds it)."""
     return and_(
         Job.deadline_at <= now,
         or_(
             Job.status == JobStatus.QUEUED,
             and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now),
+            and_(Job.status == JobStatus.RUNNING, Job.follows.is_not(None)),
         ),
     )
 
@@ -52,15 +54,20 @@ def cancel_past_deadline(session: Session, job_id: uuid.UUID) -> bool:
     """
     now = utcnow()
     row = session.execute(
-        select(Job.status, Job.deadline_at).where(Job.id == job_id, past_deadline_unheld(now))
+        select(Job.status, Job.deadline_at, Job.follows).where(
+            Job.id == job_id, past_deadline_unheld(now)
+        )
     ).one_or_none()
     session.rollback()
     if row is None:
         return False
-    status, deadline = row
+    status, deadline, leader = row
     transition = TRANSITIONS.cancel_queued
     where: list[ColumnElement[bool]] = [Job.deadline_at <= now]
-    if status is JobStatus.RUNNING:
+    if status is JobStatus.RUNNING and leader is not None:  # its leader goes on
+        transition = TRANSITIONS.cancel_follower
+        where.append(Job.follows == leader)
+    elif status is JobStatus.RUNNING:
         transition = TRANSITIONS.cancel_running
         where.append(Job.lease_expires_at < now)
     values = deadline_error(deadline)

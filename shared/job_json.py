@@ -50,6 +50,7 @@ def job_dict(
         },
         "attempts": job.attempts,
         "cached": job.cached,
+        "shared": job.follows is not None,
         "worker": job.worker,
         "error": (
             None

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from shared.db import Database
 from shared.errors import LeaseLostError, NotFoundError
+from shared.follow_progress import copy_to_followers
 from shared.job_changes import job_changed
 from shared.job_view import JOB_VIEW_COLUMNS, JOB_VIEW_FIELDS, JobView
 from shared.models import EventKind, Job, JobEvent, JobStatus, Transition
@@ -145,6 +146,7 @@ def guarded_update(
     lease: Lease | None = None,
     returning: Sequence[Any] = (),
     webhook: str | None = None,
+    also: Callable[[Session], None] | None = None,
 ) -> tuple[Any, ...] | None:
     """Change job ``job_id`` with one conditional UPDATE; if it matched, add its event and commit.
 
@@ -156,7 +158,8 @@ def guarded_update(
     is rolled back and changes nothing. The event's attempt is ``attempt``
     (None: the row's attempt number after the update). Returns the row's
     ``attempts`` followed by the ``returning`` columns. The change's webhook delivery
-    (``webhook``, else the transition's event: ``shared.webhook_outbox``) is committed with it.
+    (``webhook``, else the transition's event: ``shared.webhook_outbox``) is committed with it;
+    so is what ``also`` writes (called after a matching UPDATE).
     """
     conditions = [Job.id == job_id, *where]
     if transition is not None:
@@ -187,8 +190,17 @@ def guarded_update(
     hook_event = webhook or event_of(transition)
     if hook_event is not None:
         record_change(session, job_id, hook_event)
+    if also is not None:
+        also(session)
+    # A change of its status or progress is its followers' too (shared.follow_progress),
+    # and so are its start and progress webhooks.
+    followers = copy_to_followers(session, job_id, values)
+    if hook_event is not None:
+        for follower in followers:
+            record_change(session, follower, hook_event)
     session.commit()
-    job_changed(job_id)  # a hint for the API's event streams; never raises
+    for changed in (job_id, *followers):
+        job_changed(changed)  # a hint for the API's event streams; never raises
     return tuple(row)
 
 
@@ -204,7 +216,7 @@ _NOTHING_YET: dict[str, Any] = {
     "checkpoint_file": None,
     "cached_from": None,
 }
-_GIVEN = ("idempotency_key", "request_digest", "updated_at", "cache_key")
+_GIVEN = ("idempotency_key", "request_digest", "updated_at", "cache_key", "queue_name")
 # Every column, so that the row is known without reading it back.
 _JOB_COLUMNS = tuple(column.name for column in _JOBS.columns)
 _EVENT_COLUMNS = tuple(column.name for column in _EVENTS.columns if not column.primary_key)
@@ -231,6 +243,7 @@ def insert_job(
     request_digest: str | None,
     db: Database | None = None,
     cache_key: str | None = None,
+    queue_name: str = "",
     copied: CopiedResult | None = None,
     webhook: WebhookRequest | None = None,
 ) -> None:
@@ -238,7 +251,8 @@ def insert_job(
 
     ``copied``: the job is born finished, with a result copied from another job
     (``shared.result_cache``): the row names that file and that job, and its
-    ``succeeded`` event, with ``copied.event_data``, is committed with it.
+    ``succeeded`` event, with ``copied.event_data``, is committed with it. A job that
+    ``follows`` another has a ``following`` event, its leader a ``followed_by`` one.
 
     With ``db`` (the process's ``Database``) on its fastest path; else, and on
     SQLite, through ``session`` (rolled back by the caller on an error). ``webhook``: the
@@ -252,12 +266,20 @@ def insert_job(
         "request_digest": request_digest,
         "updated_at": job.created_at,
         "cache_key": cache_key,
+        "queue_name": queue_name,  # the broker key space of its message (shared.fair_share)
     }
     created = _event(job.id, EventKind.CREATED, job.created_at, {})
     events = [created]
     if copied is not None:
         row |= {"result_file": copied.result_file, "cached_from": copied.source}
         events.append(_event(job.id, EventKind.SUCCEEDED, job.finished_at, copied.event_data))
+    if job.follows is not None:  # it shares a run (shared.follows): on both timelines
+        events.append(
+            _event(job.id, EventKind.FOLLOWING, job.created_at, {"leader": str(job.follows)})
+        )
+        events.append(
+            _event(job.follows, EventKind.FOLLOWED_BY, job.created_at, {"follower": str(job.id)})
+        )
     hooks = (
         []
         if webhook is None

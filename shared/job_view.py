@@ -46,6 +46,10 @@ class JobView:
     # What its inputs may do badly, found at submit: {"code", "message"} each
     # (shared.input_warnings); empty when all is well.
     warnings: list[dict[str, str]]
+    # Its order among its client's queued jobs (-10..10, higher first; shared.fair_share).
+    priority: int
+    # The identical job whose run it shares (shared.follows); None: it runs its own.
+    follows: uuid.UUID | None
     # Its estimated peak device memory, bytes (shared.memory_estimate); None: not estimated.
     memory_estimate: int | None
 

@@ -22,7 +22,7 @@ with an error of its own, for the reconciler's sweep and the claim to call.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -70,7 +70,8 @@ def cancel_job(
     client_id: int | None,
     by: dict[str, Any] | None = None,
 ) -> Job:
-    """Cancel a job; idempotent. Queued: canceled at once. Running: the worker is told to stop.
+    """Cancel a job; idempotent. Queued: canceled at once. Running: the worker is told to stop
+    (a follower, which no worker runs, is canceled at once; its leader goes on).
 
     A finished job is returned unchanged. ``by``: who asked, when not the job's
     client (an admin's name and client id), for the event's data.
@@ -85,6 +86,15 @@ def cancel_job(
         transition=TRANSITIONS.cancel_queued,
         data={"while": "queued", **(by or {})},
     )
+    if canceled is None:  # a follower shows its leader's running: it ends alone, at once
+        canceled = guarded_update(
+            session,
+            job_id,
+            [Job.follows.is_not(None)],
+            {"finished_at": now, "updated_at": now, "eta_seconds": None},
+            transition=TRANSITIONS.cancel_follower,
+            data={"while": "running", **(by or {})},
+        )
     if canceled is None:
         guarded_update(
             session,
@@ -175,6 +185,7 @@ def claim_job(
     hostname: str | None = None,
     max_running: int = 0,
     memory_budget: int | None = None,
+    on_claim: Callable[[Session], None] | None = None,
 ) -> Claim | None:
     """Take a queued job (or one whose lease expired) for ``worker``; None if it is not claimable.
 
@@ -190,7 +201,8 @@ def claim_job(
     (``shared.client_limits``; ``max_running``: the default for a client without
     its own; 0: none): it stays queued. Nor one whose memory estimate is over
     ``memory_budget``, the worker's (``fits_memory``; None: any fits). A job past its deadline is canceled
-    (``deadline_exceeded``) instead of claimed.
+    (``deadline_exceeded``) instead of claimed. What ``on_claim`` writes is committed
+    with the claim (the fair order's tag, ``shared.fair_share``).
     """
     now = utcnow()
     conditions = [claimable(now), or_(Job.deadline_at.is_(None), Job.deadline_at > now)]
@@ -227,6 +239,7 @@ def claim_job(
             Job.deadline_at,
             Job.memory_estimate,
         ),
+        also=on_claim,
     )
     if claimed is None:
         cancel_past_deadline(session, job_id)
@@ -254,10 +267,14 @@ def fits_memory(budget: int | None) -> ColumnElement[bool]:
 
 
 def claimable(now: datetime) -> ColumnElement[bool]:
-    """Queued, or running under a lease that ran out (its worker died or was cut off)."""
-    return or_(
-        Job.status == JobStatus.QUEUED,
-        and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now),
+    """Queued, or running under a lease that ran out (its worker died or was cut off); never
+    a follower (it shares another job's run: ``shared.follows``)."""
+    return and_(
+        Job.follows.is_(None),
+        or_(
+            Job.status == JobStatus.QUEUED,
+            and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now),
+        ),
     )
 
 

@@ -73,6 +73,11 @@ class JobStatus(enum.StrEnum):
     A claim and a give-up also take a running job whose lease ran out (its
     worker died or was cut off). Running, a job's worker renews its lease and
     may learn that a cancel was requested; neither changes the status.
+
+    A follower (``jobs.follows``: an identical job's run it shares, ``shared.follows``)
+    is never claimed: its status follows its leader's between queued and running, with
+    no event; it ends with its leader (follower finish / fail), alone when canceled
+    running (cancel follower), or becomes a leader itself (promote: queued).
     """
 
     QUEUED = "queued"
@@ -106,6 +111,9 @@ class EventKind(enum.StrEnum):
     RELEASED = "released"
     WORKER_LOST = "worker_lost"
     RETRIED = "retried"  # an admin queued a failed or canceled job again
+    FOLLOWING = "following"  # it shares the run of an identical job (shared.follows)
+    FOLLOWED_BY = "followed_by"  # an identical job shares its run
+    PROMOTED = "promoted"  # its leader was canceled: it runs the computation itself now
 
 
 class Transition(NamedTuple):
@@ -128,6 +136,10 @@ class Transitions(NamedTuple):
     cancel_queued: Transition
     give_up: Transition  # its workers died too often (a running one only once its lease ran out)
     retry: Transition  # an admin queues it again
+    follower_finish: Transition  # its leader succeeded: a copy of the result
+    follower_fail: Transition  # its leader failed: the same error
+    cancel_follower: Transition  # a follower canceled while its leader runs
+    promote: Transition  # its leader was canceled: a follower queued to run it
 
 
 _Q, _R = JobStatus.QUEUED, JobStatus.RUNNING
@@ -140,6 +152,10 @@ TRANSITIONS = Transitions(
     cancel_queued=Transition((_Q,), JobStatus.CANCELED, EventKind.CANCELED),
     give_up=Transition((_Q, _R), JobStatus.FAILED, EventKind.FAILED),
     retry=Transition((JobStatus.FAILED, JobStatus.CANCELED), _Q, EventKind.RETRIED),
+    follower_finish=Transition((_Q, _R), JobStatus.SUCCEEDED, EventKind.SUCCEEDED),
+    follower_fail=Transition((_Q, _R), JobStatus.FAILED, EventKind.FAILED),
+    cancel_follower=Transition((_Q, _R), JobStatus.CANCELED, EventKind.CANCELED),
+    promote=Transition((_Q, _R), _Q, EventKind.PROMOTED),
 )
 RETRYABLE_STATUSES = TRANSITIONS.retry.sources
 
@@ -194,8 +210,10 @@ class ApiClient(Base):
     rate_burst: Mapped[int | None] = mapped_column(Integer)  # submits at once
     max_queued: Mapped[int | None] = mapped_column(Integer)
     max_running: Mapped[int | None] = mapped_column(Integer)
-    # Its share of the workers when they are scarce (stored for a fair-share dispatch).
+    # Its share of the workers when they are scarce (shared.fair_share).
     weight: Mapped[float] = mapped_column(Float, default=1.0, server_default="1")
+    # The virtual start time of its latest started job in the fair order (None: none yet).
+    fair_tag: Mapped[float | None] = mapped_column(Float)
     # Signs its webhooks (shared.webhooks): "whsec_" + base64; None until made (rotate).
     webhook_secret: Mapped[str | None] = mapped_column(String(WEBHOOK_SECRET_LENGTH))
 
@@ -220,6 +238,18 @@ class Job(Base):
         Index("ix_jobs_cache_key", "cache_key", "status", "created_at"),
         # A client's queued and running jobs, counted against its limits.
         Index("ix_jobs_client_status", "client_id", "status"),
+        # A leader's followers (shared.follows), found at each change of its progress.
+        Index("ix_jobs_follows", "follows"),
+        # A client's next job in its own order (shared.fair_share): priority, then age.
+        Index(
+            "ix_jobs_client_fair",
+            "client_id",
+            "status",
+            "queue_name",
+            "priority",
+            "created_at",
+            "id",
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -275,6 +305,14 @@ class Job(Base):
     warnings: Mapped[list[dict[str, str]]] = mapped_column(
         JSONType, default=list, server_default="[]"
     )
+    # In-flight sharing (shared.follows): the identical job whose run this one shares
+    # (its leader); None for a job that runs its own (and once promoted).
+    follows: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    # The submit's priority (-10..10): orders the client's own queued jobs, higher first.
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The broker key space its message went to (STYLEQUEUE_REDIS_PREFIX): a worker picks
+    # the next job among those of its own (shared.fair_share); "" for rows from before.
+    queue_name: Mapped[str] = mapped_column(String(128), default="", server_default="")
 
 
 class JobEvent(Base):

@@ -38,7 +38,8 @@ def requeue_stale_jobs(
     now = utcnow()
     cutoff = now - timedelta(seconds=older_than_seconds)
     stale_condition = or_(
-        and_(Job.status == JobStatus.QUEUED, Job.updated_at < cutoff),
+        # A follower is never sent: its leader's end settles it (shared.follows).
+        and_(Job.status == JobStatus.QUEUED, Job.updated_at < cutoff, Job.follows.is_(None)),
         and_(
             Job.status == JobStatus.RUNNING,
             Job.lease_expires_at < now,

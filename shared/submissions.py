@@ -8,6 +8,8 @@ sends it later). A retry enqueues through it too.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import uuid
 from collections.abc import Callable, Sequence
@@ -16,7 +18,7 @@ from datetime import datetime
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from shared import result_cache
+from shared import follows, result_cache
 from shared.db import CommitOutcomeUnknownError, Database
 from shared.job_store import find_by_idempotency_key, insert_job
 from shared.job_view import JobView
@@ -46,6 +48,8 @@ def create_job(
     warnings: Sequence[dict[str, str]] = (),
     cache: result_cache.CacheRequest | None = None,
     webhook: WebhookRequest | None = None,
+    priority: int = 0,
+    queue_name: str = "",
     memory_estimate: int | None = None,
 ) -> tuple[JobView, bool]:
     """Store a validated job durably, then enqueue its id. Returns (job, created).
@@ -62,7 +66,8 @@ def create_job(
     ``cache``: the job's result cache key is stored with it, and unless
     ``cache.serve`` is false an exact repeat of an earlier succeeded job is created
     succeeded at once, from that job's result, and sent to no worker
-    (``shared.result_cache``); None: no key, no lookup. ``webhook``: committed with the
+    (``shared.result_cache``); None: no key, no lookup. Not served, a job identical to
+    one queued or running follows it instead of being sent (``shared.follows``). ``webhook``: committed with the
     row (``shared.webhooks``).
     """
     if idempotency_key is not None:
@@ -91,6 +96,8 @@ def create_job(
         cached=False,
         deadline_at=deadline_at,
         warnings=list(warnings),
+        follows=None,
+        priority=priority,  # its order among the client's queued jobs (shared.fair_share)
         memory_estimate=memory_estimate,  # claimed only by a worker it fits (shared.memory_estimate)
     )
     files = {CONTENT_FILE: content} | {style_file(i): data for i, data in enumerate(styles)}
@@ -115,6 +122,13 @@ def create_job(
                 return _job_of_key(session, client_id, idempotency_key, exc), False
             if cached is not None:
                 return cached, True
+            # An identical job queued or running: this one shares its run (shared.follows).
+            leader = follows.find_leader(
+                session, key, client_id if cache.scope == "client" else None
+            )
+            session.rollback()
+            if leader is not None:
+                job = dataclasses.replace(job, follows=leader)
     try:
         storage.put_many(job.id, files)
         insert_job(
@@ -125,6 +139,7 @@ def create_job(
             db=db,
             cache_key=key,
             webhook=webhook,
+            queue_name=queue_name,
         )
     except IntegrityError as exc:
         session.rollback()
@@ -139,7 +154,13 @@ def create_job(
         _rollback_quietly(session)
         storage.delete_job_files(job.id)
         raise
-    enqueue_or_leave_queued(session, job.id, enqueue)
+    if job.follows is None:
+        enqueue_or_leave_queued(session, job.id, enqueue)
+    elif not follows.is_live(session, job.follows):
+        # Its leader ended between the lookup and the commit: settled now, not at the
+        # reconciler's next run (its own settle may have run before this row was in).
+        send = functools.partial(enqueue_or_leave_queued, session, enqueue=enqueue)
+        follows.settle_or_leave(session, storage, job.follows, send)
     return job, True
 
 

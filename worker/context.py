@@ -9,6 +9,7 @@ import os
 import socket
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -40,6 +41,9 @@ class WorkerContext:
     # Set when the worker is asked to shut down (SIGTERM): a running job
     # checkpoints and goes back to the queue instead of holding up the shutdown.
     shutting_down: threading.Event = field(default_factory=threading.Event)
+    # Sends a job's id to the workers (a follower promoted when its leader is canceled);
+    # None: left for the reconciler to send.
+    enqueue: Callable[[uuid.UUID], None] | None = None
     _network: Network | None = field(default=None, repr=False)
     _registry: WorkerRegistry | None = field(default=None, repr=False)
     _style_cache: StyleCache | None = field(default=None, repr=False)

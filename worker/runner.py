@@ -21,7 +21,7 @@ from typing import assert_never
 import torch
 from sqlalchemy.orm import Session
 
-from shared import jobs, leases
+from shared import fair_share, jobs, leases
 from shared.errors import ClientError, EngineError, LeaseLostError, NotFoundError, StorageError
 from shared.images import decode_image
 from shared.jobs import Claim
@@ -48,6 +48,7 @@ from worker.engine import (
 )
 from worker.engine.errors import CheckpointCorruptError, CheckpointIncompatibleError
 from worker.engine.style_cache import StyleTargets
+from worker.followers import settle_after
 from worker.lease import LeaseKeeper
 from worker.reporter import JobReporter, StopReason
 
@@ -73,8 +74,14 @@ class Outcome(StrEnum):
     DEFERRED = "deferred"
 
 
-def run_job(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
-    """Run one delivery of a job's message to its end. Never raises for a job's own failure."""
+def run_job(
+    ctx: WorkerContext, job_id: uuid.UUID, claimed: list[uuid.UUID] | None = None
+) -> Outcome:
+    """Run one delivery of a job's message to its end. Never raises for a job's own failure.
+
+    The job run is the first of the fair order (``shared.fair_share``), which need not
+    be ``job_id``: its id is appended to ``claimed``.
+    """
     with ctx.db.session() as session:
         max_attempts = ctx.settings.max_attempts
         try:
@@ -82,7 +89,7 @@ def run_job(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
             # message in hand, unacknowledged, rather than drop the message.
             claim = retry_while_unavailable(
                 session,
-                lambda: jobs.claim_job(
+                lambda: fair_share.claim_next(
                     session,
                     job_id,
                     worker=ctx.name,
@@ -91,6 +98,7 @@ def run_job(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
                     pid=ctx.pid,
                     hostname=ctx.hostname,
                     max_running=ctx.settings.max_running,
+                    queue_name=ctx.settings.redis_prefix,
                     memory_budget=ctx.memory_budget(),
                 ),
                 what=f"claim job {job_id}",
@@ -108,6 +116,7 @@ def run_job(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
             if exhausted is not None:
                 ctx.storage.delete_checkpoints(job_id)  # a failed job is never resumed
                 log_too_many_attempts(exhausted, worker=ctx.name)
+                settle_after(ctx, session, job_id)
                 return Outcome.FAILED
             log.info(
                 "job %s is not claimable (running elsewhere, finished or unknown)",
@@ -115,6 +124,9 @@ def run_job(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
                 extra=job_event(Outcome.SKIPPED, job_id, worker=ctx.name),
             )
             return Outcome.SKIPPED
+        job_id = claim.job_id
+        if claimed is not None:
+            claimed.append(job_id)
         reporter = JobReporter(ctx, session, claim)
         log.info(
             "job %s claimed by %s (pool process %d), attempt %d",
@@ -188,6 +200,7 @@ def _run_claimed(
         reporter.forget_own(result, exc)
         raise
     ctx.storage.delete_checkpoints(claim.job_id)
+    settle_after(ctx, session, claim.job_id)  # its followers: a copy of the result each
     ctx.log_style_cache(claim.job_id, targets, reporter.event("style_cache"))
     log.info("job %s succeeded", claim.job_id, extra=reporter.event(EventKind.SUCCEEDED))
     return Outcome.SUCCEEDED
@@ -233,6 +246,8 @@ def _cancel(
         "record the cancel",
         lambda: jobs.cancel_running_job(session, claim, iteration=stopped_at, deadline_passed=late),
     )
+    # A follower takes the run over from where it stopped.
+    settle_after(ctx, session, claim.job_id, checkpoint=lambda: (stopped_at, state.to_bytes()))
     ctx.storage.delete_checkpoints(claim.job_id)
     log.info(
         "job %s canceled at iteration %d",
@@ -363,6 +378,7 @@ def _fail(
         lambda: jobs.fail_job(session, claim, code=code, message=message, progress=progress),
     )
     ctx.storage.delete_checkpoints(claim.job_id)  # a failed job is never resumed
+    settle_after(ctx, session, claim.job_id)  # its followers fail with it
     log.info(
         "job %s failed: %s: %s",
         claim.job_id,

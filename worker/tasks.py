@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -21,7 +22,7 @@ from celery.signals import (
 )
 from celery.worker.request import Request
 
-from shared import client_limits, leases, reconciler
+from shared import client_limits, fair_share, follows, leases, reconciler
 from shared.celery_app import (
     RECONCILE_TASK,
     RUN_JOB_TASK,
@@ -35,6 +36,7 @@ from shared.job_changes import publish_changes_to
 from shared.logging import configure_logging, job_event
 from shared.models import EventKind, utcnow
 from worker.attempts import log_too_many_attempts
+from worker.memory_pass_on import pass_on_too_big
 from worker.webhook_sender import start_sender
 
 if TYPE_CHECKING:
@@ -60,6 +62,8 @@ def _worker_context(settings_app: Celery, node_name: str | None = None) -> Worke
     if _context is None:
         settings = settings_of(settings_app)
         _context = make_context(settings, node_name or _node_name)
+        # A follower promoted when its leader is canceled here is sent from here.
+        _context.enqueue = functools.partial(enqueue_job, settings_app)
         # The API's event streams hear of this process's changes of its jobs' rows.
         publish_changes_to(settings)
         # Its webhook sender delivers the outbox beside the jobs (worker.webhook_sender).
@@ -201,9 +205,14 @@ def _end_lease_of_dead_process(app: Celery, args: Any, worker: str, pid: int) ->
         db = Database(settings_of(app).database_url)
         try:
             with db.session() as session:
-                attempt = leases.expire_lease_of_dead_worker(
-                    session, job_id, worker=worker, pid=pid, hostname=hostname
-                )
+                # The message's job, or (the fair order chose another) one this worker holds.
+                for held in [job_id, *fair_share.jobs_leased_by(session, worker)]:
+                    attempt = leases.expire_lease_of_dead_worker(
+                        session, held, worker=worker, pid=pid, hostname=hostname
+                    )
+                    if attempt is not None:
+                        job_id = held
+                        break
         finally:
             db.dispose()
     except Exception:  # the reconciler recovers the job once the lease runs out
@@ -284,13 +293,17 @@ def run_job(self: Task, job_id: str) -> str:
     ctx = _worker_context(self.app, self.request.hostname)
     _check_node_name(ctx, self.request.hostname)
     _running_job = True
+    claimed: list[uuid.UUID] = []  # the job the fair order chose (not always the message's)
     try:
-        outcome = run(ctx, parsed)
+        outcome = run(ctx, parsed, claimed)
     finally:
         _running_job = False
+    parsed = claimed[0] if claimed else parsed
     if outcome is not Outcome.SKIPPED:
         # One of its client's jobs ended or was handed back: a slot may be free.
         _offer_waiting_jobs(self.app, ctx, parsed)
+    else:  # nothing this worker fits: a job too big for it goes to one it fits
+        pass_on_too_big(self.app, ctx)
     if outcome is Outcome.RELEASED:
         # This worker consumes no more; another one (or this one restarted) takes it.
         # Should the broker be gone too, the reconciler re-enqueues the queued job.
@@ -352,6 +365,9 @@ def reconcile(self: Task) -> int:
                 session, storage, max_attempts=settings.max_attempts
             )
             past_deadline = reconciler.cancel_jobs_past_deadline(session, storage)
+            # Followers whose leader ended without settling them (a crash in between).
+            for promoted in follows.settle_orphaned_followers(session, storage):
+                enqueue_job(self.app, promoted)
             requeued = reconciler.requeue_stale_jobs(
                 session,
                 older_than_seconds=0 if keys_lost else settings.requeue_after_seconds,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 from collections.abc import Callable
 from typing import Any
@@ -16,13 +17,17 @@ from flask.testing import FlaskClient
 def submit(http: FlaskClient, image_bytes: Callable[[str], bytes]) -> Submit:
     """POST /v1/jobs as ``key`` (tubingen + starry_night); returns the new job's id."""
 
+    seeds = itertools.count(1)
+
     def post(key: str, params: dict[str, Any] | None = None) -> str:
+        # A seed of its own unless told: no two are identical jobs (which share one run).
+        chosen = params or {**TINY_PARAMS, "seed": next(seeds)}
         response = http.post(
             "/v1/jobs",
             data={
                 "content": (io.BytesIO(image_bytes("tubingen")), "content.png"),
                 "style": [(io.BytesIO(image_bytes("starry_night")), "style.png")],
-                "params": json.dumps(params or TINY_PARAMS),
+                "params": json.dumps(chosen),
             },
             headers={"Authorization": f"Bearer {key}"},
             content_type="multipart/form-data",

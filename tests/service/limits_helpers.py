@@ -4,6 +4,7 @@ of its own, in a Redis key space of its own, and what a submit left behind."""
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import secrets
 from collections.abc import Iterator
@@ -67,13 +68,17 @@ def new_client(app: Flask, **limits: Any) -> tuple[int, dict[str, str]]:
         return client.id, {"Authorization": f"Bearer {key}"}
 
 
+_SEEDS = itertools.count(1)
+
+
 def post_job(
     app: Flask, auth: dict[str, str], headers: dict[str, str] | None = None
 ) -> TestResponse:
     data: dict[str, Any] = {
         "content": (io.BytesIO((DATA / "tubingen.png").read_bytes()), "content.png"),
         "style": [(io.BytesIO((DATA / "starry_night.png").read_bytes()), "style.png")],
-        "params": json.dumps(TINY),
+        # A seed of its own: no two are identical jobs (which would share one run).
+        "params": json.dumps({**TINY, "seed": next(_SEEDS)}),
     }
     return app.test_client().post(
         "/v1/jobs",

@@ -21,6 +21,7 @@ from werkzeug.test import TestResponse
 from api.services import EXTENSION_KEY
 from shared.auth import create_client
 from shared.params import MAX_STYLES
+from tests.service.conftest import TINY_PARAMS
 
 MAX_UPLOAD_BYTES = 256 * 1024  # tests/conftest.py's service_env
 MAX_IMAGE_PIXELS = 1_000_000
@@ -483,8 +484,9 @@ CASES = [
 
 @pytest.fixture
 def existing_job(submit: Any) -> str:
-    """A queued job of the caller (for the cases that need one), made before counting."""
-    response = submit()
+    """A queued job of the caller (for the cases that need one), made before counting; not
+    identical to the good submit (which would share its run and send no message)."""
+    response = submit(params={**TINY_PARAMS, "seed": 7})
     assert response.status_code == 202
     job_id: str = response.json["id"]
     return job_id

@@ -22,6 +22,7 @@ JOB_KEYS = {
     "progress",
     "attempts",
     "cached",
+    "shared",
     "worker",
     "error",
     "created_at",

@@ -41,6 +41,8 @@ QUEUED = JobView(
     cached=False,
     deadline_at=None,
     warnings=[],
+    priority=0,
+    follows=None,
     memory_estimate=None,
 )
 RUNNING = replace(

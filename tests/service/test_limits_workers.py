@@ -74,7 +74,9 @@ def _form(params: dict[str, Any]) -> dict[str, Any]:
     return {
         "content": (io.BytesIO((DATA / "tubingen.png").read_bytes()), "content.png"),
         "style": [(io.BytesIO((DATA / "starry_night.png").read_bytes()), "style.png")],
+        # Computed, each: two identical queued jobs would share one run (in-flight sharing).
         "params": json.dumps(params),
+        "cache": "false",
     }
 
 
