@@ -15,14 +15,15 @@ from typing import Any
 from flask import Blueprint, Response, request
 
 from api.auth import current_principal
-from api.services import db_session, read_session, services
+from api.services import db_session, queue_snapshot, read_session, services
 from shared import admin, admin_actions, admin_filters, admin_reads
 from shared.admin_actions import Operator
 from shared.errors import ForbiddenError
 from shared.job_json import _timestamp, job_dict
 from shared.job_store import parse_job_id
 from shared.memory_fit import LiveBudgets, live_budgets
-from shared.models import utcnow
+from shared.models import JobStatus, utcnow
+from shared.queue_position import QueueSnapshot
 from shared.stats import job_stats
 
 blueprint = Blueprint("admin_api", __name__, url_prefix="/v1/admin")
@@ -46,12 +47,16 @@ def _json(body: Any, status: int = 200) -> Response:
 
 
 def admin_job_dict(
-    job: admin.AdminJob, now: datetime, budgets: LiveBudgets | None = None
+    job: admin.AdminJob,
+    now: datetime,
+    budgets: LiveBudgets | None = None,
+    queue: QueueSnapshot | None = None,
 ) -> dict[str, Any]:
     """A job as the client API shows it, plus ``client`` (id and name) and admin URLs.
 
-    ``budgets``: the live workers' (``shared.memory_fit``), for ``memory.fits_no_worker``."""
-    body = job_dict(job, now, budgets)
+    ``budgets``: the live workers' (``shared.memory_fit``), for ``memory.fits_no_worker``;
+    ``queue``: the fair order's snapshot, for a queued job's place."""
+    body = job_dict(job, now, budgets, queue)
     body["client"] = {"id": job.client_id, "name": job.client_name}
     base = f"/v1/admin/jobs/{job.id}"
     body["admin_urls"] = {
@@ -64,7 +69,9 @@ def admin_job_dict(
 
 
 def detail_dict(detail: admin.AdminJobDetail, now: datetime) -> dict[str, Any]:
-    body = admin_job_dict(detail.job, now, live_budgets(read_session()))
+    queued = detail.job.status is JobStatus.QUEUED
+    queue = queue_snapshot(read_session(), detail.job.created_at) if queued else None
+    body = admin_job_dict(detail.job, now, live_budgets(read_session()), queue)
     body.update(
         {
             "n_styles": detail.job.n_styles,
@@ -114,9 +121,11 @@ def list_jobs() -> Response:
     page = admin.list_jobs(read_session(), query.filters, limit=query.limit, cursor=query.cursor)
     now = utcnow()
     budgets = live_budgets(read_session())
+    queued = [j.created_at for j in page.items if j.status is JobStatus.QUEUED]
+    queue = queue_snapshot(read_session(), max(queued)) if queued else None
     return _json(
         {
-            "jobs": [admin_job_dict(j, now, budgets) for j in page.items],
+            "jobs": [admin_job_dict(j, now, budgets, queue) for j in page.items],
             "next_cursor": page.next_cursor,
         }
     )

@@ -14,7 +14,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from api.auth import current_principal
 from api.limits import check_submit_limits, quota_headers, read_cancel_after
 from api.multipart import read_form
-from api.services import db_session, read_session, services
+from api.services import db_session, queue_snapshot, read_session, services
 from api.uploads import (
     check_same_request,
     read_cache_field,
@@ -34,6 +34,7 @@ from shared.logging import log_cancel_requested, log_job_created
 from shared.memory_fit import LiveBudgets, live_budgets
 from shared.models import JobStatus, utcnow
 from shared.pagination import Cursor, parse_limit
+from shared.queue_position import QueueSnapshot
 from shared.result_cache import CacheRequest
 from shared.storage import committed_preview, committed_result
 from shared.submissions import enqueue_or_leave_queued
@@ -42,8 +43,15 @@ log = logging.getLogger(__name__)
 blueprint = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
 
-def _job_response(job: JobView, status: int = 200, budgets: LiveBudgets | None = None) -> Response:
-    return Response(job_json(job, budgets=budgets), status=status, mimetype="application/json")
+def _job_response(
+    job: JobView,
+    status: int = 200,
+    budgets: LiveBudgets | None = None,
+    queue: QueueSnapshot | None = None,
+) -> Response:
+    return Response(
+        job_json(job, budgets=budgets, queue=queue), status=status, mimetype="application/json"
+    )
 
 
 @blueprint.post("")
@@ -93,6 +101,7 @@ def submit_job() -> Response:
         replayed = _replay(principal.client_id, key, digest) if key is not None else None
         return _replayed(job) if replayed is None else replayed
     log_job_created(job.id, client_id=principal.client_id, n_styles=len(submission.styles))
+    # No queue place: the submit stays as cheap as it was (the next poll has it).
     response = _job_response(job, 202, _budgets_for([job]))
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     response.headers.update(quota_headers(quota))
@@ -119,7 +128,7 @@ def _replayed(job: JobView) -> Response:
             services().publisher.publish(job.id)
         except RedisError as exc:
             log.warning("job %s: could not re-send it on a replay (%s)", job.id, exc)
-    response = _job_response(job, 200)
+    response = _job_response(job, 200, queue=_queue_for([job]))
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     response.headers["Idempotent-Replayed"] = "true"
     return response
@@ -149,8 +158,9 @@ def list_jobs() -> Response:
     )
     now = utcnow()
     budgets = _budgets_for(page.jobs)
+    queue = _queue_for(page.jobs)
     body = {
-        "jobs": [job_dict(j, now, budgets) for j in page.jobs],
+        "jobs": [job_dict(j, now, budgets, queue) for j in page.jobs],
         "next_cursor": page.next_cursor,
     }
     return Response(json.dumps(body, separators=(",", ":")), mimetype="application/json")
@@ -160,7 +170,14 @@ def list_jobs() -> Response:
 def get_job(job_id: str) -> Response:
     principal = current_principal()
     job = job_store.poll_job(services().db, parse_job_id(job_id), client_id=principal.client_id)
-    return _job_response(job, budgets=_budgets_for([job]))
+    return _job_response(job, budgets=_budgets_for([job]), queue=_queue_for([job]))
+
+
+def _queue_for(shown: list[JobView]) -> QueueSnapshot | None:
+    """The fair order's snapshot when a job shown is queued (else None: no query); read at
+    most once a second per process (``shared.queue_position``)."""
+    queued = [j.created_at for j in shown if j.status is JobStatus.QUEUED]
+    return queue_snapshot(read_session(), max(queued)) if queued else None
 
 
 def _budgets_for(shown: list[JobView]) -> LiveBudgets | None:

@@ -41,6 +41,7 @@ from api.sse_events import (
     FALLBACK_SECONDS,
     MAX_WAIT_SECONDS,
     PING_SECONDS,
+    QUEUE_SECONDS,
     EventDiff,
     job_event_data,
     job_state,
@@ -51,6 +52,7 @@ from shared.job_changes import publish_changes_to
 from shared.job_store import job_states, parse_job_id, poll_job
 from shared.job_view import JobView
 from shared.models import JobStatus
+from shared.queue_position import QueueSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -259,6 +261,27 @@ class LiveRoutes:
         db = self.services.db
         return await self.in_read_thread(lambda: poll_job(db, job_id, client_id=client_id))
 
+    async def queue(self, job: JobView) -> QueueSnapshot | None:
+        """The process's snapshot of the fair order (``shared.queue_position``), one that
+        knows queued ``job``; None when it cannot be read now (the database away: the next
+        look may work)."""
+        svc = self.services
+
+        def read() -> QueueSnapshot:
+            with svc.db.session() as session:
+                return svc.queue.get(
+                    session,
+                    queue_name=svc.settings.redis_prefix,
+                    max_attempts=svc.settings.max_attempts,
+                    newest=job.created_at,
+                )
+
+        try:
+            return await self.in_read_thread(read)
+        except Exception as exc:
+            log.warning("could not read the queue's order for the event streams (%s)", exc)
+            return None
+
 
 def _last_event_id(scope: Scope) -> int | None:
     for value in _header_values(scope, b"last-event-id"):
@@ -321,15 +344,24 @@ class _Stream:
             await self._emit("done", job_event_data(job))
             return
         after = self.resumed_after
-        if after is None or status_changed_at_ms(job) > after:
-            await self._emit("status", job_event_data(job))
         routes = self.routes
+        queue = await routes.queue(job) if job.status is JobStatus.QUEUED else None
+        if after is None or status_changed_at_ms(job) > after:
+            data = job_event_data(job, queue)
+            self.diff.sent_queue(data["queue"])
+            await self._emit("status", data)
+        elif queue is not None:  # resumed: the place may have moved meanwhile
+            for name, found in self.diff.queue_event(job, queue):
+                await self._emit(name, found)
         event = routes.feed.watch(job.id, job_state(job))
         next_ping = time.monotonic() + PING_SECONDS
+        next_queue = time.monotonic() + QUEUE_SECONDS
         try:
             while not gone.done():
                 now = time.monotonic()
                 due = min(next_ping, self.diff.progress_due_at or next_ping)
+                if job.status is JobStatus.QUEUED:
+                    due = min(due, next_queue)
                 woken: asyncio.Future[Any] = asyncio.ensure_future(event.wait())
                 await asyncio.wait(
                     (woken, gone), timeout=max(0.0, due - now), return_when=asyncio.FIRST_COMPLETED
@@ -341,7 +373,8 @@ class _Stream:
                 if now >= next_ping:
                     await self._write(": ping\n\n")
                     next_ping = now + PING_SECONDS
-                if event.is_set():
+                event_read = event.is_set()
+                if event_read:
                     event.clear()
                     try:
                         job = await routes.read(job.id, self.client_id)
@@ -351,9 +384,16 @@ class _Stream:
                         log.warning("job %s: could not read it for its event stream (%s)", job.id, exc)  # fmt: skip
                         continue  # the sweep wakes it again if the job has changed
                     routes.feed.saw(job.id, job_state(job))
-                for name, data in self.diff.events(job, now):
+                queue = None
+                if job.status is JobStatus.QUEUED and (event_read or now >= next_queue):
+                    queue = await routes.queue(job)
+                    next_queue = time.monotonic() + QUEUE_SECONDS
+                for name, data in self.diff.events(job, now, queue):
                     await self._emit(name, data)
                     if name == "done":
                         return
+                if queue is not None and job.status is JobStatus.QUEUED:
+                    for name, data in self.diff.queue_event(job, queue):
+                        await self._emit(name, data)
         finally:
             routes.feed.unwatch(job.id, event)

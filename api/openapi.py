@@ -284,6 +284,15 @@ def _submission() -> dict[str, Any]:
                     " succeeded at once with a copy of its result (cached: true); false: the"
                     " job is computed. Anything else is a 400 (invalid_cache).",
                 },
+                "priority": {
+                    "type": "integer",
+                    "minimum": -10,
+                    "maximum": 10,
+                    "default": 0,
+                    "description": "Orders this client's own queued jobs: higher first, then"
+                    " oldest first. Other clients' jobs are ordered by fair share, not by it."
+                    " Anything else is a 400 (invalid_priority).",
+                },
                 **webhooks.SUBMIT_FIELDS,
             },
         },

@@ -14,6 +14,7 @@ from shared.job_view import JobView, job_timings
 from shared.memory_fit import LiveBudgets, memory_dict
 from shared.models import JobStatus, utcnow
 from shared.params import StyleParams
+from shared.queue_position import QueueSnapshot
 
 
 class Progress(BaseModel):
@@ -44,6 +45,25 @@ class JobMemory(BaseModel):
     largest_worker_budget_bytes: int | None = Field(
         description="When fits_no_worker: the largest live worker's budget, bytes; else null."
     )
+
+
+class JobQueue(BaseModel):
+    """A queued job's place in the fair order and when it is expected to start."""
+
+    position: int | None = Field(
+        description="1: the next job to start (on the next worker that frees up), 2: the one "
+        "after, ... in the order the workers claim in (clients by weighted fair share, a "
+        "client's own jobs by priority, then age). Null past the first 1000."
+    )
+    expected_start_seconds: float | None = Field(
+        description="Seconds from now until it is expected to start: the live workers played "
+        "forward, each running job to its reported ETA, each job ahead for its expected run "
+        "time (seconds per iteration measured on the latest jobs that succeeded). Null "
+        "without a position or with no live worker. Jobs submitted later may still go "
+        "ahead (another client's, a higher priority)."
+    )
+    expected_start_at: datetime | None = Field(description="Now plus expected_start_seconds.")
+    live_workers: int = Field(description="The workers the estimate shares the queue among.")
 
 
 class JobWarning(BaseModel):
@@ -109,10 +129,22 @@ class JobOut(BaseModel):
         examples=[WARNINGS_EXAMPLE],
     )
     memory: JobMemory
+    priority: int = Field(
+        default=0,
+        description="The submit's priority, -10..10: orders the client's own queued jobs, "
+        "higher first (other clients' jobs are ordered by fair share, not by it).",
+    )
+    queue: JobQueue | None = Field(
+        default=None, description="While queued: its place in the queue; null otherwise."
+    )
 
     @classmethod
     def from_job(
-        cls, job: JobView, now: datetime | None = None, budgets: LiveBudgets | None = None
+        cls,
+        job: JobView,
+        now: datetime | None = None,
+        budgets: LiveBudgets | None = None,
+        queue: QueueSnapshot | None = None,
     ) -> JobOut:
         now = now or utcnow()
         base = f"/v1/jobs/{job.id}"
@@ -151,6 +183,10 @@ class JobOut(BaseModel):
             ),
             warnings=[JobWarning.model_validate(w) for w in job.warnings],
             memory=JobMemory.model_validate(memory_dict(job.memory_estimate, job.status, budgets)),
+            priority=job.priority,
+            queue=None
+            if queue is None or job.status is not JobStatus.QUEUED
+            else JobQueue.model_validate(queue.queue_dict(job.id, job.follows, now)),
         )
 
     def to_json(self) -> dict[str, Any]:

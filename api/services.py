@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 
 import redis
 from celery import Celery
@@ -15,6 +16,7 @@ from sqlalchemy.orm import Session
 from shared.celery_app import create_celery
 from shared.celery_wire import JobPublisher
 from shared.db import Database
+from shared.queue_position import QueueCache, QueueSnapshot
 from shared.rate_limit import RateBucket
 from shared.redis_conn import redis_client
 from shared.settings import Settings
@@ -36,6 +38,8 @@ class Services:
     publisher: JobPublisher  # submits enqueue through this: one LPUSH each
     redis: redis.Redis
     rate_bucket: RateBucket  # every client's submit rate, in that Redis
+    # Queued jobs' places in the fair order, read at most once a second (shared.queue_position).
+    queue: QueueCache = field(default_factory=QueueCache)
 
     @classmethod
     def init_app(cls, app: Flask, settings: Settings) -> Services:
@@ -60,6 +64,19 @@ def services() -> Services:
     """The current app's services."""
     found: Services = current_app.extensions[EXTENSION_KEY]
     return found
+
+
+def queue_snapshot(session: Session, newest: datetime | None = None) -> QueueSnapshot:
+    """The fair order of this deployment's key space, with each queued job's place, read
+    at most once a second per process (``shared.queue_position``; ``newest``: the newest
+    job shown was created then, sooner if the snapshot is older)."""
+    svc = services()
+    return svc.queue.get(
+        session,
+        queue_name=svc.settings.redis_prefix,
+        max_attempts=svc.settings.max_attempts,
+        newest=newest,
+    )
 
 
 def db_session() -> Session:

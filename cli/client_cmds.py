@@ -223,6 +223,11 @@ class _ProgressLine:
     metavar="EVENTS",
     help="With --webhook: comma-separated, of start, progress, completed (default: completed).",
 )
+@click.option(
+    "--priority",
+    type=click.IntRange(-10, 10),
+    help="-10..10 (default 0): orders your own queued jobs, higher first.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
 @click.pass_context
 def submit_cmd(
@@ -238,6 +243,7 @@ def submit_cmd(
     no_cache: bool,
     webhook: str | None,
     webhook_events: str | None,
+    priority: int | None,
     as_json: bool,
 ) -> None:
     """Submit CONTENT styled after STYLE...; print the job id, or with --wait the saved file.
@@ -261,6 +267,7 @@ def submit_cmd(
                 on_retry=_say_retry,
                 webhook=webhook,
                 webhook_events=webhook_events,
+                priority=priority,
             )
             for warning in job.warnings:
                 click.echo(warning_line(warning.message), err=True)

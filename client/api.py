@@ -25,7 +25,7 @@ from client.errors import (
     api_error_from_response,
 )
 from client.events import JobEvent, follow_events
-from client.models import Job, JobPage, JobProgress, JobStatus
+from client.models import Job, JobPage, JobProgress, JobStatus, parse_queue
 from client.polling import (
     DEFAULT_POLL_INTERVAL_S,
     MAX_POLL_INTERVAL_S,
@@ -95,6 +95,7 @@ class StylequeueClient:
         on_retry: RetryNotice | None = None,
         webhook: str | None = None,
         webhook_events: Sequence[str] | str | None = None,
+        priority: int | None = None,
     ) -> Job:
         """Upload a content image and one or more style images; return the queued job.
 
@@ -107,6 +108,7 @@ class StylequeueClient:
         ``on_retry(error, seconds)`` is called before each wait. Then RateLimitedError.
         ``webhook``: an http(s) URL that gets a signed POST of the job's JSON at each of
         ``webhook_events`` (of ``start``, ``progress``, ``completed``; default ``completed``).
+        ``priority`` (-10..10, default 0): orders this key's own queued jobs, higher first.
         """
         if isinstance(styles, str | bytes | os.PathLike):
             raise TypeError("styles must be a sequence of images, not one image")
@@ -117,6 +119,8 @@ class StylequeueClient:
         data = {"params": json.dumps(dict(params))} if params else {}
         if not cache:
             data["cache"] = "false"
+        if priority is not None:
+            data["priority"] = str(priority)
         if webhook is not None:
             data["webhook"] = webhook
         if webhook_events is not None:
@@ -244,7 +248,11 @@ class StylequeueClient:
                 if failures > MAX_POLL_FAILURES or last is None:
                     raise
                 job = last
-            changed = last is None or (job.status, job.progress) != (last.status, last.progress)
+            changed = last is None or (job.status, job.progress, job.queue) != (
+                last.status,
+                last.progress,
+                last.queue,
+            )
             if changed and on_progress is not None:
                 on_progress(job)
             if job.status.is_final:
@@ -274,6 +282,8 @@ class StylequeueClient:
         for event in follow_events(self._http, path, _raise_for_error, deadline=deadline):
             if event.name in ("status", "done"):
                 job = Job.from_json(event.data)
+            elif event.name == "queue" and last is not None:
+                job = replace(last, queue=parse_queue(event.data))
             elif event.name == "progress" and last is not None:
                 data = event.data
                 job = replace(

@@ -75,6 +75,18 @@ class JobMemory:
 
 
 @dataclass(frozen=True)
+class JobQueue:
+    """A queued job's place: ``position`` 1 is the next to start (None: past the first
+    1000); its expected start in seconds from when it was read and as a time (None: no
+    position or no live worker), among ``live_workers`` workers."""
+
+    position: int | None = None
+    expected_start_seconds: float | None = None
+    expected_start_at: datetime | None = None
+    live_workers: int = 0
+
+
+@dataclass(frozen=True)
 class JobUrls:
     """The job's links, as the server gave them (paths or absolute URLs)."""
 
@@ -106,6 +118,10 @@ class Job:
     deadline_at: datetime | None = None  # canceled (deadline_exceeded) if not finished by then
     warnings: tuple[JobWarning, ...] = ()  # empty: none (or a server from before warnings)
     memory: JobMemory = JobMemory()  # all unknown from a server from before estimates
+    # It shares the run of an identical job queued or running when it was submitted.
+    shared: bool = False
+    priority: int = 0  # orders the client's own queued jobs, higher first (-10..10)
+    queue: JobQueue | None = None  # while queued (and the server tells): its place
 
     @classmethod
     def from_json(cls, data: Any) -> Job:
@@ -152,6 +168,9 @@ class Job:
             deadline_at=obj.timestamp("deadline_at", optional=True),
             warnings=_warnings(obj.get("warnings", list, optional=True) or []),
             memory=_memory(obj.get("memory", Mapping, optional=True) or {}),
+            shared=bool(obj.get("shared", bool, optional=True)),
+            priority=obj.get("priority", int, optional=True) or 0,
+            queue=parse_queue(obj.get("queue", Mapping, optional=True)),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -189,6 +208,16 @@ class Job:
                 "estimate_bytes": self.memory.estimate_bytes,
                 "fits_no_worker": self.memory.fits_no_worker,
                 "largest_worker_budget_bytes": self.memory.largest_worker_budget_bytes,
+            },
+            "shared": self.shared,
+            "priority": self.priority,
+            "queue": None
+            if self.queue is None
+            else {
+                "position": self.queue.position,
+                "expected_start_seconds": self.queue.expected_start_seconds,
+                "expected_start_at": _iso_or_none(self.queue.expected_start_at),
+                "live_workers": self.queue.live_workers,
             },
         }
 
@@ -264,6 +293,21 @@ def _memory(data: Mapping[str, Any]) -> JobMemory:
         estimate_bytes=memory.get("estimate_bytes", int, optional=True),
         fits_no_worker=bool(memory.get("fits_no_worker", bool, optional=True)),
         largest_worker_budget_bytes=memory.get("largest_worker_budget_bytes", int, optional=True),
+    )
+
+
+def parse_queue(data: Mapping[str, Any] | None) -> JobQueue | None:
+    """A job JSON's ``queue`` object (or a ``queue`` event's data); None for null."""
+    if data is None:
+        return None
+    queue = _Fields(data, "job.queue")
+    return JobQueue(
+        position=queue.get("position", int, optional=True),
+        expected_start_seconds=_float_or_none(
+            queue.get("expected_start_seconds", int | float, optional=True)
+        ),
+        expected_start_at=queue.timestamp("expected_start_at", optional=True),
+        live_workers=queue.get("live_workers", int, optional=True) or 0,
     )
 
 

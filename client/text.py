@@ -50,7 +50,20 @@ def format_progress(job: Job, width: int = DEFAULT_BAR_WIDTH) -> str:
         f"  it {iteration}/{iterations}"
         f"  ETA {format_duration(eta)}"
         f"  {job.status.value}"
+        + (f" ({place})" if job.status is JobStatus.QUEUED and (place := format_place(job)) else "")
     )
+
+
+def format_place(job: Job) -> str:
+    """A queued job's place, e.g. ``#3, starts in ~0:42``; empty when the server gave none."""
+    queue = job.queue
+    if queue is None or queue.position is None:
+        return ""
+    if queue.expected_start_seconds is None:
+        when = "no worker is live" if queue.live_workers == 0 else "start unknown"
+    else:
+        when = f"starts in ~{format_duration(queue.expected_start_seconds)}"
+    return f"#{queue.position}, {when}"
 
 
 def _when(job_time: datetime | None) -> str:
@@ -65,6 +78,8 @@ def describe_job(job: Job) -> str:
         f"progress  {format_progress(job)}",
         f"attempts  {job.attempts}" + (f"  (worker {job.worker})" if job.worker else ""),
         *(["cached    yes: a copy of an earlier, identical job's result"] if job.cached else []),
+        *(["shared    yes: it shares the run of an identical job"] if job.shared else []),
+        *(_queue_lines(job) if job.status is JobStatus.QUEUED else []),
         f"created   {_when(job.created_at)}",
         f"started   {_when(job.started_at)}",
         f"finished  {_when(job.finished_at)}",
@@ -80,6 +95,24 @@ def describe_job(job: Job) -> str:
             f"has that much (the largest: {budget / 2**20:.0f} MiB): it waits for one"
         )
     return "\n".join(lines)
+
+
+def _queue_lines(job: Job) -> list[str]:
+    queue = job.queue
+    if queue is None:
+        return []
+    if queue.position is None:
+        return ["queue     behind the first 1000 queued jobs"]
+    lines = [f"queue     position {queue.position} (1: the next to start)"]
+    if queue.expected_start_seconds is not None and queue.expected_start_at is not None:
+        lines.append(
+            f"expected  to start in ~{format_duration(queue.expected_start_seconds)}"
+            f" ({_when(queue.expected_start_at)}; {queue.live_workers} live worker"
+            f"{'' if queue.live_workers == 1 else 's'})"
+        )
+    elif queue.live_workers == 0:
+        lines.append("expected  no worker is live: it starts once one is")
+    return lines
 
 
 def job_table(jobs: Sequence[Job]) -> str:

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.job_view import JobView, job_timings
 from shared.memory_fit import LiveBudgets, memory_dict
-from shared.models import utcnow
+from shared.models import JobStatus, utcnow
 from shared.params import StyleParams
+
+if TYPE_CHECKING:  # not imported: shared.queue_position reaches this module through the claims
+    from shared.queue_position import QueueSnapshot
 
 # Every parameter in the schema's order with its default: a row written before a
 # parameter existed still shows it, and one that no longer exists is left out,
@@ -27,12 +30,17 @@ _PARAM_DEFAULTS: dict[str, Any] = {
 
 
 def job_dict(
-    job: JobView, now: datetime | None = None, budgets: LiveBudgets | None = None
+    job: JobView,
+    now: datetime | None = None,
+    budgets: LiveBudgets | None = None,
+    queue: QueueSnapshot | None = None,
 ) -> dict[str, Any]:
     """The job as the API shows it (``JobOut``'s JSON), timings measured at ``now``.
 
     ``budgets``: the live workers' (``shared.memory_fit``), for whether the job fits
-    none of them; None: not read, it says it fits."""
+    none of them; None: not read, it says it fits. ``queue``: the fair order's snapshot
+    (``shared.queue_position``), for a queued job's place; None: not read (``queue``
+    null)."""
     now = now or utcnow()
     base = f"/v1/jobs/{job.id}"
     created_at, started_at, finished_at = job.created_at, job.started_at, job.finished_at
@@ -71,12 +79,27 @@ def job_dict(
         },
         "warnings": [{"code": w["code"], "message": w["message"]} for w in job.warnings],
         "memory": memory_dict(job.memory_estimate, job.status, budgets),
+        "priority": job.priority,
+        "queue": _queue(job, queue, now),
     }
 
 
-def job_json(job: JobView, now: datetime | None = None, budgets: LiveBudgets | None = None) -> str:
+def _queue(job: JobView, queue: QueueSnapshot | None, now: datetime) -> dict[str, Any] | None:
+    if queue is None or job.status is not JobStatus.QUEUED:
+        return None
+    found = queue.queue_dict(job.id, job.follows, now)
+    at = found["expected_start_at"]
+    return {**found, "expected_start_at": _timestamp(at) if isinstance(at, datetime) else None}
+
+
+def job_json(
+    job: JobView,
+    now: datetime | None = None,
+    budgets: LiveBudgets | None = None,
+    queue: QueueSnapshot | None = None,
+) -> str:
     """``job_dict`` as compact JSON text, as pydantic writes it."""
-    return json.dumps(job_dict(job, now, budgets), separators=(",", ":"), allow_nan=False)
+    return json.dumps(job_dict(job, now, budgets, queue), separators=(",", ":"), allow_nan=False)
 
 
 def _timestamp(value: datetime | None) -> str | None:

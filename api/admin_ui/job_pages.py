@@ -22,7 +22,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from api.admin_ui import auth, charts
 from api.admin_ui.views import blueprint, operator
-from api.services import db_session, services
+from api.services import db_session, queue_snapshot, services
 from shared import admin, admin_actions, admin_filters, admin_reads, loss_series
 from shared.admin import AdminJob, JobFilters
 from shared.admin_actions import BULK_LIMIT, bulk_targets
@@ -250,7 +250,13 @@ def job_page(job_id: str) -> str:
         "admin/job.html",
         d=detail,
         job=job,
-        data=job_dict(job, budgets=live_budgets(session)),
+        data=job_dict(
+            job,
+            budgets=live_budgets(session),
+            queue=queue_snapshot(session, job.created_at)
+            if job.status is JobStatus.QUEUED
+            else None,
+        ),
         status=job.status.value,
         active=active,
         never_ran=job.started_at is None and job.status.is_finished,

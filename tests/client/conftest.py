@@ -65,6 +65,9 @@ def make_job_json(**overrides: Any) -> dict[str, Any]:
             "fits_no_worker": False,
             "largest_worker_budget_bytes": None,
         },
+        "shared": False,
+        "priority": 0,
+        "queue": None,
     }
     data.update(overrides)
     return data

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from client import InvalidResponseError, Job, JobPage, JobStatus
-from client.text import describe_job
+from client.text import describe_job, format_place, format_progress
 
 JobJsonFactory = Callable[..., dict[str, Any]]
 
@@ -155,3 +155,34 @@ def test_a_job_that_fits_no_worker_says_so_and_an_old_server_s_job_has_no_estima
     assert "memory" not in describe_job(parsed)
     with pytest.raises(InvalidResponseError, match=r"job.memory.estimate_bytes"):
         Job.from_json(job_json(memory={"estimate_bytes": "big"}))
+
+
+def test_a_queued_jobs_place_parses_goes_back_and_reads_for_people(
+    job_json: JobJsonFactory,
+) -> None:
+    place = {
+        "position": 3,
+        "expected_start_seconds": 42.5,
+        "expected_start_at": "2026-11-27T22:01:00Z",
+        "live_workers": 2,
+    }
+    data = job_json(status="queued", queue=place, priority=5)
+    job = Job.from_json(data)
+    assert job.queue is not None and job.queue.position == 3 and job.priority == 5
+    assert job.queue.expected_start_at == datetime(2026, 11, 27, 22, 1, tzinfo=UTC)
+    back = job.to_json()
+    assert back["queue"]["position"] == 3 and back["queue"]["live_workers"] == 2
+    text = describe_job(job)
+    assert "queue     position 3 (1: the next to start)" in text
+    assert "expected  to start in ~0:43" in text and "2 live workers" in text
+    assert format_progress(job).endswith("queued (#3, starts in ~0:43)")
+    alone = Job.from_json(job_json(status="queued", queue={**place, "position": None}))
+    assert "behind the first 1000" in describe_job(alone) and format_place(alone) == ""
+    idle = Job.from_json(
+        job_json(
+            status="queued", queue={**place, "expected_start_seconds": None, "live_workers": 0}
+        )
+    )
+    assert "no worker is live" in describe_job(idle)
+    assert format_place(idle) == "#3, no worker is live"
+    assert Job.from_json({k: v for k, v in data.items() if k != "queue"}).queue is None

@@ -34,6 +34,8 @@ JOB_KEYS = {
     "urls",
     "warnings",
     "memory",
+    "priority",
+    "queue",
 }
 
 

@@ -15,6 +15,7 @@ from shared.job_json import job_dict, job_json
 from shared.job_view import JobView
 from shared.models import JobStatus
 from shared.params import parse_params
+from shared.queue_position import QueuePlace, QueueSnapshot
 
 NOW = datetime(2026, 11, 27, 22, 0, 0, 123456, tzinfo=UTC)
 
@@ -141,6 +142,26 @@ def test_job_json_equals_the_pydantic_schema_text(record: JobView) -> None:
     # exponent is spelt: 1e-7 against 1e-07), same timestamp text.
     assert _pairs(job_json(record, NOW)) == _pairs(by_pydantic)
     assert JobOut.model_validate_json(job_json(record, NOW)) == JobOut.from_job(record, NOW)
+
+
+@pytest.mark.parametrize("placed", [True, False], ids=["in-window", "past-window"])
+def test_a_queued_jobs_place_is_the_same_in_both(placed: bool) -> None:
+    places = {QUEUED.id: QueuePlace(3, 42.25)} if placed else {}
+    snapshot = QueueSnapshot(NOW - timedelta(seconds=2), places, live_workers=2)
+    by_pydantic = JobOut.from_job(QUEUED, NOW, queue=snapshot).model_dump_json(by_alias=True)
+    assert _pairs(job_json(QUEUED, NOW, queue=snapshot)) == _pairs(by_pydantic)
+    shown = job_dict(QUEUED, NOW, queue=snapshot)["queue"]
+    if placed:
+        assert shown["position"] == 3 and shown["expected_start_seconds"] == 40.2
+        assert shown["expected_start_at"] == "2026-11-27T22:00:40.323456Z"
+    else:
+        assert shown == {
+            "position": None,
+            "expected_start_seconds": None,
+            "expected_start_at": None,
+            "live_workers": 2,
+        }
+    assert job_dict(RUNNING, NOW, queue=snapshot)["queue"] is None, "only while queued"
 
 
 def _pairs(text: str) -> Any:
