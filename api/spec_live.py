@@ -10,6 +10,7 @@ from api.sse_events import (
     MAX_WAIT_SECONDS,
     PING_SECONDS,
     PROGRESS_INTERVAL_SECONDS,
+    QUEUE_SECONDS,
 )
 
 PREFER_WAIT: dict[str, Any] = {
@@ -50,6 +51,8 @@ EVENTS_DESCRIPTION = (
     "- `progress`: `{iteration, iterations, percent, eta_seconds}` while it runs, at most"
     f" once every {PROGRESS_INTERVAL_SECONDS:g} s;\n"
     "- `preview`: `{url}` of the preview, when a new one is committed;\n"
+    "- `queue`: a queued job's `queue` object (`JobQueue`: position, expected start),"
+    f" when its position changes (looked at every {QUEUE_SECONDS:g} s);\n"
     "- `done`: the final job JSON (`JobOut`); the stream ends after it. A finished job's"
     " stream is just `done`.\n\n"
     f"A comment line `: ping` comes every {PING_SECONDS:g} s on an idle stream. The"
