@@ -177,10 +177,8 @@ def claim_next(
     (``shared.jobs.claim_job``, same arguments), else ``job_id`` itself; None when
     nothing is claimable. The claim's ``job_id`` says which job it is."""
     now = utcnow()
-    conditions = candidate_conditions(now, max_attempts=max_attempts, max_running=max_running)
-    conditions += [fits_memory(memory_budget), Job.queue_name == queue_name]
-    candidates = fair_candidates(session, now, conditions, limit=CLAIM_CANDIDATES)
-    session.rollback()  # the claim's own transaction starts afresh
+    own_space = session.scalar(select(Job.queue_name).where(Job.id == job_id))
+    session.rollback()
     args: dict[str, Any] = {
         "worker": worker,
         "lease_seconds": lease_seconds,
@@ -190,6 +188,19 @@ def claim_next(
         "max_running": max_running,
         "memory_budget": memory_budget,
     }
+    if own_space == "" and queue_name != "":
+        # A row that names no key space (one from before, or stored by a path that named
+        # none) is in no worker's fair order: only its own message can start it, so that
+        # message starts it, rather than another job's that would leave it unstarted.
+        own = _as_candidate(session, job_id)
+        session.rollback()
+        return claim_job(
+            session, job_id, on_claim=None if own is None else record_start(own), **args
+        )
+    conditions = candidate_conditions(now, max_attempts=max_attempts, max_running=max_running)
+    conditions += [fits_memory(memory_budget), Job.queue_name == queue_name]
+    candidates = fair_candidates(session, now, conditions, limit=CLAIM_CANDIDATES)
+    session.rollback()  # the claim's own transaction starts afresh
     tried = set()
     for candidate in candidates:
         tried.add(candidate.job_id)

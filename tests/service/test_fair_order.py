@@ -146,6 +146,16 @@ def test_only_the_workers_key_space_but_the_message_own_job_as_last_resort(
     assert claim(session, queue, elsewhere) == elsewhere  # ...but its own message takes it
 
 
+def test_a_row_that_names_no_key_space_is_started_by_its_own_message(
+    session: Session, new_job: NewJob, queue: str
+) -> None:
+    a = new_client(session)
+    mine = new_job(a)
+    legacy = new_job(a, queue_name="")  # from before key spaces were recorded
+    assert claim(session, queue, legacy) == legacy, "not another job: none else can start it"
+    assert claim(session, queue, uuid.uuid4()) == mine
+
+
 def test_a_lease_that_ran_out_is_claimed_again_in_fair_order(
     session: Session, new_job: NewJob, queue: str
 ) -> None:

@@ -339,8 +339,14 @@ def test_an_admin_redelivers_a_failed_delivery_from_admin_and_nobody_else_may(
     job_id = post(webhook=f"http://127.0.0.1:{free_port()}/nobody").json["id"]  # refused
     with db.session() as session:
         jobs.cancel_job(session, uuid.UUID(job_id), client_id=None)
+    with db.session() as session:  # the event was a day ago: its first failure gives up
+        session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.job_id == uuid.UUID(job_id))
+            .values(created_at=utcnow() - timedelta(hours=24))
+        )
+        session.commit()
     sender = WebhookSender(db, "test-sender")
-    sender._schedule = (25 * 3600.0,)  # the next wait ends past the 24 hours: given up at once
     assert _deliver_all(sender) >= 1
     [failed] = _deliveries(http, key, job_id)
     assert (failed["state"], failed["attempts"]) == ("failed", 1)
