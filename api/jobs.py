@@ -177,7 +177,7 @@ def _queue_for(shown: list[JobView]) -> QueueSnapshot | None:
     """The fair order's snapshot when a job shown is queued (else None: no query); read at
     most once a second per process (``shared.queue_position``)."""
     queued = [j.created_at for j in shown if j.status is JobStatus.QUEUED]
-    return queue_snapshot(read_session(), max(queued)) if queued else None
+    return queue_snapshot(read_session, max(queued)) if queued else None
 
 
 def _budgets_for(shown: list[JobView]) -> LiveBudgets | None:

@@ -66,7 +66,9 @@ def services() -> Services:
     return found
 
 
-def queue_snapshot(session: Session, newest: datetime | None = None) -> QueueSnapshot:
+def queue_snapshot(
+    session: Session | Callable[[], Session], newest: datetime | None = None
+) -> QueueSnapshot:
     """The fair order of this deployment's key space, with each queued job's place, read
     at most once a second per process (``shared.queue_position``; ``newest``: the newest
     job shown was created then, sooner if the snapshot is older)."""

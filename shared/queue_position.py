@@ -30,6 +30,7 @@ import heapq
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -192,12 +193,13 @@ class QueueCache:
 
     def get(
         self,
-        session: Session,
+        session: Session | Callable[[], Session],
         *,
         queue_name: str,
         max_attempts: int | None = None,
         newest: datetime | None = None,
     ) -> QueueSnapshot:
+        """The snapshot; ``session`` (or what makes one, called only to read it) reads it."""
         with self._lock:
             found = self._found.get(queue_name)
             if found is not None:
@@ -208,7 +210,8 @@ class QueueCache:
                     return found[1]
             self._reading.add(queue_name)
         try:
-            snapshot = read_queue(session, queue_name=queue_name, max_attempts=max_attempts)
+            reader = session if isinstance(session, Session) else session()
+            snapshot = read_queue(reader, queue_name=queue_name, max_attempts=max_attempts)
         finally:
             with self._lock:
                 self._reading.discard(queue_name)

@@ -124,9 +124,8 @@ def create_job(
                 return cached, True
             # An identical job queued or running: this one shares its run (shared.follows).
             leader = follows.find_leader(
-                session, key, client_id if cache.scope == "client" else None
+                session, key, client_id if cache.scope == "client" else None, db
             )
-            session.rollback()
             if leader is not None:
                 job = dataclasses.replace(job, follows=leader)
     try:

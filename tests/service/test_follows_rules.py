@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import select, update
@@ -219,8 +220,10 @@ def test_a_follower_whose_leader_ended_before_its_commit_is_settled_by_the_submi
     leader = submit(session, storage, client_id)
     real_find = follows.find_leader
 
-    def found_then_canceled(session: Session, key: str, client: int | None) -> uuid.UUID | None:
-        found = real_find(session, key, client)
+    def found_then_canceled(
+        session: Session, key: str, client: int | None, db: Any = None
+    ) -> uuid.UUID | None:
+        found = real_find(session, key, client, db)
         jobs.cancel_job(session, leader.id, client_id=None)  # between the lookup and the row
         return found
 
