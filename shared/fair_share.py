@@ -31,20 +31,26 @@ own (the claimable predicate is ``shared.jobs.claimable``, always applied).
 
 from __future__ import annotations
 
+import contextlib
 import heapq
+import time
 import uuid
-from collections.abc import Callable, Sequence
+import zlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, or_, select, update
+from sqlalchemy import ColumnElement, func, or_, select, text, update
 from sqlalchemy.orm import Session, aliased
 
 from shared.client_limits import slot_free
 from shared.jobs import Claim, claim_job, claimable, died_attempts, fits_memory
 from shared.models import ApiClient, Job, JobStatus, utcnow
+from shared.sql_time import POSTGRESQL, dialect_of
 
+TURN_WAIT_SECONDS = 2.0  # the most a worker waits for another's choice and claim
+TURN_POLL_SECONDS = 0.005
 MIN_WEIGHT = 1e-6  # a weight is positive (``stylequeue keys``); this guards the division
 CLAIM_CANDIDATES = 4  # tried in fair order before the message's own job
 
@@ -159,6 +165,35 @@ def record_start(candidate: FairCandidate) -> Callable[[Session], None]:
     return write
 
 
+@contextlib.contextmanager
+def claims_in_turn(session: Session, queue_name: str) -> Iterator[bool]:
+    """Hold the key space's claim lock (PostgreSQL: a session advisory lock on a connection
+    of its own) while one worker chooses and claims: without it, two workers that choose
+    at once may read one client's tag before the other's claim and its jobs after, and
+    give it a second start in one turn, or pass another client over for one. A worker
+    waits at most ``TURN_WAIT_SECONDS`` for it, then claims without it (a worker stopped
+    while holding it never stalls the others). Yields whether it is held; on SQLite
+    (one writer at a time) there is none to take."""
+    if dialect_of(session) != POSTGRESQL:
+        yield False
+        return
+    key = zlib.crc32(f"stylequeue-claims:{queue_name}".encode()) - 2**31
+    with session.get_bind().engine.connect() as opened:
+        lock = opened.execution_options(isolation_level="AUTOCOMMIT")
+        held = False
+        deadline = time.monotonic() + TURN_WAIT_SECONDS
+        while not held:
+            held = bool(lock.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": key}))
+            if held or time.monotonic() >= deadline:
+                break
+            time.sleep(TURN_POLL_SECONDS)
+        try:
+            yield held
+        finally:
+            if held:
+                lock.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+
+
 def claim_next(
     session: Session,
     job_id: uuid.UUID,
@@ -199,14 +234,15 @@ def claim_next(
         )
     conditions = candidate_conditions(now, max_attempts=max_attempts, max_running=max_running)
     conditions += [fits_memory(memory_budget), Job.queue_name == queue_name]
-    candidates = fair_candidates(session, now, conditions, limit=CLAIM_CANDIDATES)
-    session.rollback()  # the claim's own transaction starts afresh
     tried = set()
-    for candidate in candidates:
-        tried.add(candidate.job_id)
-        claim = claim_job(session, candidate.job_id, on_claim=record_start(candidate), **args)
-        if claim is not None:
-            return claim
+    with claims_in_turn(session, queue_name):
+        candidates = fair_candidates(session, now, conditions, limit=CLAIM_CANDIDATES)
+        session.rollback()  # the claim's own transaction starts afresh
+        for candidate in candidates:
+            tried.add(candidate.job_id)
+            claim = claim_job(session, candidate.job_id, on_claim=record_start(candidate), **args)
+            if claim is not None:
+                return claim
     if job_id in tried:
         return None
     own = _as_candidate(session, job_id)
