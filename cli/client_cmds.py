@@ -42,6 +42,7 @@ from client.text import (
     describe_job,
     format_progress,
     job_table,
+    text_table,
     warning_line,
 )
 
@@ -406,13 +407,7 @@ def delivery_table(deliveries: list[WebhookDelivery]) -> str:
         )
         for delivery in deliveries
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True))
-        + "  "
-        + row[4]
-        for row in rows
-    )
+    return text_table(rows)
 
 
 @click.command("webhooks", epilog=ENVIRONMENT_HELP)

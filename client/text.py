@@ -115,6 +115,17 @@ def _queue_lines(job: Job) -> list[str]:
     return lines
 
 
+def text_table(rows: Sequence[Sequence[str]]) -> str:
+    """Rows of cells as aligned columns, two spaces apart; the last column is not padded."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True))
+        + "  "
+        + row[-1]
+        for row in rows
+    )
+
+
 def job_table(jobs: Sequence[Job]) -> str:
     """One line per job: id, status, percent, created time."""
     rows = [("ID", "STATUS", "PROGRESS", "CREATED")]
@@ -122,13 +133,7 @@ def job_table(jobs: Sequence[Job]) -> str:
         (job.id, job.status.value, f"{job.progress.percent:.0f}%", _when(job.created_at))
         for job in jobs
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True))
-        + "  "
-        + row[3]
-        for row in rows
-    )
+    return text_table(rows)
 
 
 def describe_cancel(job: Job) -> str:

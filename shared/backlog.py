@@ -64,6 +64,14 @@ class RunTimeModel:
     def expected_seconds(self, size: int, iterations: int) -> float:
         return self.seconds_per_iteration(size) * max(0, iterations)
 
+    def remaining_seconds(
+        self, size: int, iterations: int, iteration: int | None, eta: float | None
+    ) -> float:
+        """A running job's seconds left: its worker's ETA, else its iterations left."""
+        if eta is not None:
+            return max(0.0, float(eta))
+        return self.expected_seconds(size, iterations - (iteration or 0))
+
 
 @dataclass(frozen=True)
 class Backlog:
@@ -190,11 +198,8 @@ def _running(session: Session, model: RunTimeModel) -> tuple[int, float]:
             Job.status == JobStatus.RUNNING
         )
     ).all()
-    seconds = 0.0
-    for size, iterations, iteration, eta in rows:
-        if eta is not None:
-            seconds += max(0.0, float(eta))
-        else:
-            per_iteration = model.seconds_per_iteration(int(size or DEFAULT_SIZE_PX))
-            seconds += per_iteration * max(0, iterations - (iteration or 0))
+    seconds = sum(
+        model.remaining_seconds(int(size or DEFAULT_SIZE_PX), iterations, iteration, eta)
+        for size, iterations, iteration, eta in rows
+    )
     return len(rows), seconds

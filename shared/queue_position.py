@@ -143,7 +143,7 @@ def _expected_seconds(
             select(Job.id, size, Job.iterations, Job.iteration).where(Job.id.in_(chunk))
         ).all()
         for job_id, px, iterations, iteration in rows:
-            left = max(0, int(iterations or 0) - int(iteration or 0))
+            left = int(iterations or 0) - int(iteration or 0)
             found[job_id] = model.expected_seconds(int(px or DEFAULT_SIZE_PX), left)
     return found
 
@@ -163,14 +163,10 @@ def _workers_free_at(
             Job.queue_name == queue_name,
         )
     ).all()
-    remaining = []
-    for px, iterations, iteration, eta in rows:
-        if eta is not None:
-            remaining.append(max(0.0, float(eta)))
-        else:
-            per_iteration = model.seconds_per_iteration(int(px or DEFAULT_SIZE_PX))
-            remaining.append(per_iteration * max(0, int(iterations or 0) - int(iteration or 0)))
-    remaining.sort()
+    remaining = sorted(
+        model.remaining_seconds(int(px or DEFAULT_SIZE_PX), int(iterations or 0), iteration, eta)
+        for px, iterations, iteration, eta in rows
+    )
     busy = remaining[:live]
     free = busy + [0.0] * (live - len(busy))
     heapq.heapify(free)
