@@ -45,7 +45,7 @@ from sqlalchemy import ColumnElement, func, or_, select, text, update
 from sqlalchemy.orm import Session, aliased
 
 from shared.client_limits import slot_free
-from shared.jobs import Claim, claim_job, claimable, died_attempts, fits_memory
+from shared.jobs import Claim, attempts_left, claim_job, claimable, fits_memory
 from shared.models import ApiClient, Job, JobStatus, utcnow
 from shared.sql_time import POSTGRESQL, dialect_of
 
@@ -141,7 +141,7 @@ def candidate_conditions(
         slot_free(default_max_running=max_running, now=now),
     ]
     if max_attempts is not None:
-        conditions.append(died_attempts() < max_attempts)
+        conditions.append(attempts_left(max_attempts))
     return conditions
 
 

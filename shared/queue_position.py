@@ -39,7 +39,7 @@ from sqlalchemy.orm import Session
 
 from shared.backlog import RunTimeModel, run_time_model
 from shared.fair_share import fair_candidates
-from shared.jobs import died_attempts
+from shared.jobs import attempts_left
 from shared.models import Job, JobStatus, Worker, utcnow
 from shared.params import DEFAULT_SIZE_PX
 from shared.workers import ALIVE_SECONDS
@@ -104,7 +104,7 @@ def read_queue(
         or_(Job.deadline_at.is_(None), Job.deadline_at > now),
     ]
     if max_attempts is not None:
-        conditions.append(died_attempts() < max_attempts)
+        conditions.append(attempts_left(max_attempts))
     order = fair_candidates(session, now, conditions, limit=window)
     model = run_time_model(session, now)
     live = live_workers if live_workers is not None else count_live_workers(session, now)
