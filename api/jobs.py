@@ -95,6 +95,7 @@ def submit_job() -> Response:
         priority=priority,
         queue_name=svc.settings.redis_prefix,  # the key space its message goes to
         memory_estimate=submission.memory_estimate,
+        batch_shape=submission.batch_shape,
     )
     if not created:
         # Another request with this key committed first: answered as a replay of it.

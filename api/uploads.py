@@ -24,7 +24,7 @@ from shared.input_warnings import input_warnings
 from shared.memory_estimate import estimate_peak_bytes
 from shared.models import Job
 from shared.params import MAX_STYLES, StyleParams, check_style_blend, parse_params
-from shared.sizes import check_output_size
+from shared.sizes import batch_shape, check_output_size
 
 IDEMPOTENCY_KEY_MAX_LENGTH = 200
 PARAMS_FILE_MAX_BYTES = 64 * 1024  # a params part sent as a file (a few hundred bytes in use)
@@ -41,6 +41,8 @@ class Submission:
     warnings: list[dict[str, str]]
     # Its estimated peak memory on a GPU, bytes (shared.memory_estimate); None: not estimated.
     memory_estimate: int | None = None
+    # Its output's "WxH" (shared.sizes.batch_shape): the jobs a worker may run with it.
+    batch_shape: str | None = None
 
     @property
     def digest(self) -> str:
@@ -140,6 +142,7 @@ def read_submission(form: Form, *, max_upload_bytes: int, max_image_pixels: int)
         styles=styles,
         warnings=warnings,
         memory_estimate=estimate,
+        batch_shape=batch_shape(content_info.width, content_info.height, params.size),
     )
 
 

@@ -76,13 +76,15 @@ class Stack:
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start_worker(self) -> None:
-        """One real Celery worker, concurrency 1, as production runs it."""
+    def start_worker(self, env: dict[str, str] | None = None) -> None:
+        """One real Celery worker, concurrency 1, as production runs it (``env``: settings
+        of its own on top of the stack's)."""
         log = open(self.data_dir / "worker.log", "wb")  # noqa: SIM115 - closed with the process
         self.processes["worker"] = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "worker.celery_worker", "worker", "-c", "1",
              "--loglevel", "WARNING", "--without-gossip", "--without-mingle"],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
         )  # fmt: skip
 
     def stop(self, name: str) -> None:

@@ -58,15 +58,19 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL mode and a busy timeout so processes can share it."""
+def make_engine(url: str, pool_size: int | None = None) -> Engine:
+    """An engine for ``url``; SQLite gets WAL mode and a busy timeout so processes can share it.
+
+    ``pool_size``: the connections kept open (SQLAlchemy's default, 5, when None), beside
+    its overflow of 10 more."""
     url = normalize_database_url(url)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False})
         event.listen(engine, "connect", _configure_sqlite)
         return engine
+    sizing = {} if pool_size is None else {"pool_size": pool_size}
     engine = create_engine(
-        url, pool_recycle=POOL_RECYCLE_SECONDS, connect_args=_connect_timeout(url)
+        url, pool_recycle=POOL_RECYCLE_SECONDS, connect_args=_connect_timeout(url), **sizing
     )
     if engine.dialect.name == "postgresql":
         event.listen(engine, "connect", _configure_postgresql)
@@ -226,8 +230,8 @@ class Database:
     serves the hottest read (a poll) without the ORM.
     """
 
-    def __init__(self, url: str) -> None:
-        self.engine = make_engine(url)
+    def __init__(self, url: str, pool_size: int | None = None) -> None:
+        self.engine = make_engine(url, pool_size)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.read_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self.read_sessions = sessionmaker(self.read_engine, expire_on_commit=False)

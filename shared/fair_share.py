@@ -17,9 +17,10 @@ message named; the message's own job is tried last, so that what a claim of it
 does (a deadline's cancel) still happens. The guarded UPDATE of
 ``shared.jobs.claim_job`` stays the arbiter: two workers that pick the same job
 race on it and the loser takes the next candidate. A lost, duplicated or
-re-sent message is harmless: each delivery claims at most one job, and a job is
-claimed only while claimable, so none runs twice and every queued job has a
-message (its own, or a re-send of the reconciler's) that can start it.
+re-sent message is harmless: each delivery claims one job (and, for a worker that
+batches, the next jobs of the order that can join it: ``claim_batch_members``), and
+a job is claimed only while claimable, so none runs twice and every queued job has
+a message (its own, or a re-send of the reconciler's) that can start it.
 
 A worker chooses among the jobs of its own broker key space (``jobs.queue_name``,
 the ``STYLEQUEUE_REDIS_PREFIX`` the submit's message went to): deployments that
@@ -46,6 +47,7 @@ from sqlalchemy.orm import Session, aliased
 
 from shared.client_limits import slot_free
 from shared.jobs import Claim, attempts_left, claim_job, claimable, fits_memory
+from shared.memory_estimate import batch_member_bytes
 from shared.models import ApiClient, Job, JobStatus, utcnow
 from shared.sql_time import POSTGRESQL, dialect_of
 
@@ -248,6 +250,72 @@ def claim_next(
     own = _as_candidate(session, job_id)
     session.rollback()
     return claim_job(session, job_id, on_claim=None if own is None else record_start(own), **args)
+
+
+def claim_batch_members(
+    session: Session,
+    *,
+    shape: str,
+    count: int,
+    memory_left: int | None,
+    batch_with: uuid.UUID,
+    worker: str,
+    lease_seconds: float,
+    max_attempts: int | None = None,
+    pid: int | None = None,
+    hostname: str | None = None,
+    max_running: int = 0,
+    memory_budget: int | None = None,
+    queue_name: str = "",
+) -> list[Claim]:
+    """Up to ``count`` more jobs for a worker's batch of output ``shape`` (``jobs.batch_shape``):
+    the next jobs of the fair order, taken while each has that shape and its share of a
+    batch's memory (``batch_member_bytes`` of its estimate) fits in ``memory_left`` (None:
+    any). The first job that does not ends the search: a batch never passes over the job
+    whose turn it is, so batching trades nothing of the fair order. Claimed as
+    ``claim_next`` claims (the other arguments), each in its own transaction; each
+    ``claimed`` event names ``batch_with``, the job whose batch it joins."""
+    if count < 1:
+        return []
+    now = utcnow()
+    conditions = candidate_conditions(now, max_attempts=max_attempts, max_running=max_running)
+    conditions += [fits_memory(memory_budget), Job.queue_name == queue_name]
+    claims: list[Claim] = []
+    with claims_in_turn(session, queue_name):
+        candidates = fair_candidates(session, now, conditions, limit=count + CLAIM_CANDIDATES)
+        ids = [candidate.job_id for candidate in candidates]
+        found = session.execute(
+            select(Job.id, Job.batch_shape, Job.memory_estimate).where(Job.id.in_(ids))
+        ).all()
+        session.rollback()
+        shapes = {job_id: (job_shape, estimate) for job_id, job_shape, estimate in found}
+        left = memory_left
+        for candidate in candidates:
+            if len(claims) >= count:
+                break
+            job_shape, estimate = shapes.get(candidate.job_id, (None, None))
+            need = 0 if estimate is None else batch_member_bytes(estimate)
+            if job_shape != shape or (left is not None and need > left):
+                break
+            claim = claim_job(
+                session,
+                candidate.job_id,
+                worker=worker,
+                lease_seconds=lease_seconds,
+                max_attempts=max_attempts,
+                pid=pid,
+                hostname=hostname,
+                max_running=max_running,
+                memory_budget=memory_budget,
+                on_claim=record_start(candidate),
+                event_data={"batch_with": str(batch_with)},
+            )
+            if claim is None:  # taken by another worker since it was read: the next one
+                continue
+            claims.append(claim)
+            if left is not None:
+                left -= need
+    return claims
 
 
 def _as_candidate(session: Session, job_id: uuid.UUID) -> FairCandidate | None:

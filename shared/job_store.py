@@ -216,7 +216,14 @@ _NOTHING_YET: dict[str, Any] = {
     "checkpoint_file": None,
     "cached_from": None,
 }
-_GIVEN = ("idempotency_key", "request_digest", "updated_at", "cache_key", "queue_name")
+_GIVEN = (
+    "idempotency_key",
+    "request_digest",
+    "updated_at",
+    "cache_key",
+    "queue_name",
+    "batch_shape",
+)
 # Every column, so that the row is known without reading it back.
 _JOB_COLUMNS = tuple(column.name for column in _JOBS.columns)
 _EVENT_COLUMNS = tuple(column.name for column in _EVENTS.columns if not column.primary_key)
@@ -244,6 +251,7 @@ def insert_job(
     db: Database | None = None,
     cache_key: str | None = None,
     queue_name: str = "",
+    batch_shape: str | None = None,
     copied: CopiedResult | None = None,
     webhook: WebhookRequest | None = None,
 ) -> None:
@@ -267,6 +275,7 @@ def insert_job(
         "updated_at": job.created_at,
         "cache_key": cache_key,
         "queue_name": queue_name,  # the broker key space of its message (shared.fair_share)
+        "batch_shape": batch_shape,  # the jobs it may run with (worker.batch_runner)
     }
     created = _event(job.id, EventKind.CREATED, job.created_at, {})
     events = [created]

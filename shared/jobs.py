@@ -58,6 +58,8 @@ class Claim:
     deadline_at: datetime | None = None
     # Its estimated peak memory, bytes (shared.memory_estimate); None: not estimated.
     memory_estimate: int | None = None
+    # Its output's "WxH", which a batch's jobs share (worker.batch_runner); None: unknown.
+    batch_shape: str | None = None
 
 
 # ---------------------------------------------------------------- client and admin side
@@ -186,6 +188,7 @@ def claim_job(
     max_running: int = 0,
     memory_budget: int | None = None,
     on_claim: Callable[[Session], None] | None = None,
+    event_data: dict[str, Any] | None = None,
 ) -> Claim | None:
     """Take a queued job (or one whose lease expired) for ``worker``; None if it is not claimable.
 
@@ -202,7 +205,8 @@ def claim_job(
     its own; 0: none): it stays queued. Nor one whose memory estimate is over
     ``memory_budget``, the worker's (``fits_memory``; None: any fits). A job past its deadline is canceled
     (``deadline_exceeded``) instead of claimed. What ``on_claim`` writes is committed
-    with the claim (the fair order's tag, ``shared.fair_share``).
+    with the claim (the fair order's tag, ``shared.fair_share``). ``event_data``: more for
+    the ``claimed`` event (the job a batch's member runs with).
     """
     now = utcnow()
     conditions = [claimable(now), or_(Job.deadline_at.is_(None), Job.deadline_at > now)]
@@ -229,7 +233,8 @@ def claim_job(
         worker=worker,
         data={
             key: value for key, value in (("pid", pid), ("hostname", hostname)) if value is not None
-        },
+        }
+        | (event_data or {}),
         returning=(
             Job.params,
             Job.n_styles,
@@ -238,13 +243,14 @@ def claim_job(
             Job.cancel_requested,
             Job.deadline_at,
             Job.memory_estimate,
+            Job.batch_shape,
         ),
         also=on_claim,
     )
     if claimed is None:
         cancel_past_deadline(session, job_id)
         return None
-    attempt, params, n_styles, checkpoint, preview, cancel, deadline, estimate = claimed
+    attempt, params, n_styles, checkpoint, preview, cancel, deadline, estimate, shape = claimed
     return Claim(
         job_id,
         worker,
@@ -256,6 +262,7 @@ def claim_job(
         bool(cancel),
         deadline,
         estimate,
+        shape,
     )
 
 

@@ -125,6 +125,23 @@ def estimate_peak_bytes(
     return int((fixed + batch * per_job) * SAFETY_FACTOR)
 
 
+def batch_member_bytes(estimate: int, *, device_kind: str = "cuda") -> int:
+    """What one more job adds to a batch's peak: its ``estimate`` (as the API stored it,
+    for ``device_kind``, alone) less what a run costs once (the weights, the scratch)."""
+    fixed = WEIGHT_PARAMETERS * _float_bytes(device_kind) + run_overhead_bytes(device_kind)
+    return max(0, estimate - int(fixed * SAFETY_FACTOR))
+
+
+def batch_peak_bytes(estimates: list[int | None], *, device_kind: str = "cuda") -> int:
+    """The peak of the jobs of ``estimates`` (each as stored, alone) run as one batch: the
+    run's fixed part once, each job's own share once (None: not estimated, counted 0)."""
+    known = [e for e in estimates if e is not None]
+    if not known:
+        return 0
+    own = [batch_member_bytes(e, device_kind=device_kind) for e in known]
+    return known[0] - own[0] + sum(own)
+
+
 def worker_budget_bytes(device_total_bytes: int, *, override_mb: float | None = None) -> int:
     """What a worker may claim: ``override_mb`` (STYLEQUEUE_WORKER_MEMORY_MB) when set,
     else its device's memory less a reserve (a tenth, at least 512 MiB)."""

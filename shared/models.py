@@ -55,6 +55,7 @@ KEY_HASH_LENGTH = 64  # sha256 hex
 FILE_NAME_LENGTH = 64  # a job file's name in storage, e.g. result.a2.png
 DIGEST_LENGTH = 64  # sha256 hex
 WEBHOOK_SECRET_LENGTH = 80
+BATCH_SHAPE_LENGTH = 32  # a job's output shape, "WxH"
 
 
 class JobStatus(enum.StrEnum):
@@ -313,6 +314,9 @@ class Job(Base):
     # The broker key space its message went to (STYLEQUEUE_REDIS_PREFIX): a worker picks
     # the next job among those of its own (shared.fair_share); "" for rows from before.
     queue_name: Mapped[str] = mapped_column(String(128), default="", server_default="")
+    # Its output's "WxH" (shared.sizes.batch_shape): a worker runs together only jobs of
+    # one shape (worker.batch_runner). None for rows from before: never batched.
+    batch_shape: Mapped[str | None] = mapped_column(String(BATCH_SHAPE_LENGTH))
 
 
 class JobEvent(Base):

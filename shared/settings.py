@@ -49,6 +49,9 @@ DEFAULT_RATE_LIMIT = 2.0  # submits per second, sustained
 DEFAULT_RATE_BURST = 20  # submits at once
 DEFAULT_MAX_QUEUED = 100  # a client's jobs waiting for a worker
 DEFAULT_MAX_RUNNING = 0  # a client's jobs running at once
+# Jobs a worker runs together on its device (one VGG19 pass per iteration for all); 1: none.
+# On the CPU a batch gains only for small images (docs/engine.md, "Batches").
+DEFAULT_BATCH_MAX = 1
 # A worker's cache of recently used styles' Gram targets, MiB (1 MiB = 2**20 bytes), when
 # STYLEQUEUE_STYLE_CACHE_MB is unset; one style at one pass size holds ~2.3 MiB (VGG19's five
 # style layers), so these keep ~100 and ~27 of them.
@@ -117,6 +120,8 @@ class Settings:
     # The most memory (MiB) a job's estimate may need for this worker to claim it;
     # None: the device's memory less a reserve (shared.memory_estimate.worker_budget_bytes).
     worker_memory_mb: float | None = None
+    # The most jobs a worker runs together on its device (worker.batch_runner); 1: one at a time.
+    batch_max: int = DEFAULT_BATCH_MAX
 
     def __post_init__(self) -> None:
         # Settings built in code get the same absolute data dir as those from the environment.
@@ -181,6 +186,7 @@ class Settings:
             ),
             style_cache_mb=reader.get("STYLE_CACHE_MB", None, _non_negative_int),
             worker_memory_mb=reader.get("WORKER_MEMORY_MB", None, _positive_float),
+            batch_max=reader.get("BATCH_MAX", DEFAULT_BATCH_MAX, _positive_int),
             rate_limit=reader.get("RATE_LIMIT", DEFAULT_RATE_LIMIT, _limit_float),
             rate_burst=reader.get("RATE_BURST", DEFAULT_RATE_BURST, _limit_int),
             max_queued=reader.get("MAX_QUEUED", DEFAULT_MAX_QUEUED, _limit_int),

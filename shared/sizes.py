@@ -20,6 +20,13 @@ def output_shape(width: int, height: int, size: int) -> tuple[int, int]:
     return size, max(1, round(height * size / width))
 
 
+def batch_shape(width: int, height: int, size: int) -> str:
+    """The output's "WxH": what the jobs a worker runs together share (their images
+    stacked into one tensor at every pass)."""
+    out_w, out_h = output_shape(width, height, size)
+    return f"{out_w}x{out_h}"
+
+
 def check_output_size(width: int, height: int, size: int) -> None:
     """Raise ParameterError on ``size`` if the output's shorter side would be under 16 px."""
     out_w, out_h = output_shape(width, height, size)

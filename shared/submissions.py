@@ -51,6 +51,7 @@ def create_job(
     priority: int = 0,
     queue_name: str = "",
     memory_estimate: int | None = None,
+    batch_shape: str | None = None,
 ) -> tuple[JobView, bool]:
     """Store a validated job durably, then enqueue its id. Returns (job, created).
 
@@ -139,6 +140,7 @@ def create_job(
             cache_key=key,
             webhook=webhook,
             queue_name=queue_name,
+            batch_shape=batch_shape,
         )
     except IntegrityError as exc:
         session.rollback()

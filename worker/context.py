@@ -146,7 +146,8 @@ def make_context(settings: Settings, name: str | None = None) -> WorkerContext:
         )
     return WorkerContext(
         settings=settings,
-        db=Database(settings.database_url),
+        # A batch's every job holds two connections (its reporter's, its lease thread's).
+        db=Database(settings.database_url, pool_size=5 + 2 * settings.batch_max),
         storage=open_storage(settings),
         name=name,
         hostname=hostname,

@@ -147,6 +147,11 @@ class JobReporter:
         """The last iteration the engine reported in this attempt (0: none yet)."""
         return self._progress[0] if self._progress else 0
 
+    @property
+    def checkpoint_name(self) -> str | None:
+        """The checkpoint the row names now (this attempt's latest, or the one it resumed)."""
+        return self._checkpoint
+
     def committed_checkpoint(self, name: str) -> None:
         """The row names checkpoint ``name`` now: the one it named before goes."""
         previous, self._checkpoint = self._checkpoint, name

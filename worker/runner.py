@@ -6,8 +6,12 @@ What a run tells the database and the files while it holds the lease is
 database that is down is ``worker.db_retry``. When the engine stops early, the
 reporter's one ``StopReason`` says which outcome to write (``_stopped``).
 
-A little over 400 lines, on purpose: every way an attempt can end (a success, each
-stop reason, a failure, a hand-back) is written here side by side, so that what an
+Each claimed job is an ``Attempt``: alone it runs here (``run_alone``); in a batch
+(STYLEQUEUE_BATCH_MAX over 1) ``worker.batch_runner`` runs several, and each ends
+through the same ``Attempt.end`` and ``conclude``.
+
+Some 500 lines, on purpose: every way an attempt can end (a success, each stop
+reason, a failure, a hand-back) is written here side by side, so that what an
 attempt leaves behind is read in one file.
 """
 
@@ -80,8 +84,20 @@ def run_job(
     """Run one delivery of a job's message to its end. Never raises for a job's own failure.
 
     The job run is the first of the fair order (``shared.fair_share``), which need not
-    be ``job_id``: its id is appended to ``claimed``.
+    be ``job_id``: its id is appended to ``claimed``. With STYLEQUEUE_BATCH_MAX over 1
+    other jobs may run with it (``worker.batch_runner``): their ids follow in
+    ``claimed``; the outcome returned is the first job's (``run_delivery`` has each's).
     """
+    ended = run_delivery(ctx, job_id)
+    if claimed is not None:
+        claimed.extend(done for done, outcome in ended if outcome is not Outcome.SKIPPED)
+    return ended[0][1]
+
+
+def run_delivery(ctx: WorkerContext, job_id: uuid.UUID) -> list[tuple[uuid.UUID, Outcome]]:
+    """Run one delivery of a job's message: the job the fair order gives this worker, alone
+    or with others (``worker.batch_runner``); each job run and how it ended, the first
+    claimed first (a delivery that claimed nothing: the message's job, and why)."""
     with ctx.db.session() as session:
         max_attempts = ctx.settings.max_attempts
         try:
@@ -110,100 +126,179 @@ def run_job(
                 job_id,
                 extra=job_event(Outcome.RELEASED, job_id, worker=ctx.name),
             )
-            return Outcome.RELEASED
+            return [(job_id, Outcome.RELEASED)]
         if claim is None:
             exhausted = jobs.fail_exhausted_job(session, job_id, max_attempts=max_attempts)
             if exhausted is not None:
                 ctx.storage.delete_checkpoints(job_id)  # a failed job is never resumed
                 log_too_many_attempts(exhausted, worker=ctx.name)
                 settle_after(ctx, session, job_id)
-                return Outcome.FAILED
+                return [(job_id, Outcome.FAILED)]
             log.info(
                 "job %s is not claimable (running elsewhere, finished or unknown)",
                 job_id,
                 extra=job_event(Outcome.SKIPPED, job_id, worker=ctx.name),
             )
-            return Outcome.SKIPPED
-        job_id = claim.job_id
-        if claimed is not None:
-            claimed.append(job_id)
-        reporter = JobReporter(ctx, session, claim)
+            return [(job_id, Outcome.SKIPPED)]
+        attempt = Attempt(ctx, session, claim)
+        attempt.begin()
+        if ctx.settings.batch_max > 1 and claim.batch_shape is not None:
+            from worker.batch_runner import run_batch
+
+            return run_batch(ctx, attempt)
+        return [(claim.job_id, attempt.run_alone())]
+
+
+class Attempt:
+    """One claimed job's attempt on this worker: its reporter, its lease thread, and its end.
+
+    ``begin`` starts the lease thread; ``end`` writes the outcome the run's result
+    calls for (``conclude``) and stops the lease thread, whatever happens. Alone, the
+    attempt runs with ``run_alone``; in a batch, ``worker.batch_runner`` runs it.
+    """
+
+    def __init__(self, ctx: WorkerContext, session: Session, claim: Claim) -> None:
+        self.ctx = ctx
+        self.session = session
+        self.claim = claim
+        self.reporter = JobReporter(ctx, session, claim)
+        self._keeper = LeaseKeeper(ctx, self.reporter)
+        # The process's cache of style targets, counted for this job.
+        self.targets = ctx.style_targets()
+        self._ended = False
+
+    @property
+    def job_id(self) -> uuid.UUID:
+        return self.claim.job_id
+
+    def begin(self) -> None:
+        ctx, claim = self.ctx, self.claim
         log.info(
             "job %s claimed by %s (pool process %d), attempt %d",
-            job_id,
+            claim.job_id,
             ctx.name,
             ctx.pid,
             claim.attempt,
-            extra=reporter.event(EventKind.CLAIMED),
+            extra=self.reporter.event(EventKind.CLAIMED),
         )
-        keeper = LeaseKeeper(ctx, reporter)
-        keeper.start()
-        ctx.registry().job_started(job_id)
+        self._keeper.start()
+        ctx.registry().job_started(claim.job_id)
+
+    def inputs(self) -> tuple[StyleParams, torch.Tensor, list[torch.Tensor]]:
+        """The job's parameters and decoded inputs; then a check that the lease holds."""
+        params = StyleParams.model_validate(self.claim.params)
+        content, styles = _load_inputs(self.ctx, self.claim)
+        self.reporter.check_lease()
+        return params, content, styles
+
+    def run_alone(self) -> Outcome:
+        try:
+            params, content, styles = self.inputs()
+            output = _transfer(
+                self.ctx, self.session, self.claim, self.reporter, params, content, styles,
+                self.targets,
+            )  # fmt: skip
+        except Exception as exc:
+            return self.end(exc)
+        except BaseException:
+            self.abandon()
+            raise
+        return self.end(output)
+
+    def abandon(self) -> None:
+        """Stop renewing without writing an outcome (the process is going): the lease
+        runs out and the job is claimed again."""
+        self._stop_renewing(Outcome.LEASE_LOST)
+
+    def end(self, result: torch.Tensor | Exception) -> Outcome:
+        """The attempt's end: what ``result`` (the output, or why the run stopped) calls for
+        written under the lease, then the lease thread stopped. Once only."""
+        assert not self._ended, "an attempt ends once"
         outcome = Outcome.LEASE_LOST
         try:
-            outcome = _run_claimed(ctx, session, claim, reporter)
+            outcome = conclude(
+                self.ctx, self.session, self.claim, self.reporter, self.targets, result
+            )
         except LeaseLostError:
             log.warning(
                 "job %s: lease lost; stopping without writing",
-                job_id,
-                extra=reporter.event(Outcome.LEASE_LOST),
+                self.claim.job_id,
+                extra=self.reporter.event(Outcome.LEASE_LOST),
             )
         finally:
-            keeper.stop()
-            reporter.flush_losses()
-            ctx.registry().job_ended(
-                succeeded=outcome is Outcome.SUCCEEDED, failed=outcome is Outcome.FAILED
-            )
+            self._stop_renewing(outcome)
         return outcome
 
+    def _stop_renewing(self, outcome: Outcome) -> None:
+        self._ended = True
+        self._keeper.stop()
+        self.reporter.flush_losses()
+        self.ctx.registry().job_ended(
+            succeeded=outcome is Outcome.SUCCEEDED, failed=outcome is Outcome.FAILED
+        )
 
-def _run_claimed(
-    ctx: WorkerContext, session: Session, claim: Claim, reporter: JobReporter
+
+def conclude(
+    ctx: WorkerContext,
+    session: Session,
+    claim: Claim,
+    reporter: JobReporter,
+    targets: StyleTargets,
+    result: torch.Tensor | Exception,
 ) -> Outcome:
-    targets = ctx.style_targets()  # the process's cache of style targets, counted for this job
-    try:
-        params = StyleParams.model_validate(claim.params)
-        content, styles = _load_inputs(ctx, claim)
-        reporter.check_lease()
-        output = _transfer(ctx, session, claim, reporter, params, content, styles, targets)
-        result = result_file(claim.attempt)
-        reporter.put_own("result", result, encode_png(output))
-    except EngineInterrupted as exc:
-        return _stopped(ctx, session, claim, reporter, exc.state)
-    except (EngineError, ClientError) as exc:
-        return _fail(ctx, session, claim, reporter, exc.code, exc.message)
-    except LeaseLostError:
-        raise
-    except StorageError as exc:
-        return _defer(ctx, session, claim, reporter, exc)
-    except Exception as exc:
-        log.exception(
-            "job %s: unexpected error", claim.job_id, extra=reporter.event("unexpected_error")
-        )
-        return _fail(
-            ctx,
-            session,
-            claim,
-            reporter,
-            UNEXPECTED_ERROR_CODE,
-            f"the worker hit an unexpected error ({exc.__class__.__name__}); it has been logged",
-        )
+    """Write what the end of a run calls for: its output stored and the success recorded,
+    or the outcome of the exception it stopped with. Raises LeaseLostError when the
+    lease is lost (nothing more may be written)."""
+    name = result_file(claim.attempt)
+    if isinstance(result, torch.Tensor):
+        try:
+            reporter.put_own("result", name, encode_png(result))
+        except Exception as exc:
+            result = exc
+    if isinstance(result, Exception):
+        return _ended_by(ctx, session, claim, reporter, result)
     # The result is stored: the database down now only delays the success.
     try:
         reporter.write(
             "record the success",
-            lambda: jobs.finish_job(
-                session, claim, result_file=result, event_data=targets.counts()
-            ),
+            lambda: jobs.finish_job(session, claim, result_file=name, event_data=targets.counts()),
         )
     except LeaseLostError as exc:
-        reporter.forget_own(result, exc)
+        reporter.forget_own(name, exc)
         raise
     ctx.storage.delete_checkpoints(claim.job_id)
     settle_after(ctx, session, claim.job_id)  # its followers: a copy of the result each
     ctx.log_style_cache(claim.job_id, targets, reporter.event("style_cache"))
     log.info("job %s succeeded", claim.job_id, extra=reporter.event(EventKind.SUCCEEDED))
     return Outcome.SUCCEEDED
+
+
+def _ended_by(
+    ctx: WorkerContext, session: Session, claim: Claim, reporter: JobReporter, exc: Exception
+) -> Outcome:
+    """The outcome of a run that ended with ``exc`` instead of an output."""
+    if isinstance(exc, EngineInterrupted):
+        return _stopped(ctx, session, claim, reporter, exc.state)
+    if isinstance(exc, EngineError | ClientError):
+        return _fail(ctx, session, claim, reporter, exc.code, exc.message)
+    if isinstance(exc, LeaseLostError):
+        raise exc
+    if isinstance(exc, StorageError):
+        return _defer(ctx, session, claim, reporter, exc)
+    log.error(
+        "job %s: unexpected error",
+        claim.job_id,
+        exc_info=exc,
+        extra=reporter.event("unexpected_error"),
+    )
+    return _fail(
+        ctx,
+        session,
+        claim,
+        reporter,
+        UNEXPECTED_ERROR_CODE,
+        f"the worker hit an unexpected error ({exc.__class__.__name__}); it has been logged",
+    )
 
 
 def _stopped(
@@ -347,7 +442,7 @@ def _transfer(
             style_targets=targets,
         )
 
-    resume = _load_checkpoint(ctx, session, claim, reporter)
+    resume = load_checkpoint(ctx, session, claim, reporter)
     if resume is None:
         return oom.retry_once_alone(ctx, claim, reporter, params, run, None)
     try:
@@ -404,7 +499,7 @@ def _load_inputs(ctx: WorkerContext, claim: Claim) -> tuple[torch.Tensor, list[t
     return content, styles
 
 
-def _load_checkpoint(
+def load_checkpoint(
     ctx: WorkerContext, session: Session, claim: Claim, reporter: JobReporter
 ) -> EngineState | None:
     name = claim.checkpoint_file

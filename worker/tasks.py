@@ -190,8 +190,9 @@ class JobRequest(Request):
 
 
 def _end_lease_of_dead_process(app: Celery, args: Any, worker: str, pid: int) -> None:
-    """End the lease of pool process ``pid`` of this worker (node name ``worker``): the
-    attempt whose claim that process recorded, and no other."""
+    """End the leases of pool process ``pid`` of this worker (node name ``worker``): the
+    attempts whose claims that process recorded (several for a batch), and no other. The
+    jobs other than the message's (which Celery sends again) are sent again here."""
     from shared.db import Database
 
     try:
@@ -199,20 +200,22 @@ def _end_lease_of_dead_process(app: Celery, args: Any, worker: str, pid: int) ->
     except (ValueError, TypeError, IndexError):
         return
     hostname = socket.gethostname()
+    ended: list[tuple[uuid.UUID, int]] = []
     try:
         # A short-lived connection: the main process forks the next pool process
         # and must not hand it open database sockets.
         db = Database(settings_of(app).database_url)
         try:
             with db.session() as session:
-                # The message's job, or (the fair order chose another) one this worker holds.
-                for held in [job_id, *fair_share.jobs_leased_by(session, worker)]:
+                # The message's job, and (the fair order chose others, or a batch) the
+                # jobs this worker holds.
+                held = dict.fromkeys([job_id, *fair_share.jobs_leased_by(session, worker)])
+                for candidate in held:
                     attempt = leases.expire_lease_of_dead_worker(
-                        session, held, worker=worker, pid=pid, hostname=hostname
+                        session, candidate, worker=worker, pid=pid, hostname=hostname
                     )
                     if attempt is not None:
-                        job_id = held
-                        break
+                        ended.append((candidate, attempt))
         finally:
             db.dispose()
     except Exception:  # the reconciler recovers the job once the lease runs out
@@ -223,17 +226,21 @@ def _end_lease_of_dead_process(app: Celery, args: Any, worker: str, pid: int) ->
             pid,
             exc_info=True,
         )
-        return
-    if attempt is not None:
+    for held_id, attempt in ended:
         log.warning(
             "job %s: pool process %d of %s died mid-job; its lease ended for a retry",
-            job_id,
+            held_id,
             pid,
             worker,
             extra=job_event(
-                EventKind.WORKER_LOST, job_id, worker=worker, attempt=attempt, pool_pid=pid
+                EventKind.WORKER_LOST, held_id, worker=worker, attempt=attempt, pool_pid=pid
             ),
         )
+        if held_id != job_id:
+            try:
+                enqueue_job(app, held_id)
+            except Exception:  # the reconciler re-sends it
+                log.warning("job %s: could not send it again", held_id, exc_info=True)
 
 
 class JobFailedError(Exception):
@@ -277,39 +284,41 @@ def _failure(ctx: WorkerContext, job_id: uuid.UUID) -> JobFailedError:
 def run_job(self: Task, job_id: str) -> str:
     """Run the job with this id (claimed first: a duplicate message is a no-op).
 
-    Returns the delivery's outcome; raises JobFailedError when the job failed.
+    Returns the outcome of the first job claimed (with STYLEQUEUE_BATCH_MAX over 1,
+    others may run with it, each ending on its own); raises JobFailedError when that
+    job failed.
     """
-    from worker.runner import run_job as run
+    from worker.runner import Outcome, run_delivery
 
     try:
         parsed = uuid.UUID(job_id)
     except (ValueError, TypeError):
         log.error("dropping a message with a malformed job id: %r", job_id)
         return "malformed"
-    from worker.runner import Outcome
 
     global _running_job
     _handle_sigterm_in_child()
     ctx = _worker_context(self.app, self.request.hostname)
     _check_node_name(ctx, self.request.hostname)
     _running_job = True
-    claimed: list[uuid.UUID] = []  # the job the fair order chose (not always the message's)
     try:
-        outcome = run(ctx, parsed, claimed)
+        # The job the fair order chose (not always the message's), and any run with it.
+        ended = run_delivery(ctx, parsed)
     finally:
         _running_job = False
-    parsed = claimed[0] if claimed else parsed
-    if outcome is not Outcome.SKIPPED:
-        # One of its client's jobs ended or was handed back: a slot may be free.
-        _offer_waiting_jobs(self.app, ctx, parsed)
-    else:  # nothing this worker fits: a job too big for it goes to one it fits
-        pass_on_too_big(self.app, ctx)
-    if outcome is Outcome.RELEASED:
-        # This worker consumes no more; another one (or this one restarted) takes it.
-        # Should the broker be gone too, the reconciler re-enqueues the queued job.
-        enqueue_job(self.app, parsed)
+    for done, outcome in ended:
+        if outcome is not Outcome.SKIPPED:
+            # One of its client's jobs ended or was handed back: a slot may be free.
+            _offer_waiting_jobs(self.app, ctx, done)
+        else:  # nothing this worker fits: a job too big for it goes to one it fits
+            pass_on_too_big(self.app, ctx)
+        if outcome is Outcome.RELEASED:
+            # This worker consumes no more; another one (or this one restarted) takes it.
+            # Should the broker be gone too, the reconciler re-enqueues the queued job.
+            enqueue_job(self.app, done)
+    first, outcome = ended[0]
     if outcome is Outcome.FAILED:
-        raise _failure(ctx, parsed)  # the failure is committed: FAILURE in Celery too
+        raise _failure(ctx, first)  # the failure is committed: FAILURE in Celery too
     return str(outcome)
 
 

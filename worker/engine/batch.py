@@ -72,17 +72,25 @@ def transfer_batch(
     jobs: Sequence[BatchJob],
     *,
     refill: Callable[[int], Sequence[BatchJob]] | None = None,
+    capacity: int | None = None,
 ) -> list[Outcome]:
     """Run ``jobs`` together on ``network``'s device; each one's Outcome, in order (the
-    jobs ``refill(n)`` added, at most ``n`` each time a place is free, come after)."""
-    batch = _Batch(network, len(jobs))
+    jobs ``refill(n)`` added come after).
+
+    ``capacity``: the most jobs at once (default: as many as ``jobs``). ``refill(n)``
+    is asked for at most ``n`` jobs before each round while a place is free, and once
+    more when the last job has left: the batch ends when it is empty and ``refill``
+    gives nothing."""
+    batch = _Batch(network, max(capacity or len(jobs), len(jobs), 1))
     for job in jobs:
         batch.add(job)
-    while batch.active:
-        batch.round()
+    while True:
         if refill is not None and len(batch.active) < batch.capacity:
             for job in refill(batch.capacity - len(batch.active)):
                 batch.add(job)
+        if not batch.active:
+            break
+        batch.round()
     return [m.outcome if m.outcome is not None else _lost() for m in batch.members]
 
 
