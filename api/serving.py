@@ -4,7 +4,10 @@ The serving model: a gunicorn master and its worker processes (one per core),
 each an asyncio event loop (gunicorn's ``asgi`` worker) that reads requests
 whole and hands them to a few threads running the Flask app (``api.asgi``). A
 slow client costs a socket and a buffer, never a thread; the limits below bound
-how long it may take and how many connections a process holds.
+how long it may take and how many connections a process holds. Each process
+freezes what the app holds once it is loaded and collects its young objects less
+often (``GC_THRESHOLDS``): the collector's pauses were the polls' slowest
+percent (bench/README.md, "With the collector tuned").
 
 The command line (``cli.server_cmds.api_argv``) adds the bind address, the number
 of processes and threads, and the application; everything else that shapes the
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import gc
 import os
 import signal
 import sys
@@ -39,6 +43,10 @@ http_parser = "python"
 # The master's control socket (gunicornc) is one path per user by default, shared by
 # every gunicorn that user runs; nothing here uses it.
 control_socket_disable = True
+
+# The collector's thresholds (Python's default: 700, 10, 10): a request allocates a few
+# thousand objects, so the default collects the young generation every few requests.
+GC_THRESHOLDS = (20_000, 20, 100)
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -139,6 +147,11 @@ class Worker(gasgi.ASGIWorker):
         bridge = getattr(self.asgi, "bridge", self.asgi)  # behind api.live's routes, or alone
         if isinstance(bridge, WsgiBridge):
             bridge.threads = self.cfg.threads
+        # What the app holds for good (modules, the models, the spec) out of the collector's
+        # reach: a full collection otherwise walks it all, a pause of tens of ms per process.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
 
     async def _shutdown(self) -> None:
         """A stopping worker closes its idle and half-opened connections at once (a client's next

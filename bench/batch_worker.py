@@ -44,12 +44,15 @@ def png(seed: int, size: int) -> bytes:
 
 
 def live_workers(client: Clients) -> set[str]:
-    return {w["name"] for w in client.get("/v1/admin/workers").json().get("workers", [])}
+    answer = client.get("/v1/admin/workers")
+    answer.raise_for_status()
+    return {f"{w['name']}:{w['pid']}" for w in answer.json()["workers"]}
 
 
 def wait_ready(stack: Stack, client: Clients, before: set[str]) -> None:
-    """Until a worker not in ``before`` has registered (it loads torch and VGG19 first)."""
-    deadline = time.monotonic() + 120
+    """Until a worker process not in ``before`` has registered (it loads torch and VGG19
+    first; a restarted worker keeps its name, so the pid tells them apart)."""
+    deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if live_workers(client) - before:
             return
