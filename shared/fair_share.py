@@ -216,15 +216,15 @@ def claim_next(
     now = utcnow()
     own_space = session.scalar(select(Job.queue_name).where(Job.id == job_id))
     session.rollback()
-    args: dict[str, Any] = {
-        "worker": worker,
-        "lease_seconds": lease_seconds,
-        "max_attempts": max_attempts,
-        "pid": pid,
-        "hostname": hostname,
-        "max_running": max_running,
-        "memory_budget": memory_budget,
-    }
+    args = _claim_args(
+        worker=worker,
+        lease_seconds=lease_seconds,
+        max_attempts=max_attempts,
+        pid=pid,
+        hostname=hostname,
+        max_running=max_running,
+        memory_budget=memory_budget,
+    )
     if own_space == "" and queue_name != "":
         # A row that names no key space (one from before, or stored by a path that named
         # none) is in no worker's fair order: only its own message can start it, so that
@@ -252,6 +252,28 @@ def claim_next(
     return claim_job(session, job_id, on_claim=None if own is None else record_start(own), **args)
 
 
+def _claim_args(
+    *,
+    worker: str,
+    lease_seconds: float,
+    max_attempts: int | None,
+    pid: int | None,
+    hostname: str | None,
+    max_running: int,
+    memory_budget: int | None,
+) -> dict[str, Any]:
+    """What every claim of a worker passes to ``claim_job``, besides the job."""
+    return {
+        "worker": worker,
+        "lease_seconds": lease_seconds,
+        "max_attempts": max_attempts,
+        "pid": pid,
+        "hostname": hostname,
+        "max_running": max_running,
+        "memory_budget": memory_budget,
+    }
+
+
 def claim_batch_members(
     session: Session,
     *,
@@ -277,6 +299,15 @@ def claim_batch_members(
     ``claimed`` event names ``batch_with``, the job whose batch it joins."""
     if count < 1:
         return []
+    args = _claim_args(
+        worker=worker,
+        lease_seconds=lease_seconds,
+        max_attempts=max_attempts,
+        pid=pid,
+        hostname=hostname,
+        max_running=max_running,
+        memory_budget=memory_budget,
+    )
     now = utcnow()
     conditions = candidate_conditions(now, max_attempts=max_attempts, max_running=max_running)
     conditions += [fits_memory(memory_budget), Job.queue_name == queue_name]
@@ -300,15 +331,9 @@ def claim_batch_members(
             claim = claim_job(
                 session,
                 candidate.job_id,
-                worker=worker,
-                lease_seconds=lease_seconds,
-                max_attempts=max_attempts,
-                pid=pid,
-                hostname=hostname,
-                max_running=max_running,
-                memory_budget=memory_budget,
                 on_claim=record_start(candidate),
                 event_data={"batch_with": str(batch_with)},
+                **args,
             )
             if claim is None:  # taken by another worker since it was read: the next one
                 continue

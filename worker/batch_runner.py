@@ -37,11 +37,11 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from shared import fair_share
-from shared.errors import NotFoundError
 from shared.memory_estimate import batch_peak_bytes
 from shared.params import StyleParams
 from worker import oom
@@ -50,12 +50,11 @@ from worker.engine import EngineState, transfer
 from worker.engine.batch import BatchJob, transfer_batch
 from worker.engine.batch import Outcome as EngineOutcome
 from worker.engine.errors import (
-    CheckpointCorruptError,
     CheckpointIncompatibleError,
     EngineOutOfMemoryError,
 )
 from worker.oom import free_device_memory, is_out_of_memory, out_of_memory_message
-from worker.runner import Attempt, Outcome, load_checkpoint
+from worker.runner import Attempt, Outcome, load_checkpoint, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -179,18 +178,29 @@ class _WorkerBatch:
             content,
             styles,
             params,
-            on_progress=oom.with_injected_fault(attempt.job_id, attempt.reporter.on_progress),
-            should_stop=attempt.reporter.should_stop,
             resume=resume,
-            style_targets=attempt.targets,
             on_end=functools.partial(self._on_end, attempt, resume is not None),
+            **self._engine_callbacks(attempt),
         )
 
     def _resume(self, attempt: Attempt) -> EngineState | None:
         if attempt.reporter.checkpoint_name == attempt.claim.checkpoint_file:
             # What the claim found: an earlier attempt's, resumed (and recorded) as alone.
             return load_checkpoint(self.ctx, attempt.session, attempt.claim, attempt.reporter)
-        return _own_checkpoint(self.ctx, attempt)
+        return self._latest_checkpoint(attempt)
+
+    def _latest_checkpoint(self, attempt: Attempt) -> EngineState | None:
+        """This attempt's latest committed checkpoint (None: none yet, or unreadable)."""
+        name = attempt.reporter.checkpoint_name
+        return None if name is None else read_checkpoint(self.ctx, attempt.reporter, name)
+
+    def _engine_callbacks(self, attempt: Attempt) -> dict[str, Any]:
+        """What the engine is given for a job, alone or in the batch."""
+        return {
+            "on_progress": oom.with_injected_fault(attempt.job_id, attempt.reporter.on_progress),
+            "should_stop": attempt.reporter.should_stop,
+            "style_targets": attempt.targets,
+        }
 
     def _on_end(self, attempt: Attempt, resumed: bool, outcome: EngineOutcome) -> None:
         """A job left the engine's batch: its end written now (the others go on)."""
@@ -253,17 +263,15 @@ class _WorkerBatch:
 
     def _alone_once(self, attempt: Attempt) -> torch.Tensor:
         params, content, styles = attempt.inputs()
-        resume = _own_checkpoint(self.ctx, attempt)
+        resume = self._latest_checkpoint(attempt)
         try:
             return transfer(
                 self.ctx.network(),
                 content,
                 styles,
                 params,
-                on_progress=oom.with_injected_fault(attempt.job_id, attempt.reporter.on_progress),
-                should_stop=attempt.reporter.should_stop,
                 resume=resume,
-                style_targets=attempt.targets,
+                **self._engine_callbacks(attempt),
             )
         except Exception as exc:
             if not is_out_of_memory(exc):
@@ -282,20 +290,3 @@ def _out_of_memory(
     return EngineOutOfMemoryError(
         message, details={"size": params.size, "memory_estimate": estimate}
     )
-
-
-def _own_checkpoint(ctx: WorkerContext, attempt: Attempt) -> EngineState | None:
-    """This attempt's latest checkpoint (None: none yet, or unreadable: from the start)."""
-    name = attempt.reporter.checkpoint_name
-    if name is None:
-        return None
-    try:
-        return EngineState.from_bytes(ctx.storage.get(attempt.job_id, name))
-    except (NotFoundError, CheckpointCorruptError, CheckpointIncompatibleError) as exc:
-        log.warning(
-            "job %s: ignoring its checkpoint (%s)",
-            attempt.job_id,
-            exc,
-            extra=attempt.reporter.event("checkpoint_discarded"),
-        )
-        return None

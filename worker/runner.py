@@ -499,25 +499,33 @@ def _load_inputs(ctx: WorkerContext, claim: Claim) -> tuple[torch.Tensor, list[t
     return content, styles
 
 
+def read_checkpoint(ctx: WorkerContext, reporter: JobReporter, name: str) -> EngineState | None:
+    """The engine state in the job's checkpoint ``name``; None (and a warning) when it is
+    gone, torn, or of another state format: the run starts over."""
+    try:
+        return EngineState.from_bytes(ctx.storage.get(reporter.job_id, name))
+    except (NotFoundError, CheckpointCorruptError, CheckpointIncompatibleError) as exc:
+        log.warning(
+            "job %s: ignoring its checkpoint (%s)",
+            reporter.job_id,
+            exc.message,
+            extra=reporter.event("checkpoint_discarded"),
+        )
+        return None
+
+
 def load_checkpoint(
     ctx: WorkerContext, session: Session, claim: Claim, reporter: JobReporter
 ) -> EngineState | None:
+    """The claim's committed checkpoint, read and its resume recorded (None: none)."""
     name = claim.checkpoint_file
     if name is None:
         # A job from before the row named its checkpoint: the one fixed name it had.
         if claim.attempt <= 1 or not ctx.storage.exists(claim.job_id, CHECKPOINT_FILE):
             return None
         name = CHECKPOINT_FILE
-    try:
-        state = EngineState.from_bytes(ctx.storage.get(claim.job_id, name))
-    except (NotFoundError, CheckpointCorruptError, CheckpointIncompatibleError) as exc:
-        # Gone, torn, or of another state format: start over.
-        log.warning(
-            "job %s: ignoring its checkpoint (%s)",
-            claim.job_id,
-            exc.message,
-            extra=reporter.event("checkpoint_discarded"),
-        )
+    state = read_checkpoint(ctx, reporter, name)
+    if state is None:
         return None
     log.info(
         "job %s resumed from iteration %d",

@@ -79,6 +79,14 @@ class Cluster(LeaseCluster):
     def claims(self, job_id: uuid.UUID) -> list[JobEvent]:
         return self.events(job_id, "claimed")
 
+    def submit_all(self, styles: list[str], *, iterations: int, seed: int) -> list[uuid.UUID]:
+        """One job per style, at once, with seeds from ``seed`` on."""
+        return [self.submit(s, iterations=iterations, seed=seed + i) for i, s in enumerate(styles)]
+
+    def first_claims(self, job_ids: list[uuid.UUID]) -> list[JobEvent]:
+        """Each job's first ``claimed`` event, once every job has one."""
+        return [wait_for("the claims", lambda j=j: (c := self.claims(j)) and c[0]) for j in job_ids]
+
 
 @pytest.fixture(scope="module")
 def cluster(
@@ -189,10 +197,8 @@ def test_a_crash_mid_batch_resumes_each_job_from_its_own_checkpoint(
     cluster: Cluster, worker: WorkerProcess
 ) -> None:
     iterations = 600
-    jobs = [cluster.submit(s, iterations=iterations, seed=20 + i) for i, s in enumerate(
-        ["starry_night", "chelsea"]
-    )]  # fmt: skip
-    claims = [wait_for("the claims", lambda j=j: (c := cluster.claims(j)) and c[0]) for j in jobs]
+    jobs = cluster.submit_all(["starry_night", "chelsea"], iterations=iterations, seed=20)
+    claims = cluster.first_claims(jobs)
     assert len({pool_pid(c) for c in claims}) == 1 and any("batch_with" in c.data for c in claims)
     pid = pool_pid(claims[0])
     for job_id in jobs:
@@ -223,10 +229,8 @@ def test_sigterm_hands_every_job_of_the_batch_back_and_a_new_worker_resumes_them
     cluster: Cluster, worker: WorkerProcess
 ) -> None:
     iterations = 600
-    jobs = [cluster.submit(s, iterations=iterations, seed=30 + i) for i, s in enumerate(
-        ["starry_night", "shipwreck"]
-    )]  # fmt: skip
-    claims = [wait_for("the claims", lambda j=j: (c := cluster.claims(j)) and c[0]) for j in jobs]
+    jobs = cluster.submit_all(["starry_night", "shipwreck"], iterations=iterations, seed=30)
+    claims = cluster.first_claims(jobs)
     assert len({pool_pid(c) for c in claims}) == 1, "one batch"
     for job_id in jobs:
         wait_for("each job to run", lambda j=job_id: cluster.row(j).iteration > 5)
@@ -254,9 +258,7 @@ def test_a_batch_that_runs_out_of_memory_runs_each_job_once_more_alone(cluster: 
     for worker in cluster.workers:
         worker.stop()
     [oom_worker] = cluster.start_workers("oom", env={"STYLEQUEUE_FAULT_OOM_RUNS": "1"})
-    jobs = [cluster.submit(s, iterations=SHORT, seed=40 + i) for i, s in enumerate(
-        ["starry_night", "chelsea"]
-    )]  # fmt: skip
+    jobs = cluster.submit_all(["starry_night", "chelsea"], iterations=SHORT, seed=40)
     wait_for("both jobs to end", lambda: cluster.finished(*jobs))
     claims = [cluster.claims(job_id) for job_id in jobs]
     assert [len(c) for c in claims] == [1, 1], "one attempt each: retried in place"
