@@ -20,7 +20,8 @@ from shared.models import JobStatus
 
 pytestmark = pytest.mark.slow
 
-SIDE = 4800  # 23 Mpx, under the default STYLEQUEUE_MAX_IMAGE_PIXELS; ~2 s each to decode here
+SIDE = 4800  # 23 Mpx, under the default STYLEQUEUE_MAX_IMAGE_PIXELS; 1-2 s each to decode
+STYLES = 5  # with the content, six such decodes: several leases even on a fast machine
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,8 @@ def large_png(seed: int) -> bytes:
 def test_a_job_whose_inputs_take_longer_than_the_lease_to_load_is_claimed_once(
     cluster: LeaseCluster,
 ) -> None:
-    job_id = cluster.submit(large_png(0), [large_png(1), large_png(2)], iterations=20)
+    styles = [large_png(seed) for seed in range(1, STYLES + 1)]
+    job_id = cluster.submit(large_png(0), styles, iterations=20)
     claim = wait_for("the claim", lambda: cluster.claim(job_id, 1))
     claimed_at = time.monotonic()
     wait_for(
