@@ -64,7 +64,7 @@ def check_submit_limits(client_id: int) -> SubmitQuota:
     if limits is None:
         limits = read_limits(read_session(), client_id, svc.settings)
         _cache.put(key, limits)
-    return check_submit(read_session(), client_id, limits, svc.rate_bucket)
+    return check_submit(read_session(), client_id, limits, svc.rate_bucket, svc.db)
 
 
 def quota_headers(quota: SubmitQuota) -> dict[str, str]:

@@ -142,13 +142,23 @@ class ThreadConnections:
 
     def fetch_one(self, sql: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
         """The first row of ``sql`` (with %s placeholders), or None."""
+        rows = self._read(sql, params, one=True)
+        return rows[0] if rows else None
+
+    def fetch_all(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Every row of ``sql`` (with %s placeholders)."""
+        return self._read(sql, params, one=False)
+
+    def _read(self, sql: str, params: Sequence[Any], *, one: bool) -> list[tuple[Any, ...]]:
         for attempt in range(2):
             connection = self._connection(fresh=attempt > 0)
             try:
-                row: tuple[Any, ...] | None = connection.execute(
-                    sql, params, prepare=True
-                ).fetchone()
-                return row
+                cursor = connection.execute(sql, params, prepare=True)
+                if one:
+                    row = cursor.fetchone()
+                    return [] if row is None else [row]
+                rows: list[tuple[Any, ...]] = cursor.fetchall()
+                return rows
             except self._engine.dialect.loaded_dbapi.OperationalError:
                 self._discard()
         raise ServiceUnavailableError(

