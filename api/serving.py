@@ -40,6 +40,14 @@ keepalive = 5  # seconds an idle kept-alive connection stays open (and a next he
 asgi_loop = "asyncio"
 http_parser = "python"
 
+# Each process binds the port with its own socket (SO_REUSEPORT), and the kernel spreads
+# new connections over them. With gunicorn's default (the master's one socket, shared),
+# asyncio's accept loop takes every connection that is waiting at once: the first process
+# to wake took all sixteen kept-alive connections of a load test, and the other sat idle
+# (bench/README.md, "One socket per process"). `stylequeue api` checks first that no one
+# holds the port (cli.server_cmds), since a second server would bind it too.
+reuse_port = True
+
 # The master's control socket (gunicornc) is one path per user by default, shared by
 # every gunicorn that user runs; nothing here uses it.
 control_socket_disable = True
@@ -54,11 +62,11 @@ _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 def die_with_parent(parent_pid: int) -> None:
     """Have the kernel SIGKILL this process the moment ``parent_pid`` (its parent) dies.
 
-    A worker whose master was killed would otherwise keep the listening socket
+    A worker whose master was killed would otherwise keep its listening socket
     open and go on serving the connections it holds until gunicorn's own check
     (once a second) and its graceful timeout let it go: the port stays taken, so
-    a new master cannot bind, and new connections queue on a socket nobody
-    accepts from. Linux only; elsewhere gunicorn's parent check alone applies.
+    a new server cannot start, and new connections the kernel hands that socket
+    wait on a process that is leaving. Linux only; elsewhere gunicorn's parent check alone applies.
     """
     if not sys.platform.startswith("linux"):
         return

@@ -30,6 +30,10 @@ DEFAULT_API_WORKERS = 2  # gunicorn processes; one per core is a fair start
 DEFAULT_API_THREADS = 4  # per process, for the Flask app: a submit waits much on fsync
 API_APP = "api.asgi:app"  # the Flask app behind a bridge that reads requests whole
 SERVING_CONFIG = "api.serving"  # gunicorn settings and hooks (a Python module)
+# `stylequeue api` waits this long for its port to be free (a server just killed may still
+# hold it; gunicorn itself used to retry its bind five times, a second apart).
+API_PORT_PATIENCE_SECONDS = 5.0
+PORT_RETRY_SECONDS = 0.2
 CELERY_APP = "worker.celery_worker"
 REDIS_START_WAIT_SECONDS = 5.0
 LEFTOVER_STOP_SECONDS = 10.0  # a child's own children (a worker's pool process) after it exits
@@ -256,6 +260,7 @@ def api(host: str, port: int, workers: int, access_log: bool, dev: bool) -> None
         configure_logging()
         create_app(settings).run(host=host, port=port)
         return
+    _check_port_free(host, port, patience=API_PORT_PATIENCE_SECONDS, who="api")
     os.execv(sys.executable, api_argv(host, port, workers, access_log=access_log))
 
 
@@ -433,19 +438,31 @@ UP_READY_TIMEOUT_SECONDS = 600.0  # the worker loads VGG19: seconds, or minutes 
 READY_PROBE_SECONDS = 2.0
 
 
-def _check_port_free(host: str, port: int) -> None:
-    """Fail in one line before anything starts when the API's address is taken."""
+def _check_port_free(host: str, port: int, *, patience: float = 0.0, who: str = "up") -> None:
+    """Fail in one line before anything starts when the API's address is taken (tried
+    again for up to ``patience`` seconds: a server just killed may still hold it).
+
+    Also what keeps two APIs off one port: gunicorn's processes each bind the port with
+    SO_REUSEPORT (api/serving.py), and a second server of the same user would bind it
+    too and silently take half of the connections. A probe without that option cannot
+    bind a port such sockets hold.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as probe:
-        # As gunicorn binds: a port that only has connections in TIME_WAIT is free.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise click.ClickException(
-                f"cannot serve the API on {host}:{port}: {exc.strerror or exc} "
-                "(another stylequeue up? stop it, or choose another --port)"
-            ) from None
+    deadline = time.monotonic() + patience
+    while True:
+        with socket.socket(family) as probe:
+            # As gunicorn binds: a port that only has connections in TIME_WAIT is free.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+                return
+            except OSError as exc:
+                if time.monotonic() >= deadline:
+                    raise click.ClickException(
+                        f"cannot serve the API on {host}:{port}: {exc.strerror or exc} "
+                        f"(another stylequeue {who}? stop it, or choose another --port)"
+                    ) from None
+        time.sleep(PORT_RETRY_SECONDS)
 
 
 def _wait_until_up(
