@@ -117,11 +117,13 @@ def check_submit(
         )
     queued = None
     if limits.max_queued > 0:
-        queued = count_jobs(session, client_id, JobStatus.QUEUED, db)
+        # Counted up to the limit only: the cost stays that of ``max_queued`` rows, however
+        # long a queue grew (a limit lowered since).
+        queued = count_jobs(session, client_id, JobStatus.QUEUED, db, up_to=limits.max_queued)
         if queued >= limits.max_queued:
             raise TooManyRequestsError(
-                f"too many queued jobs: this key has {queued} waiting, at most "
-                f"{limits.max_queued}; retry once some have started",
+                f"too many queued jobs: this key has {limits.max_queued} or more waiting, "
+                f"at most {limits.max_queued}; retry once some have started",
                 code="too_many_queued",
                 retry_after=QUEUED_RETRY_AFTER_SECONDS,
                 quota=SubmitQuota(limits, rate, queued),
@@ -153,22 +155,34 @@ def _take(bucket: RateBucket, client_id: int, limits: ClientLimits) -> RateDecis
 # Every submit counts the client's queued jobs: on PostgreSQL a prepared statement on the
 # driver's fast path (``shared.db.ThreadConnections``); through the ORM it cost ~0.8 ms.
 _COUNT_SQL = "SELECT count(*) FROM jobs WHERE client_id = %s AND status = %s"
+_COUNT_UP_TO_SQL = (
+    "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE client_id = %s AND status = %s"
+    " LIMIT %s) AS counted"
+)
 
 
 def count_jobs(
-    session: Session, client_id: int, status: JobStatus, db: Database | None = None
+    session: Session,
+    client_id: int,
+    status: JobStatus,
+    db: Database | None = None,
+    *,
+    up_to: int | None = None,
 ) -> int:
-    """How many of the client's jobs have ``status`` now (``ix_jobs_client_status``); with
-    ``db`` on PostgreSQL straight on the driver, else through ``session``."""
+    """How many of the client's jobs have ``status`` now (``ix_jobs_client_status``), or
+    ``up_to`` when there are at least that many; with ``db`` on PostgreSQL straight on
+    the driver, else through ``session``."""
     connections = None if db is None else db.thread_connections
     if connections is not None:
-        row = connections.fetch_one(_COUNT_SQL, (client_id, status.value))
+        if up_to is None:
+            row = connections.fetch_one(_COUNT_SQL, (client_id, status.value))
+        else:
+            row = connections.fetch_one(_COUNT_UP_TO_SQL, (client_id, status.value, up_to))
         return int(row[0]) if row is not None else 0
-    found = session.scalar(
-        select(func.count())
-        .select_from(Job)
-        .where(Job.client_id == client_id, Job.status == status)
-    )
+    rows = select(Job.id).where(Job.client_id == client_id, Job.status == status)
+    if up_to is not None:
+        rows = rows.limit(up_to)
+    found = session.scalar(select(func.count()).select_from(rows.subquery()))
     return int(found or 0)
 
 
