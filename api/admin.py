@@ -18,6 +18,7 @@ from api.auth import current_principal
 from api.services import db_session, queue_snapshot, read_session, services
 from shared import admin, admin_actions, admin_filters, admin_reads
 from shared.admin_actions import Operator
+from shared.admin_workers import running_under_lease
 from shared.errors import ForbiddenError
 from shared.job_json import _timestamp, job_dict
 from shared.job_store import parse_job_id
@@ -182,5 +183,14 @@ def stats() -> Response:
 def workers() -> Response:
     admin_filters.reject_unknown(request.args, frozenset({"all"}))
     include_dead = admin_filters.parse_flag(request.args.get("all"), field="all")
-    found = admin_reads.live_workers(read_session(), include_dead=include_dead)
-    return _json({"workers": [_plain(asdict(w)) for w in found]})
+    session = read_session()
+    found = admin_reads.live_workers(session, include_dead=include_dead)
+    running = running_under_lease(session, [w.name for w in found if w.alive])
+    return _json(
+        {
+            "workers": [
+                _plain({**asdict(w), "running_job_ids": list(running.get(w.name, ()))})
+                for w in found
+            ]
+        }
+    )

@@ -145,6 +145,10 @@ class WorkerOut(BaseModel):
     device_memory_used_bytes: int | None = Field(
         description="What the process holds on its GPU as of its last beat; null on the CPU."
     )
+    running_job_ids: list[uuid.UUID] = Field(
+        description="Every job running under this live worker's lease, oldest start first: "
+        "more than one when it runs a batch (STYLEQUEUE_BATCH_MAX); empty for a gone worker."
+    )
 
 
 class WorkerList(BaseModel):

@@ -4,7 +4,9 @@ A row of the ``workers`` registry says what its process last wrote; this adds
 what the jobs say, so that the page agrees with the rest of /admin:
 
 - the current job only of a live worker, and only while that job runs under
-  its lease (a gone process's row may still name the job it died with);
+  its lease (a gone process's row may still name the job it died with); with
+  batches (``STYLEQUEUE_BATCH_MAX``) every job running under its lease, from the
+  jobs themselves (the registry names one);
 - its jobs that finished in the statistics' window, by outcome: the figures of
   ``shared.stats`` (``worker_stats``, the statistics page's per-worker table),
   not the registry's own counters, which restart with the process;
@@ -51,6 +53,8 @@ class WorkerRow:
     current_job_id: uuid.UUID | None  # live, and that job runs under this worker's lease
     window: WorkerStats | None  # its jobs finished in the window; None: none
     last_error: WorkerError | None
+    # Every job running under its lease, oldest start first (more than one: a batch).
+    running_job_ids: tuple[uuid.UUID, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -78,14 +82,15 @@ def workers_overview(
         reverse=True,
     )
     recent.sort(key=lambda w: (not w.alive, w.name))
-    running = _running_under_lease(session, [w for w in recent if w.alive])
+    running = running_under_lease(session, [w.name for w in recent if w.alive])
     window = {s.worker: s for s in worker_stats(session, now=now, hours=hours)}
 
     def row(w: WorkerInfo, *, details: bool) -> WorkerRow:
         return WorkerRow(
             info=w,
             seconds_since_beat=max(0.0, age[w.name]),
-            current_job_id=running.get(w.name),
+            current_job_id=_current(w, running.get(w.name, ())),
+            running_job_ids=running.get(w.name, ()),
             window=window.get(w.name),
             last_error=_last_error(session, w.name) if details else None,
         )
@@ -98,17 +103,27 @@ def workers_overview(
     )
 
 
-def _running_under_lease(session: Session, alive: list[WorkerInfo]) -> dict[str, uuid.UUID]:
-    """Worker name → the job its row names, for the rows whose job runs under their lease."""
-    named = {w.current_job_id: w.name for w in alive if w.current_job_id is not None}
-    if not named:
+def running_under_lease(session: Session, names: list[str]) -> dict[str, tuple[uuid.UUID, ...]]:
+    """Worker name → the jobs running under its lease, oldest start first (none: absent)."""
+    if not names:
         return {}
     rows = session.execute(
-        select(Job.id, Job.lease_owner).where(
-            Job.id.in_(list(named)), Job.status == JobStatus.RUNNING
-        )
+        select(Job.id, Job.lease_owner)
+        .where(Job.status == JobStatus.RUNNING, Job.lease_owner.in_(names))
+        .order_by(Job.started_at, Job.id)
     )
-    return {named[job_id]: job_id for job_id, owner in rows if owner == named[job_id]}
+    found: dict[str, list[uuid.UUID]] = {}
+    for job_id, owner in rows:
+        if owner is not None:
+            found.setdefault(owner, []).append(job_id)
+    return {name: tuple(ids) for name, ids in found.items()}
+
+
+def _current(worker: WorkerInfo, running: tuple[uuid.UUID, ...]) -> uuid.UUID | None:
+    # The job its row names while that one runs under its lease, else its oldest running.
+    if worker.current_job_id in running:
+        return worker.current_job_id
+    return running[0] if running else None
 
 
 def _last_error(session: Session, worker: str) -> WorkerError | None:

@@ -328,6 +328,32 @@ def test_statistics_by_day_past_two_days_with_outcomes_and_the_queue_depth(
     assert "<html" not in body and "Jobs per hour" in body
 
 
+def test_a_worker_running_a_batch_shows_every_job_under_its_lease(
+    http: FlaskClient, session: Session, submit: Submit, api_key: str, admin_key: str
+) -> None:
+    name = f"batch-{uuid.uuid4().hex[:6]}/21"
+    workers.register_worker(
+        session, name=name, hostname="batch-host", pid=21, device=workers.DeviceInfo("cpu")
+    )
+    ids = [submit(api_key) for _ in range(3)]
+    claims = [
+        jobs.claim_job(session, uuid.UUID(job_id), worker=name, lease_seconds=30) for job_id in ids
+    ]
+    workers.job_started(session, name, uuid.UUID(ids[1]))  # the registry names one of them
+    ended = claims[2]  # the third has left the batch: it failed
+    assert ended is not None and all(claims)
+    jobs.fail_job(session, ended, code="out_of_memory", message="CUDA out of memory")
+    log_in(http, admin_key)
+    page = http.get("/admin/workers").text
+    row = page.split(f'data-worker="{name}"')[1].split("</tr>")[0]
+    current = re.findall(r'data-role="current-job"[^>]*>([0-9a-f]{8})<', row)
+    others = re.findall(r'data-role="batch-job"[^>]*>([0-9a-f]{8})<', row)
+    assert current == [ids[1][:8]], row
+    assert "batch of 2" in row and others == [ids[0][:8]], row
+    # The one that left shows only as its last error.
+    assert ids[2][:8] not in current + others and "out_of_memory" in row
+
+
 def test_the_workers_page_shows_host_pid_device_memory_and_folds_the_long_gone(
     http: FlaskClient, session: Session, submit: Submit, api_key: str, admin_key: str
 ) -> None:

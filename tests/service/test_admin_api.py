@@ -644,6 +644,27 @@ def test_workers_alive_and_dead(
     assert again[alive].jobs_failed == 0
 
 
+def test_a_worker_running_a_batch_lists_every_job_under_its_lease(
+    session: Session, http: FlaskClient, admin_auth: dict[str, str], submit: Any
+) -> None:
+    from shared import workers as registry
+
+    name = f"batch-{uuid.uuid4().hex[:6]}/1"
+    registry.register_worker(
+        session, name=name, hostname="b-1", pid=1, device=registry.DeviceInfo("cpu")
+    )
+    # Seeds of their own: identical jobs would share one run and never be claimed.
+    ids = [uuid.UUID(submit(params={**TINY, "seed": 100 + i}).json["id"]) for i in range(2)]
+    for job_id in ids:
+        assert jobs.claim_job(session, job_id, worker=name, lease_seconds=30) is not None
+    registry.job_started(session, name, ids[1])
+    response = http.get("/v1/admin/workers", headers=admin_auth)
+    WorkerList.model_validate(response.json)
+    me = {w["name"]: w for w in response.json["workers"]}[name]
+    assert me["running_job_ids"] == [str(i) for i in ids]
+    assert me["current_job_id"] == str(ids[1])
+
+
 @pytest.mark.slow
 def test_a_real_worker_process_registers_and_counts_its_jobs(
     worker_stack: Any, image_bytes: Callable[[str], bytes]
