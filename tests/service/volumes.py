@@ -41,7 +41,9 @@ def fill(volume: Path) -> Path:
     """Write a file until the filesystem has no space left; returns it."""
     filler = volume / "filler"
     chunk = b"\0" * 65536
-    with filler.open("wb") as out:
+    # Unbuffered: a buffered file would hold the chunk the disk refused and fail again
+    # (ENOSPC) when closed, with the filler left behind.
+    with filler.open("wb", buffering=0) as out:
         try:
             while True:
                 out.write(chunk)
