@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import socket
+import time
 import uuid
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -32,9 +33,11 @@ from shared.celery_app import (
     settings_of,
 )
 from shared.deadlines import DEADLINE_EXCEEDED
+from shared.errors import StorageError
 from shared.job_changes import publish_changes_to
 from shared.logging import configure_logging, job_event
 from shared.models import EventKind, utcnow
+from shared.storage import CONTENT_FILE
 from worker.attempts import log_too_many_attempts
 from worker.memory_pass_on import pass_on_too_big
 from worker.webhook_sender import start_sender
@@ -48,6 +51,12 @@ log = logging.getLogger(__name__)
 
 _context: WorkerContext | None = None  # this process's, built after the fork
 _running_job = False  # whether this pool child is inside run_job now
+# Whether this process's last job was handed back because the storage failed: until the
+# storage answers again it claims nothing (``_storage_answers``) and passes each job on.
+_storage_failed = False
+# After passing a job on, this long before taking the next message: another idle worker,
+# waiting for one, gets the job meanwhile.
+STORAGE_PASS_ON_SECONDS = 1.0
 # The worker's Celery node name (``--hostname``, %h expanded), as the main process
 # learns it before it forks the pool: a pool process inherits it.
 _node_name: str | None = None
@@ -296,16 +305,24 @@ def run_job(self: Task, job_id: str) -> str:
         log.error("dropping a message with a malformed job id: %r", job_id)
         return "malformed"
 
-    global _running_job
+    global _running_job, _storage_failed
     _handle_sigterm_in_child()
     ctx = _worker_context(self.app, self.request.hostname)
     _check_node_name(ctx, self.request.hostname)
+    if _storage_failed and not _storage_answers(ctx, parsed):
+        # A worker cut off from the store would claim the job, fail at its start and hand
+        # it back, again and again, while a healthy worker sat idle: pass it on instead.
+        enqueue_job(self.app, parsed)
+        time.sleep(STORAGE_PASS_ON_SECONDS)
+        return "storage_unavailable"
     _running_job = True
     try:
         # The job the fair order chose (not always the message's), and any run with it.
         ended = run_delivery(ctx, parsed)
     finally:
         _running_job = False
+    if any(outcome is not Outcome.SKIPPED for _, outcome in ended):
+        _storage_failed = any(outcome is Outcome.DEFERRED for _, outcome in ended)
     for done, outcome in ended:
         if outcome is not Outcome.SKIPPED:
             # One of its client's jobs ended or was handed back: a slot may be free.
@@ -320,6 +337,22 @@ def run_job(self: Task, job_id: str) -> str:
     if outcome is Outcome.FAILED:
         raise _failure(ctx, first)  # the failure is committed: FAILURE in Celery too
     return str(outcome)
+
+
+def _storage_answers(ctx: WorkerContext, job_id: uuid.UUID) -> bool:
+    """Whether the storage answers this process now (a look for the job's content file)."""
+    try:
+        ctx.storage.exists(job_id, CONTENT_FILE)
+    except StorageError as exc:
+        log.warning(
+            "job %s: not claimed, the storage still fails here (%s); passed on to another worker",
+            job_id,
+            exc.code,
+            extra=job_event("storage_pass_on", job_id, error_code=exc.code),
+        )
+        return False
+    log.info("the storage answers again: this worker claims jobs again")
+    return True
 
 
 def _offer_waiting_jobs(app: Celery, ctx: WorkerContext, job_id: uuid.UUID) -> None:
