@@ -154,7 +154,6 @@ def _take(bucket: RateBucket, client_id: int, limits: ClientLimits) -> RateDecis
 
 # Every submit counts the client's queued jobs: on PostgreSQL a prepared statement on the
 # driver's fast path (``shared.db.ThreadConnections``); through the ORM it cost ~0.8 ms.
-_COUNT_SQL = "SELECT count(*) FROM jobs WHERE client_id = %s AND status = %s"
 _COUNT_UP_TO_SQL = (
     "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE client_id = %s AND status = %s"
     " LIMIT %s) AS counted"
@@ -162,26 +161,16 @@ _COUNT_UP_TO_SQL = (
 
 
 def count_jobs(
-    session: Session,
-    client_id: int,
-    status: JobStatus,
-    db: Database | None = None,
-    *,
-    up_to: int | None = None,
+    session: Session, client_id: int, status: JobStatus, db: Database | None, *, up_to: int
 ) -> int:
     """How many of the client's jobs have ``status`` now (``ix_jobs_client_status``), or
     ``up_to`` when there are at least that many; with ``db`` on PostgreSQL straight on
     the driver, else through ``session``."""
     connections = None if db is None else db.thread_connections
     if connections is not None:
-        if up_to is None:
-            row = connections.fetch_one(_COUNT_SQL, (client_id, status.value))
-        else:
-            row = connections.fetch_one(_COUNT_UP_TO_SQL, (client_id, status.value, up_to))
+        row = connections.fetch_one(_COUNT_UP_TO_SQL, (client_id, status.value, up_to))
         return int(row[0]) if row is not None else 0
-    rows = select(Job.id).where(Job.client_id == client_id, Job.status == status)
-    if up_to is not None:
-        rows = rows.limit(up_to)
+    rows = select(Job.id).where(Job.client_id == client_id, Job.status == status).limit(up_to)
     found = session.scalar(select(func.count()).select_from(rows.subquery()))
     return int(found or 0)
 
